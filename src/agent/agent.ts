@@ -1,0 +1,219 @@
+/**
+ * The agent: dials the relay, enrolls once, stays connected (reconnecting
+ * with capped, jittered backoff), and runs the streams the relay routes to it.
+ */
+import { hostname } from "node:os";
+import { TetherError } from "../common/errors.ts";
+import type { Conn } from "../protocol/conn.ts";
+import { dial } from "../protocol/dial.ts";
+import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
+import { type AgentInfo, type Control, ProtocolError } from "../protocol/messages.ts";
+import { formatKey } from "../protocol/keys.ts";
+import { ExecStream } from "./exec.ts";
+import { loadIdentity, saveIdentity } from "./identity.ts";
+
+export interface AgentOptions {
+  relay: string;
+  /** Enrollment key (TETHER_AGENT_KEY); needed only until the machine has an identity. */
+  enrollKey?: string;
+  stateDir: string;
+  name?: string;
+  labels?: Record<string, string>;
+  caFile?: string;
+  /** Refuse to reuse an identity enrolled with another relay URL (default true). */
+  bindIdentityToRelay?: boolean;
+  log?: (line: string) => void;
+  /** Called each time the agent is online (after every (re)connect). */
+  onOnline?: (machine: { id: string; name: string }) => void;
+}
+
+const BACKOFF_MIN_MS = 250;
+const BACKOFF_MAX_MS = 5_000;
+
+export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInfo {
+  const host = hostname();
+  return {
+    name: opts.name || host,
+    hostname: host,
+    labels: opts.labels ?? {},
+    os: Deno.build.os,
+    arch: Deno.build.arch,
+  };
+}
+
+export class Agent {
+  private conn?: Conn;
+  private streams = new Map<number, ExecStream>();
+  private stopped = false;
+  private wake?: () => void;
+  readonly info: AgentInfo;
+  private readonly log: (line: string) => void;
+  machineId?: string;
+
+  constructor(private readonly opts: AgentOptions) {
+    this.info = agentInfo(opts);
+    this.log = opts.log ?? ((l) => console.error(`agent: ${l}`));
+  }
+
+  /** Runs until stop(); throws only on errors that retrying cannot fix. */
+  async run(): Promise<void> {
+    let attempt = 0;
+    while (!this.stopped) {
+      let closed: Promise<string>;
+      try {
+        ({ closed } = await this.connect());
+        attempt = 0;
+      } catch (e) {
+        if (!(e instanceof TetherError) || e.code !== "relay_unreachable") throw e;
+        attempt++;
+        const delay = backoff(attempt);
+        if (attempt === 1 || attempt % 10 === 0) {
+          this.log(`${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`);
+        }
+        await this.sleep(delay);
+        continue;
+      }
+      const reason = await closed;
+      if (this.stopped) break;
+      this.log(`disconnected from relay (${reason}); reconnecting`);
+      await this.sleep(backoff(1));
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.conn?.close(1000, "agent stopping");
+    for (const s of this.streams.values()) s.abort();
+    this.wake?.();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = setTimeout(done, ms);
+      function done() {
+        clearTimeout(t);
+        resolve();
+      }
+      this.wake = done;
+    });
+  }
+
+  /** Connects once; resolves with a promise of the close reason. */
+  private async connect(): Promise<{ closed: Promise<string> }> {
+    const identity = loadIdentity(this.opts.stateDir);
+    const bound = this.opts.bindIdentityToRelay ?? true;
+    const usable = identity && (!bound || !identity.relay || identity.relay === this.opts.relay);
+    const key = usable ? formatKey("machine", identity.id, identity.secret) : this.opts.enrollKey;
+    if (!key) {
+      throw new TetherError("not_configured", "this agent has no enrollment key", {
+        hint: "set TETHER_AGENT_KEY to an agent key (`tether relay keys create --role agent`)",
+      });
+    }
+    let dialed;
+    try {
+      dialed = await dial({
+        relay: this.opts.relay,
+        key,
+        role: "agent",
+        agent: this.info,
+        caFile: this.opts.caFile,
+      });
+    } catch (e) {
+      if (usable && e instanceof TetherError && e.code === "unauthenticated") {
+        throw new TetherError(
+          "unauthenticated",
+          `the relay refused machine identity ${identity.id}`,
+          {
+            hint:
+              `the machine or its enrollment key was removed; delete ${this.opts.stateDir}/identity.json ` +
+              "and run again with TETHER_AGENT_KEY to enroll anew",
+          },
+        );
+      }
+      throw e;
+    }
+    const { conn, welcome } = dialed;
+    const machine = welcome.machine;
+    if (!machine) throw new TetherError("internal", "relay did not say which machine this is");
+    if (machine.secret) {
+      saveIdentity(this.opts.stateDir, {
+        id: machine.id,
+        secret: machine.secret,
+        relay: bound ? this.opts.relay : "",
+      });
+    }
+    this.machineId = machine.id;
+    this.conn = conn;
+    if (this.stopped) conn.close(1000, "agent stopping");
+    const closed = new Promise<string>((resolve) => {
+      conn.start({
+        onControl: (msg) => this.onControl(conn, msg),
+        onFrame: (f) => this.onFrame(f),
+        onClose: (reason) => {
+          for (const s of this.streams.values()) s.abort();
+          this.streams.clear();
+          resolve(reason);
+        },
+      });
+    });
+    this.log(`online as ${this.info.name} (${machine.id}) via ${this.opts.relay}`);
+    this.opts.onOnline?.({ id: machine.id, name: this.info.name });
+    return { closed };
+  }
+
+  private onControl(conn: Conn, msg: Control): void {
+    switch (msg.t) {
+      case "ping":
+      case "welcome":
+        return;
+      case "open": {
+        if (this.streams.has(msg.sid)) throw new ProtocolError(`stream ${msg.sid} already open`);
+        if (msg.kind !== "exec") {
+          conn.send({
+            t: "error",
+            sid: msg.sid,
+            code: "internal",
+            message: `this agent does not support '${msg.kind}' streams yet`,
+          });
+          return;
+        }
+        const s = new ExecStream(conn, msg.sid, msg, () => this.streams.delete(msg.sid));
+        this.streams.set(msg.sid, s);
+        s.start();
+        return;
+      }
+      case "eof":
+        this.streams.get(msg.sid)?.onEof();
+        return;
+      case "signal":
+        this.streams.get(msg.sid)?.onSignal(msg.signal);
+        return;
+      case "resize":
+        return;
+      case "close": {
+        const s = this.streams.get(msg.sid);
+        this.streams.delete(msg.sid);
+        s?.abort();
+        return;
+      }
+      case "error":
+        if (msg.sid === undefined) this.log(`relay: ${msg.message}`);
+        return;
+      default:
+        throw new ProtocolError(`relay may not send '${msg.t}' to an agent`);
+    }
+  }
+
+  private onFrame(f: Frame): void {
+    const s = this.streams.get(f.sid);
+    if (!s) return;
+    if (f.type === FRAME_DATA && f.channel === CH_STDIN) s.onStdin(f.payload);
+    else if (f.type === FRAME_CREDIT) s.onCredit(f.bytes);
+    else throw new ProtocolError("unexpected frame for the agent");
+  }
+}
+
+function backoff(attempt: number): number {
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, attempt - 1));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}

@@ -1,0 +1,41 @@
+/** `tether agent run`: make this machine reachable through a relay. */
+import type { Command } from "@commander-js/extra-typings";
+import { Agent } from "../agent/agent.ts";
+import { parseDuration } from "../common/duration.ts";
+import { TetherError } from "../common/errors.ts";
+import { defaultAgentStateDir } from "../common/paths.ts";
+import { readStoredConfig } from "../client/config.ts";
+import { defaultConfigDir } from "../common/paths.ts";
+import { collect, globals, parsePairs, untilSignal } from "./context.ts";
+
+export function registerAgent(program: Command) {
+  const agent = program.command("agent").description("run the agent on a target machine");
+  agent.command("run")
+    .description("dial the relay and serve commands (enrollment key from TETHER_AGENT_KEY)")
+    .option("--name <name>", "machine name (default: the hostname)")
+    .option("--label <k=v>", "a label; repeatable", collect, [] as string[])
+    .option("--state-dir <dir>", "where the machine identity is kept")
+    .option("--session-grace <dur>", "how long a detached session lives", "30s")
+    .action(async (opts, cmd) => {
+      const g = globals(cmd);
+      parseDuration(opts.sessionGrace, "--session-grace");
+      const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
+        readStoredConfig(g.configDir || defaultConfigDir()).relay;
+      if (!relay) {
+        throw new TetherError("not_configured", "no relay URL for the agent", {
+          hint: "pass --relay URL or set TETHER_RELAY",
+        });
+      }
+      const a = new Agent({
+        relay,
+        enrollKey: Deno.env.get("TETHER_AGENT_KEY") || undefined,
+        stateDir: opts.stateDir || defaultAgentStateDir(),
+        name: opts.name,
+        labels: parsePairs(opts.label, "--label"),
+        caFile: g.caFile || Deno.env.get("TETHER_CA_FILE"),
+      });
+      const stop = untilSignal().then(() => a.stop());
+      await Promise.race([a.run(), stop]);
+      a.stop();
+    });
+}

@@ -1,0 +1,170 @@
+/** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
+import type { Command } from "@commander-js/extra-typings";
+import { encodeBase64 } from "../common/base64.ts";
+import { resolveClientConfig } from "../client/config.ts";
+import { runExec } from "../client/exec.ts";
+import { RelayClient } from "../client/relay_client.ts";
+import { resolveMachine } from "../client/resolve.ts";
+import { parseDuration } from "../common/duration.ts";
+import { TetherError, usage } from "../common/errors.ts";
+import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
+import { collect, globals, parsePairs, state } from "./context.ts";
+import { asTetherError, writeAll } from "./output.ts";
+
+export function registerExec(program: Command) {
+  program.command("exec")
+    .description("run one command on a machine (argv as given, no shell); exits with its code")
+    .argument("<machine>", "machine id, name, hostname or unique prefix")
+    .argument("[command...]", "the command and its arguments, after --")
+    .option("-t, --tty", "run on a pseudo-terminal")
+    .option("-n, --no-stdin", "give the command /dev/null as stdin")
+    .option("--stream", "for programs driving a process turn by turn: no PTY, no buffering")
+    .option(
+      "--events",
+      "print JSON lines (started, stdout, stderr, exit|error) instead of raw output",
+    )
+    .option("--timeout <dur>", "end the command (SIGTERM, then SIGKILL) after this long")
+    .option("--cwd <dir>", "remote working directory")
+    .option("--env <k=v>", "remote environment variable; repeatable", collect, [] as string[])
+    .action(async (machine, command, opts, cmd) => {
+      state.failureCode = 255;
+      const g = globals(cmd);
+      if (command.length === 0) {
+        throw usage(
+          "no command given",
+          "put the command after --: tether exec MACHINE -- CMD [ARG…]",
+        );
+      }
+      if (opts.stream && opts.tty) throw usage("--stream never uses a PTY; drop -t");
+      if (opts.tty) {
+        throw new TetherError("usage", "exec -t is not available yet", {
+          hint: "run without -t (plain pipes)",
+        });
+      }
+      const timeoutMs = opts.timeout ? parseDuration(opts.timeout, "--timeout") : undefined;
+      const env = parsePairs(opts.env, "--env");
+      const client = await RelayClient.connect(resolveClientConfig(g));
+      const target = resolveMachine(await client.machines(), machine);
+      if (!target.online) {
+        throw new TetherError(
+          "machine_offline",
+          `machine ${target.name} (${target.id.slice(0, 8)}) is offline`,
+          {
+            hint: "start its agent, or pick another machine with `tether machines`",
+          },
+        );
+      }
+
+      const events = opts.events ? new EventPrinter() : undefined;
+      let brokenPipe = false;
+      const run = runExec(client, {
+        machineId: target.id,
+        argv: command,
+        cwd: opts.cwd,
+        env: Object.keys(env).length ? env : undefined,
+        stdin: opts.stdin !== false,
+        timeoutMs,
+        stream: !!opts.stream,
+      }, {
+        stdin: Deno.stdin,
+        started: (pid) => events?.emit({ type: "started", pid: pid ?? null }),
+        async output(ch, chunk) {
+          if (brokenPipe) return;
+          try {
+            if (events) events.data(ch, chunk);
+            else await writeAll(ch === CH_STDERR ? Deno.stderr : Deno.stdout, chunk);
+          } catch (e) {
+            if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
+            brokenPipe = true;
+            run.abort();
+          }
+        },
+      });
+      let interrupts = 0;
+      const onInt = () => {
+        if (++interrupts === 1) run.signal("SIGINT");
+        else run.abort();
+      };
+      Deno.addSignalListener("SIGINT", onInt);
+      const onTerm = () => run.abort();
+      Deno.addSignalListener("SIGTERM", onTerm);
+      try {
+        const result = await run.done;
+        events?.flush();
+        events?.emit({ type: "exit", code: result.code, signal: result.signal ?? null });
+        state.exitCode = result.code;
+      } catch (e) {
+        if (brokenPipe) {
+          state.exitCode = 141; // as a process killed by SIGPIPE
+          return;
+        }
+        if (!events) throw e;
+        const err = asTetherError(e);
+        events.flush();
+        events.emit({ type: "error", error: err.toJSON() });
+        state.exitCode = 255;
+      } finally {
+        Deno.removeSignalListener("SIGINT", onInt);
+        Deno.removeSignalListener("SIGTERM", onTerm);
+        client.close();
+      }
+    });
+}
+
+/**
+ * JSON-lines output for --events. Text is UTF-8 when it decodes; a multi-byte
+ * character split across chunks is held until its end arrives; anything that
+ * is not UTF-8 goes out as base64.
+ */
+class EventPrinter {
+  private tails: Uint8Array[] = [new Uint8Array(), new Uint8Array(), new Uint8Array()];
+  private readonly decoder = new TextDecoder("utf-8", { fatal: true });
+
+  emit(ev: Record<string, unknown>): void {
+    console.log(JSON.stringify(ev));
+  }
+
+  data(ch: number, chunk: Uint8Array): void {
+    const type = ch === CH_STDOUT ? "stdout" : "stderr";
+    const bytes = concat(this.tails[ch], chunk);
+    const cut = incompleteTail(bytes);
+    this.tails[ch] = bytes.slice(bytes.length - cut);
+    this.write(type, bytes.subarray(0, bytes.length - cut));
+  }
+
+  flush(): void {
+    for (const ch of [CH_STDOUT, CH_STDERR]) {
+      const rest = this.tails[ch];
+      this.tails[ch] = new Uint8Array();
+      this.write(ch === CH_STDOUT ? "stdout" : "stderr", rest);
+    }
+  }
+
+  private write(type: string, bytes: Uint8Array): void {
+    if (bytes.length === 0) return;
+    try {
+      this.emit({ type, data: this.decoder.decode(bytes) });
+    } catch {
+      this.emit({ type, data: encodeBase64(bytes), encoding: "base64" });
+    }
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  if (a.length === 0) return b;
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** Length of an unfinished UTF-8 sequence at the end of `b` (0 when it ends cleanly). */
+export function incompleteTail(b: Uint8Array): number {
+  for (let i = 1; i <= Math.min(3, b.length); i++) {
+    const c = b[b.length - i];
+    if ((c & 0xc0) === 0x80) continue; // continuation byte: look further back
+    const need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    return need > i ? i : 0;
+  }
+  return 0;
+}

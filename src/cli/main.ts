@@ -1,0 +1,68 @@
+/**
+ * The command line. Commands parse and print; the work lives in the role
+ * folders; every failure reaches this one place, which prints it and picks
+ * the exit code (DESIGN: 2 for usage, 255 from exec/connect, else 1).
+ */
+import { Command, CommanderError } from "@commander-js/extra-typings";
+import { usage } from "../common/errors.ts";
+import { VERSION } from "../protocol/version.ts";
+import { registerAgent } from "./agent.ts";
+import { state } from "./context.ts";
+import { registerExec } from "./exec.ts";
+import { registerLogin } from "./login.ts";
+import { registerMachines } from "./machines.ts";
+import { asTetherError, printError } from "./output.ts";
+import { registerRelay } from "./relay.ts";
+import { registerUp } from "./up.ts";
+
+export function buildProgram(): Command {
+  const program = new Command("tether")
+    .description("a remote shell through a relay: no open port, no SSH key, no IP to remember")
+    .version(VERSION, "-V, --version", "print the version")
+    .helpOption("-h, --help", "show help")
+    .option("--relay <url>", "relay URL (env TETHER_RELAY)")
+    .option("--api-key <key>", "client API key (env TETHER_API_KEY)")
+    .option("--ca-file <file>", "extra CA certificate for a private TLS relay (env TETHER_CA_FILE)")
+    .option("--config-dir <dir>", "config directory (env TETHER_CONFIG_DIR)")
+    .option("--json", "machine-readable output; implies --no-interactive")
+    .option("--no-interactive", "never prompt; fail with a structured error instead")
+    .showSuggestionAfterError(true)
+    .exitOverride()
+    .configureOutput({ outputError: () => {} });
+  registerUp(program);
+  registerRelay(program);
+  registerAgent(program);
+  registerLogin(program);
+  registerMachines(program);
+  registerExec(program);
+  // Subcommands inherit exitOverride and the quiet error output.
+  const quiet = (c: Command) => {
+    c.exitOverride().configureOutput({ outputError: () => {} });
+    for (const s of c.commands) quiet(s as Command);
+  };
+  quiet(program);
+  return program;
+}
+
+const SUCCESS_CODES = new Set(["commander.helpDisplayed", "commander.version", "commander.help"]);
+
+/** Runs the CLI; returns the process exit code. */
+export async function main(argv: string[]): Promise<number> {
+  const wantsJson = argv.slice(0, Math.max(0, argv.indexOf("--")) || argv.length).includes(
+    "--json",
+  );
+  try {
+    await buildProgram().parseAsync(argv, { from: "user" });
+    return state.exitCode;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (SUCCESS_CODES.has(e.code)) return 0;
+      const message = e.message.replace(/^error: /, "");
+      printError(usage(message, "see `tether --help`, or `tether COMMAND --help`"), wantsJson);
+      return 2;
+    }
+    const err = asTetherError(e);
+    printError(err, wantsJson || state.json);
+    return err.code === "usage" ? 2 : state.failureCode;
+  }
+}

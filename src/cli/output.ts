@@ -1,0 +1,58 @@
+/**
+ * Everything the CLI prints goes through here: JSON documents on stdout,
+ * human tables on stdout, and errors as one JSON object (with --json) or as
+ * two human lines on stderr (what happened, what to do).
+ */
+import { TetherError } from "../common/errors.ts";
+
+const enc = new TextEncoder();
+
+export async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
+  let off = 0;
+  while (off < data.length) off += await w.write(data.subarray(off));
+}
+
+export function printJson(value: unknown): void {
+  console.log(JSON.stringify(value));
+}
+
+export function info(line: string): void {
+  console.error(line);
+}
+
+/** Renders rows as aligned columns with a header line. */
+export function table(headers: string[], rows: string[][]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
+  return [line(headers), ...rows.map(line)].join("\n");
+}
+
+/** Normalizes anything thrown into a TetherError. */
+export function asTetherError(e: unknown): TetherError {
+  if (e instanceof TetherError) return e;
+  if (e instanceof Deno.errors.PermissionDenied) {
+    return new TetherError("internal", e.message, { hint: "check file permissions", cause: e });
+  }
+  const err = e as Error;
+  return new TetherError("internal", err?.message ?? String(e), {
+    hint: "this is a bug in tether; please report it with the command you ran",
+    cause: e,
+  });
+}
+
+export function printError(err: TetherError, json: boolean): void {
+  if (json) {
+    console.log(JSON.stringify({ error: err.toJSON() }));
+    return;
+  }
+  const lines = [`tether: ${err.message}`];
+  if (err.candidates?.length && !err.hint?.includes(err.candidates[0].id.slice(0, 8))) {
+    for (const c of err.candidates) {
+      lines.push(`  ${c.name}  ${c.id}  ${c.online ? "online" : "offline"}`);
+    }
+  }
+  if (err.hint) lines.push(`  hint: ${err.hint}`);
+  Deno.stderr.writeSync(enc.encode(lines.join("\n") + "\n"));
+  if (Deno.env.get("TETHER_DEBUG") && err.cause) console.error(err.cause);
+}

@@ -1,0 +1,153 @@
+/** `tether relay serve|init|keys …`: run a relay, and offline admin on its data dir. */
+import type { Command } from "@commander-js/extra-typings";
+import { join } from "node:path";
+import { formatAge } from "../common/duration.ts";
+import { TetherError, usage } from "../common/errors.ts";
+import { defaultDataDir } from "../common/paths.ts";
+import { startRelay } from "../relay/server.ts";
+import { Store } from "../relay/store.ts";
+import { globals, parseListen, untilSignal } from "./context.ts";
+import { printJson, table } from "./output.ts";
+
+export const DEFAULT_LISTEN = "127.0.0.1:7420";
+
+export function defaultRelayDataDir(): string {
+  return join(defaultDataDir(), "relay");
+}
+
+function openStore(dataDir: string | undefined): Store {
+  return new Store(dataDir || defaultRelayDataDir());
+}
+
+export function registerRelay(program: Command) {
+  const relay = program.command("relay").description("run a relay, or administer its data dir");
+
+  relay.command("serve")
+    .description("run a relay")
+    .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
+    .option("--data-dir <dir>", "where the relay keeps its SQLite state")
+    .option("--tls-cert <file>", "PEM certificate; serves wss:// with --tls-key")
+    .option("--tls-key <file>", "PEM private key")
+    .action(async (opts, cmd) => {
+      globals(cmd);
+      if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
+      const { hostname, port } = parseListen(opts.listen);
+      const r = await startRelay({
+        hostname,
+        port,
+        dataDir: opts.dataDir || defaultRelayDataDir(),
+        tlsCert: opts.tlsCert,
+        tlsKey: opts.tlsKey,
+      });
+      console.log(`relay listening on ${r.url}`);
+      await Promise.race([untilSignal(), r.finished]);
+      await r.shutdown();
+    });
+
+  relay.command("init")
+    .description("create a workspace (default: 'default') and mint one client and one agent key")
+    .option("--data-dir <dir>", "the relay's data dir")
+    .option("--workspace <name>", "workspace name", "default")
+    .action((opts, cmd) => {
+      const g = globals(cmd);
+      const store = openStore(opts.dataDir);
+      try {
+        store.ensureWorkspace(opts.workspace);
+        const client = store.createKey(opts.workspace, "client");
+        const agent = store.createKey(opts.workspace, "agent");
+        if (g.json) {
+          printJson({ workspace: opts.workspace, client_key: client.key, agent_key: agent.key });
+        } else {
+          console.log(`workspace: ${opts.workspace}`);
+          console.log(`client key (for tether login / TETHER_API_KEY): ${client.key}`);
+          console.log(`agent key (for TETHER_AGENT_KEY):               ${agent.key}`);
+          console.error("These keys are shown once; the relay stores only their hashes.");
+        }
+      } finally {
+        store.close();
+      }
+    });
+
+  const keys = relay.command("keys").description("manage API and enrollment keys");
+
+  keys.command("create")
+    .description("mint a key for a workspace")
+    .requiredOption("--workspace <name>", "workspace the key belongs to")
+    .requiredOption("--role <role>", "client or agent")
+    .option("--data-dir <dir>", "the relay's data dir")
+    .action((opts, cmd) => {
+      const g = globals(cmd);
+      if (opts.role !== "client" && opts.role !== "agent") {
+        throw usage(`--role must be client or agent, not '${opts.role}'`);
+      }
+      const store = openStore(opts.dataDir);
+      try {
+        const k = store.createKey(opts.workspace, opts.role);
+        if (g.json) printJson({ id: k.id, key: k.key, role: k.role, workspace: k.workspace });
+        else {
+          console.log(k.key);
+          console.error(`key ${k.id} (${k.role}, workspace ${k.workspace}); shown once`);
+        }
+      } finally {
+        store.close();
+      }
+    });
+
+  keys.command("list")
+    .description("list keys (never their secrets)")
+    .option("--data-dir <dir>", "the relay's data dir")
+    .action((opts, cmd) => {
+      const g = globals(cmd);
+      const store = openStore(opts.dataDir);
+      try {
+        const rows = store.listKeys();
+        const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+        if (g.json) {
+          printJson(rows.map((k) => ({
+            id: k.id,
+            workspace: k.workspace,
+            role: k.role,
+            created_at: iso(k.created_at),
+            revoked: k.revoked_at !== null,
+            revoked_at: iso(k.revoked_at),
+            last_used_at: iso(k.last_used_at),
+          })));
+          return;
+        }
+        const now = Date.now();
+        console.log(table(
+          ["ID", "WORKSPACE", "ROLE", "CREATED", "LAST USED", "STATUS"],
+          rows.map((k) => [
+            k.id,
+            k.workspace,
+            k.role,
+            `${formatAge(now - k.created_at)} ago`,
+            k.last_used_at ? `${formatAge(now - k.last_used_at)} ago` : "never",
+            k.revoked_at ? "revoked" : "active",
+          ]),
+        ));
+      } finally {
+        store.close();
+      }
+    });
+
+  keys.command("revoke")
+    .description("revoke a key: refused from now on, its connections closed")
+    .argument("<id>", "key id (see `relay keys list`)")
+    .option("--data-dir <dir>", "the relay's data dir")
+    .action((id, opts, cmd) => {
+      const g = globals(cmd);
+      const store = openStore(opts.dataDir);
+      try {
+        if (!store.revokeKey(id)) {
+          throw new TetherError("usage", `no key with id '${id}'`, {
+            hint: "list keys with `tether relay keys list`",
+          });
+        }
+        if (g.json) printJson({ id, revoked: true });
+        else console.log(`revoked key ${id}`);
+      } finally {
+        store.close();
+      }
+    });
+}

@@ -1,0 +1,171 @@
+/**
+ * A client's connection to the relay: requests with answers, and streams
+ * to agents multiplexed on the one WebSocket.
+ */
+import { TetherError } from "../common/errors.ts";
+import type { Conn } from "../protocol/conn.ts";
+import { dial } from "../protocol/dial.ts";
+import { type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
+import {
+  type Control,
+  type Exit,
+  type Open,
+  ProtocolError,
+  type Started,
+  type WireError,
+} from "../protocol/messages.ts";
+import type { ClientConfig } from "./config.ts";
+
+/** What `machines` answers with, per machine. */
+export interface MachineView {
+  id: string;
+  name: string;
+  hostname: string;
+  online: boolean;
+  last_seen: string;
+  heartbeat_age_ms: number;
+  labels: Record<string, string>;
+  sessions: number;
+  os: string;
+  arch: string;
+  version: string;
+}
+
+export interface StreamHandlers {
+  onStarted(msg: Started): void;
+  onData(channel: number, offset: number, payload: Uint8Array): void;
+  onCredit(channel: number, bytes: number): void;
+  /** Exactly one of onExit / onError ends every stream. */
+  onExit(msg: Exit): void;
+  onError(err: WireError): void;
+}
+
+export class RelayClient {
+  private nextReq = 1;
+  private nextSid = 1;
+  private pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: TetherError) => void }
+  >();
+  private streams = new Map<number, StreamHandlers>();
+  private closedReason?: string;
+
+  private constructor(readonly conn: Conn, readonly workspace: string, readonly keyId: string) {}
+
+  static async connect(cfg: ClientConfig): Promise<RelayClient> {
+    const { conn, welcome } = await dial({
+      relay: cfg.relay,
+      key: cfg.apiKey,
+      role: "client",
+      caFile: cfg.caFile,
+    });
+    const client = new RelayClient(conn, welcome.workspace, welcome.key_id);
+    conn.start({
+      onControl: (m) => client.onControl(m),
+      onFrame: (f) => client.onFrame(f),
+      onClose: (reason) => client.onClose(reason),
+    });
+    return client;
+  }
+
+  request<T>(op: string, args: Record<string, unknown> = {}): Promise<T> {
+    if (this.closedReason !== undefined) return Promise.reject(this.lostError());
+    const id = this.nextReq++;
+    return new Promise<T>((resolve, reject) => {
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      this.conn.send({ t: "req", id, op, args });
+    });
+  }
+
+  machines(): Promise<MachineView[]> {
+    return this.request<MachineView[]>("machines");
+  }
+
+  /** Opens a stream; returns its id. Handlers see exactly one onExit or onError. */
+  open(spec: Omit<Open, "t" | "sid">, handlers: StreamHandlers): number {
+    const sid = this.nextSid++;
+    if (this.closedReason !== undefined) {
+      queueMicrotask(() => handlers.onError(this.lostError().toJSON()));
+      return sid;
+    }
+    this.streams.set(sid, handlers);
+    this.conn.send({ t: "open", sid, ...spec });
+    return sid;
+  }
+
+  /** Abandons a stream: the agent ends its process; no exit status will come. */
+  closeStream(sid: number): void {
+    if (this.streams.delete(sid)) this.conn.send({ t: "close", sid });
+  }
+
+  close(): void {
+    this.conn.close(1000, "client done");
+  }
+
+  private lostError(): TetherError {
+    return new TetherError(
+      "session_lost",
+      `lost the connection to the relay (${this.closedReason})`,
+      {
+        hint: "the remote exit status is unknown; check the relay and retry",
+      },
+    );
+  }
+
+  private onControl(msg: Control): void {
+    switch (msg.t) {
+      case "ping":
+        return;
+      case "res": {
+        const p = this.pending.get(msg.id);
+        if (!p) return;
+        this.pending.delete(msg.id);
+        if (msg.error) {
+          p.reject(new TetherError(msg.error.code, msg.error.message, { hint: msg.error.hint }));
+        } else p.resolve(msg.result);
+        return;
+      }
+      case "started":
+        this.streams.get(msg.sid)?.onStarted(msg);
+        return;
+      case "exit": {
+        const h = this.streams.get(msg.sid);
+        this.streams.delete(msg.sid);
+        h?.onExit(msg);
+        return;
+      }
+      case "error": {
+        if (msg.sid === undefined) {
+          this.closedReason = msg.message;
+          return;
+        }
+        const h = this.streams.get(msg.sid);
+        this.streams.delete(msg.sid);
+        const { t: _t, sid: _sid, ...err } = msg;
+        h?.onError(err);
+        return;
+      }
+      default:
+        throw new ProtocolError(`relay may not send '${msg.t}' to a client`);
+    }
+  }
+
+  private onFrame(f: Frame): void {
+    const h = this.streams.get(f.sid);
+    if (!h) return;
+    if (f.type === FRAME_DATA) h.onData(f.channel, f.offset, f.payload);
+    else if (f.type === FRAME_CREDIT) h.onCredit(f.channel, f.bytes);
+  }
+
+  private onClose(reason: string): void {
+    this.closedReason ??= reason;
+    const err = this.lostError();
+    for (const p of this.pending.values()) {
+      p.reject(new TetherError("relay_unreachable", `the relay closed the connection (${reason})`));
+    }
+    this.pending.clear();
+    const streams = [...this.streams.values()];
+    this.streams.clear();
+    for (const h of streams) h.onError(err.toJSON());
+  }
+}

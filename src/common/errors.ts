@@ -1,0 +1,69 @@
+/** Error codes fixed by DESIGN.md; every failure a user or program sees carries one. */
+export const ERROR_CODES = [
+  "usage",
+  "not_configured",
+  "relay_unreachable",
+  "unauthenticated",
+  "forbidden",
+  "machine_not_found",
+  "ambiguous_machine",
+  "machine_offline",
+  "password_required",
+  "password_invalid",
+  "rate_limited",
+  "session_not_found",
+  "session_lost",
+  "timeout",
+  "interactive_required",
+  "internal",
+] as const;
+
+export type ErrorCode = typeof ERROR_CODES[number];
+
+export function isErrorCode(s: unknown): s is ErrorCode {
+  return typeof s === "string" && (ERROR_CODES as readonly string[]).includes(s);
+}
+
+/** A candidate shown with `ambiguous_machine` and similar errors. */
+export interface Candidate {
+  id: string;
+  name: string;
+  online?: boolean;
+  [k: string]: unknown;
+}
+
+/**
+ * The one error type that crosses layers. Deep code throws it; the CLI's top
+ * level prints it (two human lines, or one JSON object) and picks the exit code.
+ */
+export class TetherError extends Error {
+  readonly code: ErrorCode;
+  readonly hint?: string;
+  readonly candidates?: Candidate[];
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    opts: { hint?: string; candidates?: Candidate[]; cause?: unknown } = {},
+  ) {
+    super(message, { cause: opts.cause });
+    this.name = "TetherError";
+    this.code = code;
+    this.hint = opts.hint;
+    this.candidates = opts.candidates;
+  }
+
+  toJSON(): { code: ErrorCode; message: string; hint?: string; candidates?: Candidate[] } {
+    const o: { code: ErrorCode; message: string; hint?: string; candidates?: Candidate[] } = {
+      code: this.code,
+      message: this.message,
+    };
+    if (this.hint) o.hint = this.hint;
+    if (this.candidates) o.candidates = this.candidates;
+    return o;
+  }
+}
+
+export function usage(message: string, hint?: string): TetherError {
+  return new TetherError("usage", message, { hint: hint ?? "see --help" });
+}

@@ -1,0 +1,144 @@
+/**
+ * One WebSocket between the relay and an agent or a client, on either end:
+ * validated control messages, binary frames, heartbeats both ways, and a
+ * bounded send buffer. A malformed message closes this connection only.
+ */
+import { type Control, parseControl, ProtocolError } from "./messages.ts";
+import { decodeFrame, type Frame } from "./frames.ts";
+
+/** How often each side sends a ping. */
+export const HEARTBEAT_MS = 2_000;
+/** Silence after which a peer is declared dead. */
+export const DEAD_AFTER_MS = 6_000;
+/** A sender waits while more than this is queued in its WebSocket. */
+export const SEND_HIGH_WATER = 4 * 1024 * 1024;
+
+export const CLOSE_NORMAL = 1000;
+export const CLOSE_PROTOCOL = 4400;
+export const CLOSE_AUTH = 4401;
+export const CLOSE_VERSION = 4409;
+export const CLOSE_DEAD = 4408;
+export const CLOSE_REPLACED = 4410;
+
+export interface ConnHandlers {
+  onControl(msg: Control): void;
+  onFrame(frame: Frame, raw: Uint8Array): void;
+  onClose(reason: string): void;
+}
+
+export interface ConnOptions {
+  heartbeatMs?: number;
+  deadAfterMs?: number;
+  /** Used in log lines and errors. */
+  label?: string;
+}
+
+export class Conn {
+  readonly ws: WebSocket;
+  readonly label: string;
+  private handlers?: ConnHandlers;
+  private lastRecv = Date.now();
+  private timer?: ReturnType<typeof setTimeout>;
+  private ended = false;
+  private readonly heartbeatMs: number;
+  private readonly deadAfterMs: number;
+
+  constructor(ws: WebSocket, opts: ConnOptions = {}) {
+    this.ws = ws;
+    ws.binaryType = "arraybuffer";
+    this.label = opts.label ?? "peer";
+    this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
+    this.deadAfterMs = opts.deadAfterMs ?? DEAD_AFTER_MS;
+  }
+
+  get isOpen(): boolean {
+    return !this.ended && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  get bufferedAmount(): number {
+    return this.ws.bufferedAmount;
+  }
+
+  /** Wires the handlers and starts heartbeats. The socket must be open. */
+  start(handlers: ConnHandlers): void {
+    this.handlers = handlers;
+    this.lastRecv = Date.now();
+    this.ws.onmessage = (ev) => this.receive(ev.data);
+    this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
+    this.ws.onerror = () => {};
+    this.timer = setInterval(() => this.tick(), this.heartbeatMs);
+  }
+
+  send(msg: Control): void {
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  sendBinary(buf: Uint8Array): void {
+    if (this.ws.readyState !== WebSocket.OPEN) return;
+    this.ws.send(buf);
+  }
+
+  /** Resolves once the socket's send queue is at most `highWater` bytes (or the socket ended). */
+  async drain(highWater = SEND_HIGH_WATER): Promise<void> {
+    let delay = 1;
+    while (this.ws.bufferedAmount > highWater && this.isOpen) {
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 20);
+    }
+  }
+
+  /** Sends a connection-level error and closes. */
+  fail(code: number, err: { code: string; message: string; hint?: string }): void {
+    try {
+      this.send({ t: "error", ...err } as Control);
+    } catch { /* already gone */ }
+    this.close(code, err.message);
+  }
+
+  close(code = CLOSE_NORMAL, reason = ""): void {
+    try {
+      // Close reasons are limited to 123 bytes.
+      this.ws.close(code, reason.slice(0, 120));
+    } catch { /* already closing */ }
+    this.end(reason || "closed");
+  }
+
+  private tick(): void {
+    if (Date.now() - this.lastRecv > this.deadAfterMs) {
+      this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
+      return;
+    }
+    this.send({ t: "ping" });
+  }
+
+  private end(reason: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    clearInterval(this.timer);
+    this.handlers?.onClose(reason);
+  }
+
+  private receive(data: unknown): void {
+    if (this.ended) return;
+    this.lastRecv = Date.now();
+    const h = this.handlers!;
+    try {
+      if (typeof data === "string") {
+        h.onControl(parseControl(data));
+      } else if (data instanceof ArrayBuffer) {
+        const raw = new Uint8Array(data);
+        h.onFrame(decodeFrame(raw), raw);
+      } else {
+        throw new ProtocolError("unexpected message kind");
+      }
+    } catch (e) {
+      if (e instanceof ProtocolError) {
+        this.fail(CLOSE_PROTOCOL, { code: "internal", message: `protocol error: ${e.message}` });
+      } else {
+        console.error(`tether: internal error handling a message from ${this.label}:`, e);
+        this.fail(CLOSE_PROTOCOL, { code: "internal", message: "internal error" });
+      }
+    }
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * Binary frames: the hot path. Everything that carries bytes of a stream or
+ * grants flow-control credit is a binary WebSocket message with a fixed
+ * little-endian header; control messages are JSON text (see messages.ts).
+ *
+ *   DATA   [u8 type=1][u8 channel][u16 0][u32 sid][u32 offset_hi][u32 offset_lo][payload…]
+ *   CREDIT [u8 type=2][u8 channel][u16 0][u32 sid][u32 bytes]
+ *
+ * `offset` is the absolute byte offset of the payload's first byte within its
+ * channel, so a reader that reconnects can ask for "everything after N".
+ */
+import { ProtocolError } from "./messages.ts";
+
+export const FRAME_DATA = 1;
+export const FRAME_CREDIT = 2;
+
+/** Channels of a stream. PTY output travels on STDOUT. */
+export const CH_STDIN = 0;
+export const CH_STDOUT = 1;
+export const CH_STDERR = 2;
+
+export const DATA_HEADER = 16;
+export const CREDIT_SIZE = 12;
+
+/** Largest payload one DATA frame may carry. */
+export const MAX_DATA_PAYLOAD = 256 * 1024;
+/** Largest binary message accepted on any connection. */
+export const MAX_BINARY_MESSAGE = DATA_HEADER + MAX_DATA_PAYLOAD;
+
+const TWO32 = 0x1_0000_0000;
+
+export type Frame =
+  | { type: typeof FRAME_DATA; channel: number; sid: number; offset: number; payload: Uint8Array }
+  | { type: typeof FRAME_CREDIT; channel: number; sid: number; bytes: number };
+
+/** Builds a DATA frame; copies `payload` once, behind the header. */
+export function encodeData(
+  sid: number,
+  channel: number,
+  offset: number,
+  payload: Uint8Array,
+): Uint8Array {
+  const out = new Uint8Array(DATA_HEADER + payload.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint8(0, FRAME_DATA);
+  dv.setUint8(1, channel);
+  dv.setUint32(4, sid, true);
+  dv.setUint32(8, Math.floor(offset / TWO32), true);
+  dv.setUint32(12, offset % TWO32, true);
+  out.set(payload, DATA_HEADER);
+  return out;
+}
+
+export function encodeCredit(sid: number, channel: number, bytes: number): Uint8Array {
+  const out = new Uint8Array(CREDIT_SIZE);
+  const dv = new DataView(out.buffer);
+  dv.setUint8(0, FRAME_CREDIT);
+  dv.setUint8(1, channel);
+  dv.setUint32(4, sid, true);
+  dv.setUint32(8, bytes, true);
+  return out;
+}
+
+/** Parses a binary message; throws ProtocolError on anything malformed. */
+export function decodeFrame(buf: Uint8Array): Frame {
+  if (buf.length < CREDIT_SIZE) throw new ProtocolError(`binary frame too short (${buf.length})`);
+  if (buf.length > MAX_BINARY_MESSAGE) {
+    throw new ProtocolError(`binary frame too large (${buf.length} > ${MAX_BINARY_MESSAGE})`);
+  }
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const type = dv.getUint8(0);
+  const channel = dv.getUint8(1);
+  if (channel > CH_STDERR) throw new ProtocolError(`bad channel ${channel}`);
+  if (dv.getUint16(2, true) !== 0) throw new ProtocolError("reserved header bits set");
+  const sid = dv.getUint32(4, true);
+  if (type === FRAME_DATA) {
+    if (buf.length < DATA_HEADER) throw new ProtocolError("data frame too short");
+    const offset = dv.getUint32(8, true) * TWO32 + dv.getUint32(12, true);
+    if (offset > Number.MAX_SAFE_INTEGER) throw new ProtocolError("offset out of range");
+    return { type, channel, sid, offset, payload: buf.subarray(DATA_HEADER) };
+  }
+  if (type === FRAME_CREDIT) {
+    if (buf.length !== CREDIT_SIZE) throw new ProtocolError("credit frame has wrong size");
+    return { type, channel, sid, bytes: dv.getUint32(8, true) };
+  }
+  throw new ProtocolError(`unknown frame type ${type}`);
+}
+
+/** Rewrites the stream id of an encoded frame in place (the relay's routing step). */
+export function setFrameSid(buf: Uint8Array, sid: number): void {
+  new DataView(buf.buffer, buf.byteOffset, buf.byteLength).setUint32(4, sid, true);
+}

@@ -1,0 +1,281 @@
+/**
+ * Control messages: JSON text frames, each an object with a type tag `t`.
+ * Every message is validated on receipt; anything malformed raises
+ * ProtocolError, which closes that one connection (see conn.ts).
+ * docs/PROTOCOL.md describes the flow; this file is the definition.
+ */
+import { type ErrorCode, isErrorCode } from "../common/errors.ts";
+
+/** Largest JSON control message accepted, in bytes of text. */
+export const MAX_CONTROL_MESSAGE = 64 * 1024;
+/** Most streams one connection may have open at once. */
+export const MAX_STREAMS_PER_CONN = 256;
+
+export class ProtocolError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ProtocolError";
+  }
+}
+
+export type Role = "agent" | "client";
+
+export interface AgentInfo {
+  name: string;
+  hostname: string;
+  labels: Record<string, string>;
+  os: string;
+  arch: string;
+}
+
+export interface WireError {
+  code: ErrorCode;
+  message: string;
+  hint?: string;
+  candidates?: { id: string; name: string; online?: boolean }[];
+}
+
+export type StreamKind = "exec" | "pty";
+
+export interface Hello {
+  t: "hello";
+  v: number;
+  role: Role;
+  version: string;
+  agent?: AgentInfo;
+}
+export interface Welcome {
+  t: "welcome";
+  v: number;
+  version: string;
+  workspace: string;
+  key_id: string;
+  heartbeat_ms: number;
+  /** For an agent: its machine id, and the secret when it was just enrolled. */
+  machine?: { id: string; secret?: string };
+}
+export interface Ping {
+  t: "ping";
+}
+export interface Req {
+  t: "req";
+  id: number;
+  op: string;
+  args: Record<string, unknown>;
+}
+export interface Res {
+  t: "res";
+  id: number;
+  result?: unknown;
+  error?: WireError;
+}
+export interface Open {
+  t: "open";
+  sid: number;
+  /** Target machine id; set by clients, stripped by the relay before the agent sees it. */
+  machine?: string;
+  kind: StreamKind;
+  argv: string[];
+  cwd?: string;
+  env?: Record<string, string>;
+  /** false: the remote process gets /dev/null as stdin. */
+  stdin: boolean;
+  timeout_ms?: number;
+  /** Initial credit, in bytes, the opener grants for output toward it. */
+  window: number;
+  term?: string;
+  cols?: number;
+  rows?: number;
+}
+export interface Started {
+  t: "started";
+  sid: number;
+  pid?: number;
+  /** Initial credit, in bytes, the agent grants for stdin toward it. */
+  window: number;
+}
+export interface Eof {
+  t: "eof";
+  sid: number;
+}
+export interface SignalMsg {
+  t: "signal";
+  sid: number;
+  signal: string;
+}
+export interface Resize {
+  t: "resize";
+  sid: number;
+  cols: number;
+  rows: number;
+}
+export interface Exit {
+  t: "exit";
+  sid: number;
+  code: number;
+  signal?: string | null;
+}
+/** With `sid`: the stream ended in failure. Without: the connection is refused or closing. */
+export interface ErrorMsg extends WireError {
+  t: "error";
+  sid?: number;
+}
+export interface Close {
+  t: "close";
+  sid: number;
+}
+
+export type Control =
+  | Hello
+  | Welcome
+  | Ping
+  | Req
+  | Res
+  | Open
+  | Started
+  | Eof
+  | SignalMsg
+  | Resize
+  | Exit
+  | ErrorMsg
+  | Close;
+
+type Obj = Record<string, unknown>;
+
+function fail(msg: string): never {
+  throw new ProtocolError(msg);
+}
+function str(o: Obj, k: string, max = 4096, optional = false): void {
+  const v = o[k];
+  if (v === undefined && optional) return;
+  if (typeof v !== "string" || v.length > max) fail(`field '${k}' must be a string`);
+}
+function int(o: Obj, k: string, min: number, max: number, optional = false): void {
+  const v = o[k];
+  if (v === undefined && optional) return;
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    fail(`field '${k}' must be an integer in ${min}..${max}`);
+  }
+}
+function bool(o: Obj, k: string): void {
+  if (typeof o[k] !== "boolean") fail(`field '${k}' must be a boolean`);
+}
+function strMap(o: Obj, k: string, optional = false): void {
+  const v = o[k];
+  if (v === undefined && optional) return;
+  if (!v || typeof v !== "object" || Array.isArray(v)) fail(`field '${k}' must be an object`);
+  const entries = Object.entries(v as Obj);
+  if (entries.length > 1024) fail(`field '${k}' has too many entries`);
+  for (const [, val] of entries) {
+    if (typeof val !== "string") fail(`field '${k}' must map to strings`);
+  }
+}
+const U32 = 0xffff_ffff;
+
+const validators: Record<string, (o: Obj) => void> = {
+  hello(o) {
+    int(o, "v", 0, 1_000_000);
+    if (o.role !== "agent" && o.role !== "client") fail("field 'role' must be agent or client");
+    str(o, "version", 64);
+    if (o.agent !== undefined) {
+      const a = o.agent as Obj;
+      if (!a || typeof a !== "object") fail("field 'agent' must be an object");
+      str(a, "name", 256);
+      str(a, "hostname", 256);
+      str(a, "os", 64);
+      str(a, "arch", 64);
+      strMap(a, "labels");
+    }
+  },
+  welcome(o) {
+    int(o, "v", 0, 1_000_000);
+    str(o, "version", 64);
+    str(o, "workspace", 256);
+    str(o, "key_id", 256);
+    int(o, "heartbeat_ms", 100, 600_000);
+  },
+  ping() {},
+  req(o) {
+    int(o, "id", 0, U32);
+    str(o, "op", 64);
+    if (!o.args || typeof o.args !== "object" || Array.isArray(o.args)) {
+      fail("field 'args' must be an object");
+    }
+  },
+  res(o) {
+    int(o, "id", 0, U32);
+    if (o.error !== undefined) wireError(o.error as Obj);
+  },
+  open(o) {
+    int(o, "sid", 1, U32);
+    str(o, "machine", 256, true);
+    if (o.kind !== "exec" && o.kind !== "pty") fail("field 'kind' must be exec or pty");
+    const argv = o.argv;
+    if (!Array.isArray(argv) || argv.length > 4096) fail("field 'argv' must be an array");
+    if (o.kind === "exec" && argv.length === 0) fail("field 'argv' must not be empty");
+    for (const a of argv) if (typeof a !== "string") fail("field 'argv' must hold strings");
+    str(o, "cwd", 4096, true);
+    strMap(o, "env", true);
+    bool(o, "stdin");
+    int(o, "timeout_ms", 1, 365 * 86_400_000, true);
+    int(o, "window", 1, U32);
+    str(o, "term", 128, true);
+    int(o, "cols", 1, 10_000, true);
+    int(o, "rows", 1, 10_000, true);
+  },
+  started(o) {
+    int(o, "sid", 1, U32);
+    int(o, "pid", 0, U32, true);
+    int(o, "window", 1, U32);
+  },
+  eof(o) {
+    int(o, "sid", 1, U32);
+  },
+  signal(o) {
+    int(o, "sid", 1, U32);
+    str(o, "signal", 16);
+  },
+  resize(o) {
+    int(o, "sid", 1, U32);
+    int(o, "cols", 1, 10_000);
+    int(o, "rows", 1, 10_000);
+  },
+  exit(o) {
+    int(o, "sid", 1, U32);
+    int(o, "code", 0, 255);
+    if (o.signal !== undefined && o.signal !== null) str(o, "signal", 16);
+  },
+  error(o) {
+    int(o, "sid", 1, U32, true);
+    wireError(o);
+  },
+  close(o) {
+    int(o, "sid", 1, U32);
+  },
+};
+
+function wireError(o: Obj): void {
+  if (!o || typeof o !== "object") fail("error must be an object");
+  if (!isErrorCode(o.code)) fail(`unknown error code '${String(o.code)}'`);
+  str(o, "message", 4096);
+  str(o, "hint", 4096, true);
+}
+
+/** Parses and validates one control message. */
+export function parseControl(text: string): Control {
+  if (text.length > MAX_CONTROL_MESSAGE) {
+    fail(`control message too large (${text.length} > ${MAX_CONTROL_MESSAGE})`);
+  }
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    fail("control message is not JSON");
+  }
+  if (!o || typeof o !== "object" || Array.isArray(o)) fail("control message must be an object");
+  const t = (o as Obj).t;
+  const check = typeof t === "string" && Object.hasOwn(validators, t) ? validators[t] : undefined;
+  if (!check) fail(`unknown control message type '${String(t)}'`);
+  check(o as Obj);
+  return o as Control;
+}

@@ -1,0 +1,318 @@
+/**
+ * The relay's live state: which agents are online, which clients are
+ * connected, and the routes that join a client's stream to an agent's.
+ * The relay never buffers stream bytes itself: a frame is forwarded as it
+ * arrives, and each route checks that the sender stays inside the credit
+ * its receiver granted, so nothing in flight exceeds the stream windows.
+ */
+import type { Conn } from "../protocol/conn.ts";
+import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
+import {
+  CH_STDIN,
+  CH_STDOUT,
+  type Frame,
+  FRAME_CREDIT,
+  FRAME_DATA,
+  setFrameSid,
+} from "../protocol/frames.ts";
+import {
+  type AgentInfo,
+  type Control,
+  MAX_STREAMS_PER_CONN,
+  type Open,
+  ProtocolError,
+  type Req,
+  type WireError,
+} from "../protocol/messages.ts";
+import type { MachineRow, Principal, Store } from "./store.ts";
+
+interface Route {
+  client: ClientLink;
+  csid: number;
+  agent: AgentLink;
+  asid: number;
+  /** Bytes the agent may still send toward the client. */
+  outCredit: number;
+  /** Bytes the client may still send toward the agent. */
+  inCredit: number;
+}
+
+export interface AgentLink {
+  conn: Conn;
+  principal: Principal;
+  machineId: string;
+  workspace: string;
+  info: AgentInfo;
+  lastSeen: number;
+  routes: Map<number, Route>;
+  nextSid: number;
+}
+
+export interface ClientLink {
+  conn: Conn;
+  principal: Principal;
+  workspace: string;
+  routes: Map<number, Route>;
+}
+
+/** One machine as `tether machines` shows it. */
+export interface MachineView {
+  id: string;
+  name: string;
+  hostname: string;
+  online: boolean;
+  last_seen: string;
+  heartbeat_age_ms: number;
+  labels: Record<string, string>;
+  sessions: number;
+  os: string;
+  arch: string;
+  version: string;
+}
+
+export class Hub {
+  readonly agents = new Map<string, AgentLink>();
+  readonly clients = new Set<ClientLink>();
+
+  constructor(readonly store: Store, readonly log: (line: string) => void) {}
+
+  // ---- agents ----
+
+  addAgent(link: AgentLink): void {
+    const old = this.agents.get(link.machineId);
+    if (old) {
+      this.log(
+        `agent ${link.info.name} (${link.machineId}) reconnected; closing its old connection`,
+      );
+      this.dropAgent(old, "replaced by a new connection");
+      old.conn.close(CLOSE_REPLACED, "replaced by a new connection from the same machine");
+    }
+    this.agents.set(link.machineId, link);
+    this.log(`agent online: ${link.info.name} (${link.machineId})`);
+  }
+
+  dropAgent(link: AgentLink, reason: string): void {
+    if (this.agents.get(link.machineId) !== link) return;
+    this.agents.delete(link.machineId);
+    for (const r of link.routes.values()) {
+      r.client.routes.delete(r.csid);
+      r.client.conn.send({
+        t: "error",
+        sid: r.csid,
+        code: "session_lost",
+        message: `lost the connection to machine ${link.info.name}: ${reason}`,
+        hint: "the command's exit status is unknown; check the machine and retry",
+      });
+    }
+    link.routes.clear();
+    try {
+      this.store.touchMachines(new Map([[link.machineId, link.lastSeen]]));
+    } catch { /* store closed during shutdown */ }
+    this.log(`agent offline: ${link.info.name} (${link.machineId}): ${reason}`);
+  }
+
+  onAgentControl(link: AgentLink, msg: Control): void {
+    link.lastSeen = Date.now();
+    switch (msg.t) {
+      case "ping":
+        return;
+      case "started": {
+        const r = link.routes.get(msg.sid);
+        if (!r) return;
+        r.inCredit += msg.window;
+        r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      case "exit":
+      case "error": {
+        if (msg.sid === undefined) {
+          this.log(`agent ${link.info.name} reported: ${msg.t === "error" ? msg.message : ""}`);
+          return;
+        }
+        const r = link.routes.get(msg.sid);
+        if (!r) return;
+        this.unroute(r);
+        r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      default:
+        throw new ProtocolError(`agent may not send '${msg.t}'`);
+    }
+  }
+
+  onAgentFrame(link: AgentLink, f: Frame, raw: Uint8Array): void {
+    link.lastSeen = Date.now();
+    const r = link.routes.get(f.sid);
+    if (!r) return; // the stream ended on the other side; late frames are dropped
+    if (f.type === FRAME_DATA) {
+      if (f.channel === CH_STDIN) throw new ProtocolError("agent sent data on stdin");
+      r.outCredit -= f.payload.length;
+      if (r.outCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
+    } else if (f.type === FRAME_CREDIT) {
+      r.inCredit += f.bytes;
+    }
+    setFrameSid(raw, r.csid);
+    r.client.conn.sendBinary(raw);
+  }
+
+  // ---- clients ----
+
+  addClient(link: ClientLink): void {
+    this.clients.add(link);
+  }
+
+  dropClient(link: ClientLink): void {
+    if (!this.clients.delete(link)) return;
+    for (const r of link.routes.values()) {
+      r.agent.routes.delete(r.asid);
+      r.agent.conn.send({ t: "close", sid: r.asid });
+    }
+    link.routes.clear();
+  }
+
+  onClientControl(link: ClientLink, msg: Control): void {
+    switch (msg.t) {
+      case "ping":
+        return;
+      case "req":
+        link.conn.send(this.answer(link, msg));
+        return;
+      case "open":
+        this.open(link, msg);
+        return;
+      case "eof":
+      case "signal":
+      case "resize":
+      case "close": {
+        const r = link.routes.get(msg.sid);
+        if (!r) return;
+        if (msg.t === "close") this.unroute(r);
+        r.agent.conn.send({ ...msg, sid: r.asid });
+        return;
+      }
+      default:
+        throw new ProtocolError(`client may not send '${msg.t}'`);
+    }
+  }
+
+  onClientFrame(link: ClientLink, f: Frame, raw: Uint8Array): void {
+    const r = link.routes.get(f.sid);
+    if (!r) return;
+    if (f.type === FRAME_DATA) {
+      if (f.channel !== CH_STDIN) throw new ProtocolError("client sent data on an output channel");
+      r.inCredit -= f.payload.length;
+      if (r.inCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
+    } else if (f.type === FRAME_CREDIT) {
+      if (f.channel !== CH_STDOUT) throw new ProtocolError("client granted credit on stdin");
+      r.outCredit += f.bytes;
+    }
+    setFrameSid(raw, r.asid);
+    r.agent.conn.sendBinary(raw);
+  }
+
+  private open(link: ClientLink, msg: Open): void {
+    const fail = (e: WireError) => link.conn.send({ t: "error", sid: msg.sid, ...e });
+    if (link.routes.has(msg.sid)) throw new ProtocolError(`stream ${msg.sid} is already open`);
+    if (link.routes.size >= MAX_STREAMS_PER_CONN) {
+      throw new ProtocolError(`more than ${MAX_STREAMS_PER_CONN} streams on one connection`);
+    }
+    const row = msg.machine ? this.store.getMachine(msg.machine) : undefined;
+    if (!row || row.workspace !== link.workspace) {
+      return fail({
+        code: "machine_not_found",
+        message: `no machine '${msg.machine ?? ""}' in this workspace`,
+        hint: "list machines with `tether machines`",
+      });
+    }
+    const agent = this.agents.get(row.id);
+    if (!agent) {
+      return fail({
+        code: "machine_offline",
+        message: `machine ${row.name} (${row.id.slice(0, 8)}) is offline`,
+        hint: "start its agent (`tether agent run`) or pick an online machine",
+      });
+    }
+    if (agent.routes.size >= MAX_STREAMS_PER_CONN) {
+      return fail({
+        code: "rate_limited",
+        message: `machine ${row.name} has too many open streams`,
+      });
+    }
+    const asid = agent.nextSid++;
+    const route: Route = {
+      client: link,
+      csid: msg.sid,
+      agent,
+      asid,
+      outCredit: msg.window,
+      inCredit: 0,
+    };
+    link.routes.set(msg.sid, route);
+    agent.routes.set(asid, route);
+    const { machine: _drop, ...forward } = msg;
+    agent.conn.send({ ...forward, sid: asid });
+  }
+
+  private unroute(r: Route): void {
+    r.client.routes.delete(r.csid);
+    r.agent.routes.delete(r.asid);
+  }
+
+  private answer(link: ClientLink, req: Req): Control {
+    switch (req.op) {
+      case "machines":
+        return { t: "res", id: req.id, result: this.machines(link.workspace) };
+      default:
+        return {
+          t: "res",
+          id: req.id,
+          error: { code: "usage", message: `unknown request '${req.op}'` },
+        };
+    }
+  }
+
+  machines(workspace: string): MachineView[] {
+    const now = Date.now();
+    return this.store.listMachines(workspace).map((m: MachineRow) => {
+      const live = this.agents.get(m.id);
+      const lastSeen = live ? live.lastSeen : m.last_seen;
+      return {
+        id: m.id,
+        name: m.name,
+        hostname: m.hostname,
+        online: !!live,
+        last_seen: new Date(lastSeen).toISOString(),
+        heartbeat_age_ms: Math.max(0, now - lastSeen),
+        labels: m.labels,
+        sessions: 0,
+        os: m.os,
+        arch: m.arch,
+        version: m.agent_version,
+      };
+    });
+  }
+
+  /** Persists heartbeat times and closes connections whose key was revoked. */
+  sweep(): void {
+    const seen = new Map<string, number>();
+    for (const a of this.agents.values()) seen.set(a.machineId, a.lastSeen);
+    this.store.touchMachines(seen);
+    const links: { conn: Conn; principal: Principal }[] = [
+      ...this.agents.values(),
+      ...this.clients,
+    ];
+    const revoked = new Set(
+      this.store.revokedAmong([...new Set(links.map((l) => l.principal.keyId))]),
+    );
+    for (const l of links) {
+      if (revoked.has(l.principal.keyId)) {
+        l.conn.fail(CLOSE_AUTH, { code: "unauthenticated", message: "the key was revoked" });
+      }
+    }
+  }
+
+  closeAll(): void {
+    for (const a of [...this.agents.values()]) a.conn.close(1001, "relay shutting down");
+    for (const c of [...this.clients]) c.conn.close(1001, "relay shutting down");
+  }
+}

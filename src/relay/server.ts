@@ -1,0 +1,237 @@
+/**
+ * The relay's HTTP side: /healthz, and the two WebSocket endpoints. Keys are
+ * checked before the upgrade (401 without one), then the first message must
+ * be a hello with our protocol version.
+ */
+import { CLOSE_PROTOCOL, CLOSE_VERSION, Conn, HEARTBEAT_MS } from "../protocol/conn.ts";
+import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
+import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
+import { TetherError } from "../common/errors.ts";
+import { parseKey } from "../protocol/keys.ts";
+import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
+import { type Principal, Store } from "./store.ts";
+
+export interface RelayOptions {
+  hostname: string;
+  port: number;
+  dataDir: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  log?: (line: string) => void;
+}
+
+export interface Relay {
+  /** ws:// or wss:// URL clients and agents dial. */
+  url: string;
+  port: number;
+  hub: Hub;
+  store: Store;
+  finished: Promise<void>;
+  shutdown(): Promise<void>;
+}
+
+const HELLO_TIMEOUT_MS = 10_000;
+const SWEEP_MS = 2_000;
+
+export async function startRelay(opts: RelayOptions): Promise<Relay> {
+  const log = opts.log ?? ((line: string) => console.error(`relay: ${line}`));
+  const store = new Store(opts.dataDir);
+  const hub = new Hub(store, log);
+  const tls = !!(opts.tlsCert && opts.tlsKey);
+  const handler = (req: Request, info: Deno.ServeHandlerInfo) => handle(req, info, hub, log);
+
+  let listening!: (addr: Deno.NetAddr) => void;
+  const addrReady = new Promise<Deno.NetAddr>((r) => (listening = r));
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    const base = {
+      hostname: opts.hostname,
+      port: opts.port,
+      onListen: (a: Deno.NetAddr) => listening(a),
+      onError: (e: unknown) => {
+        log(`request failed: ${(e as Error)?.message ?? e}`);
+        return new Response("internal error\n", { status: 500 });
+      },
+    };
+    server = tls
+      ? Deno.serve({
+        ...base,
+        cert: Deno.readTextFileSync(opts.tlsCert!),
+        key: Deno.readTextFileSync(opts.tlsKey!),
+      }, handler)
+      : Deno.serve(base, handler);
+  } catch (e) {
+    store.close();
+    if (e instanceof Deno.errors.AddrInUse) {
+      throw new TetherError("usage", `${opts.hostname}:${opts.port} is already in use`, {
+        hint: "another relay (or `tether up`) may be running; pick another --listen port",
+      });
+    }
+    throw e;
+  }
+  const addr = await addrReady;
+  const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const sweep = setInterval(() => {
+    try {
+      hub.sweep();
+    } catch (e) {
+      log(`sweep failed: ${(e as Error).message}`);
+    }
+  }, SWEEP_MS);
+  let down: Promise<void> | undefined;
+  return {
+    url: `${tls ? "wss" : "ws"}://${host}:${addr.port}`,
+    port: addr.port,
+    hub,
+    store,
+    finished: server.finished,
+    shutdown() {
+      down ??= (async () => {
+        clearInterval(sweep);
+        hub.closeAll();
+        await server.shutdown();
+        try {
+          hub.sweep();
+        } catch { /* best effort */ }
+        store.close();
+      })();
+      return down;
+    },
+  };
+}
+
+function handle(req: Request, info: Deno.ServeHandlerInfo, hub: Hub, log: (l: string) => void) {
+  const url = new URL(req.url);
+  if (url.pathname === "/healthz") {
+    return new Response("ok\n", { status: 200 });
+  }
+  const role: Role | undefined = url.pathname === "/v1/agent"
+    ? "agent"
+    : url.pathname === "/v1/client"
+    ? "client"
+    : undefined;
+  if (!role) return new Response("not found\n", { status: 404 });
+
+  const auth = req.headers.get("authorization") ?? "";
+  const m = /^Bearer\s+(\S+)$/i.exec(auth);
+  const parsed = m ? parseKey(m[1]) : null;
+  const principal = parsed ? hub.store.authenticate(parsed) : null;
+  if (!principal) {
+    return new Response("unauthenticated: missing or invalid key\n", {
+      status: 401,
+      headers: { "www-authenticate": "Bearer" },
+    });
+  }
+  const allowed = role === "client" ? principal.kind === "client" : principal.kind !== "client";
+  if (!allowed) {
+    return new Response(`forbidden: this key cannot be used on /v1/${role}\n`, { status: 403 });
+  }
+  if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+    return new Response("upgrade required\n", { status: 426, headers: { upgrade: "websocket" } });
+  }
+  const addr = info.remoteAddr as Deno.NetAddr;
+  const peer = `${role} ${addr.hostname}:${addr.port}`;
+  const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+  socket.onopen = () => accept(new Conn(socket, { label: peer }), role, principal, hub, log);
+  return response;
+}
+
+function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l: string) => void) {
+  let link: AgentLink | ClientLink | undefined;
+  const helloTimer = setTimeout(() => {
+    if (!link) conn.fail(CLOSE_PROTOCOL, { code: "internal", message: "no hello in time" });
+  }, HELLO_TIMEOUT_MS);
+
+  conn.start({
+    onControl(msg) {
+      if (!link) {
+        clearTimeout(helloTimer);
+        link = hello(conn, role, principal, msg, hub, log);
+        return;
+      }
+      if (role === "agent") hub.onAgentControl(link as AgentLink, msg);
+      else hub.onClientControl(link as ClientLink, msg);
+    },
+    onFrame(f, raw) {
+      if (!link) throw new ProtocolError("binary frame before hello");
+      if (role === "agent") hub.onAgentFrame(link as AgentLink, f, raw);
+      else hub.onClientFrame(link as ClientLink, f, raw);
+    },
+    onClose(reason) {
+      clearTimeout(helloTimer);
+      if (!link) return;
+      if (role === "agent") hub.dropAgent(link as AgentLink, reason);
+      else hub.dropClient(link as ClientLink);
+    },
+  });
+}
+
+function hello(
+  conn: Conn,
+  role: Role,
+  principal: Principal,
+  msg: Control,
+  hub: Hub,
+  log: (l: string) => void,
+): AgentLink | ClientLink | undefined {
+  if (msg.t !== "hello") throw new ProtocolError(`expected hello, got '${msg.t}'`);
+  if (msg.v !== PROTOCOL_VERSION) {
+    conn.fail(CLOSE_VERSION, {
+      code: "internal",
+      message:
+        `protocol version mismatch: this relay speaks v${PROTOCOL_VERSION}, the ${role} speaks v${msg.v}`,
+      hint: "run the same tether release on relay, agents and clients",
+    });
+    return undefined;
+  }
+  if (msg.role !== role) throw new ProtocolError(`hello says ${msg.role} on the ${role} endpoint`);
+  const base = {
+    t: "welcome" as const,
+    v: PROTOCOL_VERSION,
+    version: VERSION,
+    workspace: principal.workspace,
+    key_id: principal.keyId,
+    heartbeat_ms: HEARTBEAT_MS,
+  };
+  if (role === "client") {
+    const link: ClientLink = {
+      conn,
+      principal,
+      workspace: principal.workspace,
+      routes: new Map(),
+    };
+    hub.addClient(link);
+    conn.send(base);
+    return link;
+  }
+  if (!msg.agent) throw new ProtocolError("agent hello without agent info");
+  const info = {
+    name: msg.agent.name,
+    hostname: msg.agent.hostname,
+    labels: msg.agent.labels,
+    os: msg.agent.os,
+    arch: msg.agent.arch,
+    agent_version: msg.version,
+  };
+  let machine: { id: string; secret?: string };
+  if (principal.kind === "machine") {
+    hub.store.updateMachine(principal.machineId, info);
+    machine = { id: principal.machineId };
+  } else {
+    machine = hub.store.enrollMachine(principal.workspace, principal.keyId, info);
+    log(`enrolled machine ${info.name} (${machine.id}) in workspace ${principal.workspace}`);
+  }
+  const link: AgentLink = {
+    conn,
+    principal,
+    machineId: machine.id,
+    workspace: principal.workspace,
+    info: msg.agent,
+    lastSeen: Date.now(),
+    routes: new Map(),
+    nextSid: 1,
+  };
+  conn.send({ ...base, machine });
+  hub.addAgent(link);
+  return link;
+}

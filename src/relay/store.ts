@@ -1,0 +1,271 @@
+/**
+ * The relay's state in SQLite (node:sqlite): workspaces, key hashes, machines.
+ * Schema changes are numbered migrations tracked with PRAGMA user_version.
+ * Only hashes of secrets are ever written here.
+ */
+import { DatabaseSync } from "node:sqlite";
+import { join } from "node:path";
+import { hashSecret, newKeyId, newSecret, secretMatches } from "./keys.ts";
+import { formatKey, type KeyRole, type ParsedKey } from "../protocol/keys.ts";
+import { TetherError } from "../common/errors.ts";
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE workspaces (
+     name TEXT PRIMARY KEY,
+     created_at INTEGER NOT NULL
+   );
+   CREATE TABLE keys (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL REFERENCES workspaces(name),
+     role TEXT NOT NULL CHECK (role IN ('client', 'agent')),
+     hash TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     revoked_at INTEGER,
+     last_used_at INTEGER
+   );
+   CREATE TABLE machines (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL REFERENCES workspaces(name),
+     secret_hash TEXT NOT NULL,
+     enrolled_by TEXT NOT NULL,
+     name TEXT NOT NULL,
+     hostname TEXT NOT NULL,
+     labels TEXT NOT NULL DEFAULT '{}',
+     os TEXT NOT NULL DEFAULT '',
+     arch TEXT NOT NULL DEFAULT '',
+     agent_version TEXT NOT NULL DEFAULT '',
+     first_seen INTEGER NOT NULL,
+     last_seen INTEGER NOT NULL
+   );
+   CREATE INDEX machines_workspace ON machines(workspace);`,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export interface KeyRow {
+  id: string;
+  workspace: string;
+  role: KeyRole;
+  created_at: number;
+  revoked_at: number | null;
+  last_used_at: number | null;
+}
+
+export interface MachineRow {
+  id: string;
+  workspace: string;
+  enrolled_by: string;
+  name: string;
+  hostname: string;
+  labels: Record<string, string>;
+  os: string;
+  arch: string;
+  agent_version: string;
+  first_seen: number;
+  last_seen: number;
+}
+
+export interface MintedKey {
+  id: string;
+  key: string;
+  role: KeyRole;
+  workspace: string;
+}
+
+/** Who a presented key turned out to be. */
+export type Principal =
+  | { kind: "client"; keyId: string; workspace: string }
+  | { kind: "agent"; keyId: string; workspace: string }
+  | { kind: "machine"; keyId: string; workspace: string; machineId: string };
+
+export const DB_FILE = "tether.db";
+
+export class Store {
+  readonly db: DatabaseSync;
+
+  constructor(dataDir: string) {
+    Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    this.db = new DatabaseSync(join(dataDir, DB_FILE));
+    this.db.exec(
+      "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+    );
+    this.migrate();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  private migrate(): void {
+    const row = this.db.prepare("PRAGMA user_version").get() as { user_version: number };
+    const current = row.user_version;
+    if (current > SCHEMA_VERSION) {
+      throw new TetherError(
+        "internal",
+        `relay data is schema v${current}, newer than this tether (v${SCHEMA_VERSION})`,
+        { hint: "run the tether release that wrote this data dir, or a newer one" },
+      );
+    }
+    for (let v = current; v < SCHEMA_VERSION; v++) {
+      this.db.exec("BEGIN IMMEDIATE");
+      try {
+        this.db.exec(MIGRATIONS[v]);
+        this.db.exec(`PRAGMA user_version = ${v + 1}`);
+        this.db.exec("COMMIT");
+      } catch (e) {
+        this.db.exec("ROLLBACK");
+        throw e;
+      }
+    }
+  }
+
+  ensureWorkspace(name: string): void {
+    this.db.prepare("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)")
+      .run(name, Date.now());
+  }
+
+  hasWorkspace(name: string): boolean {
+    return !!this.db.prepare("SELECT 1 FROM workspaces WHERE name = ?").get(name);
+  }
+
+  createKey(workspace: string, role: KeyRole): MintedKey {
+    if (!this.hasWorkspace(workspace)) {
+      throw new TetherError("usage", `no workspace named '${workspace}'`, {
+        hint: `create it with: tether relay init --workspace ${workspace}`,
+      });
+    }
+    const id = newKeyId();
+    const secret = newSecret();
+    this.db.prepare(
+      "INSERT INTO keys (id, workspace, role, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+    ).run(id, workspace, role, hashSecret(secret), Date.now());
+    return { id, key: formatKey(role, id, secret), role, workspace };
+  }
+
+  listKeys(): KeyRow[] {
+    return this.db.prepare(
+      "SELECT id, workspace, role, created_at, revoked_at, last_used_at FROM keys ORDER BY created_at, id",
+    ).all() as unknown as KeyRow[];
+  }
+
+  /** Marks a key revoked; returns false when there is no such key. */
+  revokeKey(id: string): boolean {
+    const r = this.db.prepare(
+      "UPDATE keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+    ).run(Date.now(), id);
+    return Number(r.changes) > 0;
+  }
+
+  /** Ids among `ids` that are revoked or gone (for closing live connections). */
+  revokedAmong(ids: string[]): string[] {
+    if (ids.length === 0) return [];
+    const live = new Set(
+      (this.db.prepare(
+        `SELECT id FROM keys WHERE revoked_at IS NULL AND id IN (${ids.map(() => "?").join(",")})`,
+      ).all(...ids) as { id: string }[]).map((r) => r.id),
+    );
+    return ids.filter((id) => !live.has(id));
+  }
+
+  /** Checks a presented key; null when unknown, revoked or wrong. */
+  authenticate(k: ParsedKey): Principal | null {
+    if (k.kind === "machine") {
+      const m = this.db.prepare(
+        `SELECT m.secret_hash AS hash, m.workspace AS workspace, m.enrolled_by AS enrolled_by,
+                k.revoked_at AS revoked_at
+           FROM machines m JOIN keys k ON k.id = m.enrolled_by WHERE m.id = ?`,
+      ).get(k.id) as
+        | { hash: string; workspace: string; enrolled_by: string; revoked_at: number | null }
+        | undefined;
+      const ok = secretMatches(k.secret, m?.hash);
+      if (!ok || !m || m.revoked_at !== null) return null;
+      return { kind: "machine", keyId: m.enrolled_by, workspace: m.workspace, machineId: k.id };
+    }
+    const row = this.db.prepare(
+      "SELECT hash, workspace, role, revoked_at FROM keys WHERE id = ?",
+    ).get(k.id) as
+      | { hash: string; workspace: string; role: KeyRole; revoked_at: number | null }
+      | undefined;
+    const ok = secretMatches(k.secret, row?.hash);
+    if (!ok || !row || row.revoked_at !== null || row.role !== k.kind) return null;
+    this.db.prepare("UPDATE keys SET last_used_at = ? WHERE id = ?").run(Date.now(), k.id);
+    return { kind: row.role, keyId: k.id, workspace: row.workspace };
+  }
+
+  /** Creates a machine identity; the secret is returned once and stored hashed. */
+  enrollMachine(
+    workspace: string,
+    enrolledBy: string,
+    info: Pick<MachineRow, "name" | "hostname" | "labels" | "os" | "arch" | "agent_version">,
+  ): { id: string; secret: string } {
+    const id = crypto.randomUUID();
+    const secret = newSecret();
+    const now = Date.now();
+    this.db.prepare(
+      `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels, os,
+         arch, agent_version, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      id,
+      workspace,
+      hashSecret(secret),
+      enrolledBy,
+      info.name,
+      info.hostname,
+      JSON.stringify(info.labels),
+      info.os,
+      info.arch,
+      info.agent_version,
+      now,
+      now,
+    );
+    return { id, secret };
+  }
+
+  updateMachine(
+    id: string,
+    info: Pick<MachineRow, "name" | "hostname" | "labels" | "os" | "arch" | "agent_version">,
+  ): void {
+    this.db.prepare(
+      `UPDATE machines SET name = ?, hostname = ?, labels = ?, os = ?, arch = ?, agent_version = ?,
+         last_seen = ? WHERE id = ?`,
+    ).run(
+      info.name,
+      info.hostname,
+      JSON.stringify(info.labels),
+      info.os,
+      info.arch,
+      info.agent_version,
+      Date.now(),
+      id,
+    );
+  }
+
+  touchMachines(seen: Map<string, number>): void {
+    if (seen.size === 0) return;
+    const stmt = this.db.prepare("UPDATE machines SET last_seen = max(last_seen, ?) WHERE id = ?");
+    this.db.exec("BEGIN");
+    try {
+      for (const [id, at] of seen) stmt.run(at, id);
+      this.db.exec("COMMIT");
+    } catch (e) {
+      this.db.exec("ROLLBACK");
+      throw e;
+    }
+  }
+
+  getMachine(id: string): MachineRow | undefined {
+    const r = this.db.prepare(
+      `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
+              first_seen, last_seen FROM machines WHERE id = ?`,
+    ).get(id) as (Omit<MachineRow, "labels"> & { labels: string }) | undefined;
+    return r ? { ...r, labels: JSON.parse(r.labels) } : undefined;
+  }
+
+  listMachines(workspace: string): MachineRow[] {
+    const rows = this.db.prepare(
+      `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
+              first_seen, last_seen FROM machines WHERE workspace = ? ORDER BY name, id`,
+    ).all(workspace) as unknown as (Omit<MachineRow, "labels"> & { labels: string })[];
+    return rows.map((r) => ({ ...r, labels: JSON.parse(r.labels) }));
+  }
+}
