@@ -34,9 +34,9 @@ export function registerUp(program: Command) {
 
       const cfgDir = configDir(g);
       const stored = readStoredConfig(cfgDir);
-      const apiKey =
-        reusableClientKey(relay.store, stored.relay === relay.url ? stored.api_key : "") ??
-          relay.store.createKey(WORKSPACE, "client").key;
+      // The stored key is reused while this relay accepts it, even if the port changed.
+      const apiKey = reusableClientKey(relay.store, stored.api_key) ??
+        relay.store.createKey(WORKSPACE, "client").key;
       const cfgPath = writeStoredConfig(cfgDir, { relay: relay.url, api_key: apiKey });
 
       const enrollKey = agentNeedsKey(relay.store, stateDir)

@@ -20,6 +20,20 @@ export const CLOSE_VERSION = 4409;
 export const CLOSE_DEAD = 4408;
 export const CLOSE_REPLACED = 4410;
 
+/** What Conn needs of a socket: the browser WebSocket API, as Deno's server side and ws_client.ts offer it. */
+export interface WsLike {
+  readonly readyState: number;
+  readonly bufferedAmount: number;
+  binaryType: string;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+}
+
+const OPEN = 1;
+
 export interface ConnHandlers {
   onControl(msg: Control): void;
   onFrame(frame: Frame, raw: Uint8Array): void;
@@ -34,7 +48,7 @@ export interface ConnOptions {
 }
 
 export class Conn {
-  readonly ws: WebSocket;
+  readonly ws: WsLike;
   readonly label: string;
   private handlers?: ConnHandlers;
   private lastRecv = Date.now();
@@ -43,7 +57,7 @@ export class Conn {
   private readonly heartbeatMs: number;
   private readonly deadAfterMs: number;
 
-  constructor(ws: WebSocket, opts: ConnOptions = {}) {
+  constructor(ws: WsLike, opts: ConnOptions = {}) {
     this.ws = ws;
     ws.binaryType = "arraybuffer";
     this.label = opts.label ?? "peer";
@@ -52,7 +66,7 @@ export class Conn {
   }
 
   get isOpen(): boolean {
-    return !this.ended && this.ws.readyState === WebSocket.OPEN;
+    return !this.ended && this.ws.readyState === OPEN;
   }
 
   get bufferedAmount(): number {
@@ -70,12 +84,12 @@ export class Conn {
   }
 
   send(msg: Control): void {
-    if (this.ws.readyState !== WebSocket.OPEN) return;
+    if (this.ws.readyState !== OPEN) return;
     this.ws.send(JSON.stringify(msg));
   }
 
   sendBinary(buf: Uint8Array): void {
-    if (this.ws.readyState !== WebSocket.OPEN) return;
+    if (this.ws.readyState !== OPEN) return;
     this.ws.send(buf);
   }
 

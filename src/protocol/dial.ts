@@ -1,12 +1,12 @@
 /**
  * Dialing the relay, for agents and clients alike: WebSocket upgrade with
  * `Authorization: Bearer`, then the hello/welcome version handshake. When the
- * upgrade fails, a plain HTTP request to the same endpoint tells a refused
- * key (401) from a relay that is not there.
+ * upgrade is refused, its HTTP status says why (401 key, 403 role, 429 throttled).
  */
 import { TetherError } from "../common/errors.ts";
 import { Conn, type ConnOptions } from "./conn.ts";
 import { type AgentInfo, type Control, parseControl, type Role, type Welcome } from "./messages.ts";
+import { TcpWebSocket, UpgradeRefused } from "./ws_client.ts";
 import { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
 export interface DialOptions extends ConnOptions {
@@ -51,46 +51,46 @@ export function endpointUrl(relay: string, role: Role): string {
   return u.toString();
 }
 
-function httpClient(caFile?: string): Deno.HttpClient | undefined {
+function caCerts(caFile?: string): string[] | undefined {
   if (!caFile) return undefined;
-  let pem: string;
   try {
-    pem = Deno.readTextFileSync(caFile);
+    return [Deno.readTextFileSync(caFile)];
   } catch (e) {
     throw new TetherError("usage", `cannot read CA file ${caFile}: ${(e as Error).message}`);
   }
-  return Deno.createHttpClient({ caCerts: [pem] });
 }
 
 /** Opens an authenticated, version-checked connection to the relay. */
 export async function dial(opts: DialOptions): Promise<Dialed> {
   const url = endpointUrl(opts.relay, opts.role);
-  const client = httpClient(opts.caFile);
-  const headers = { Authorization: `Bearer ${opts.key}` };
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  const ws = new WebSocket(url, { headers, client } as WebSocketOptions);
-  ws.binaryType = "arraybuffer";
+  let ws: TcpWebSocket;
+  try {
+    ws = await TcpWebSocket.connect(url, {
+      headers: { Authorization: `Bearer ${opts.key}` },
+      caCerts: caCerts(opts.caFile),
+      timeoutMs,
+    });
+  } catch (e) {
+    if (e instanceof TetherError) throw e;
+    if (e instanceof UpgradeRefused) {
+      throw refusedError(e.refused.status, opts.relay, e.refused.headers);
+    }
+    throw new TetherError("relay_unreachable", `cannot reach relay at ${opts.relay}`, {
+      hint: `is the relay running and the URL right? (${(e as Error).message.split("\n")[0]})`,
+      cause: e,
+    });
+  }
 
   const first = await new Promise<Control | "failed">((resolve, reject) => {
     const timer = setTimeout(() => {
-      try {
-        ws.close();
-      } catch { /* ignore */ }
+      ws.close();
       reject(
         new TetherError("relay_unreachable", `relay at ${opts.relay} did not answer in time`, {
           hint: "check the relay URL and that the relay is running",
         }),
       );
     }, timeoutMs);
-    ws.onopen = () => {
-      ws.send(JSON.stringify({
-        t: "hello",
-        v: PROTOCOL_VERSION,
-        role: opts.role,
-        version: VERSION,
-        ...(opts.agent ? { agent: opts.agent } : {}),
-      }));
-    };
     ws.onmessage = (ev) => {
       clearTimeout(timer);
       try {
@@ -99,15 +99,23 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
         reject(new TetherError("internal", `bad handshake from relay: ${(e as Error).message}`));
       }
     };
-    ws.onerror = () => {};
     ws.onclose = () => {
       clearTimeout(timer);
       resolve("failed");
     };
+    ws.send(JSON.stringify({
+      t: "hello",
+      v: PROTOCOL_VERSION,
+      role: opts.role,
+      version: VERSION,
+      ...(opts.agent ? { agent: opts.agent } : {}),
+    }));
   });
 
   if (first === "failed") {
-    throw await diagnose(url, opts.relay, headers, client);
+    throw new TetherError("relay_unreachable", `the relay at ${opts.relay} closed the connection`, {
+      hint: "check the relay's log",
+    });
   }
   if (first.t === "error") {
     ws.close();
@@ -129,30 +137,14 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
   return { conn, welcome: first };
 }
 
-async function diagnose(
-  wsUrl: string,
-  relay: string,
-  headers: Record<string, string>,
-  client?: Deno.HttpClient,
-): Promise<TetherError> {
-  const httpUrl = wsUrl.replace(/^ws/, "http");
-  let res: Response;
-  try {
-    res = await fetch(httpUrl, { headers, client, signal: AbortSignal.timeout(5000) });
-    await res.body?.cancel();
-  } catch (e) {
-    return new TetherError("relay_unreachable", `cannot reach relay at ${relay}`, {
-      hint: `is the relay running and the URL right? (${(e as Error).message.split("\n")[0]})`,
-      cause: e,
-    });
-  }
-  if (res.status === 401) {
+function refusedError(status: number, relay: string, headers: Headers): TetherError {
+  if (status === 401) {
     return new TetherError("unauthenticated", `the relay at ${relay} refused the key`, {
       hint:
         "check --api-key / TETHER_API_KEY (or TETHER_AGENT_KEY for agents), or run `tether login`",
     });
   }
-  if (res.status === 403) {
+  if (status === 403) {
     return new TetherError(
       "forbidden",
       `the relay at ${relay} refused this key for this endpoint`,
@@ -161,15 +153,15 @@ async function diagnose(
       },
     );
   }
-  if (res.status === 429) {
-    const after = res.headers.get("retry-after");
+  if (status === 429) {
+    const after = headers.get("retry-after");
     return new TetherError("rate_limited", `the relay at ${relay} is throttling this address`, {
       hint: `too many failed attempts; retry in ${after ?? "a while"} s`,
     });
   }
   return new TetherError(
     "relay_unreachable",
-    `relay at ${relay} refused the WebSocket (HTTP ${res.status})`,
+    `relay at ${relay} refused the WebSocket (HTTP ${status})`,
     { hint: "check that the URL points at a tether relay" },
   );
 }

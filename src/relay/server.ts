@@ -3,7 +3,13 @@
  * checked before the upgrade (401 without one), then the first message must
  * be a hello with our protocol version.
  */
-import { CLOSE_PROTOCOL, CLOSE_VERSION, Conn, HEARTBEAT_MS } from "../protocol/conn.ts";
+import {
+  CLOSE_PROTOCOL,
+  CLOSE_VERSION,
+  Conn,
+  HEARTBEAT_MS,
+  type WsLike,
+} from "../protocol/conn.ts";
 import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { TetherError } from "../common/errors.ts";
@@ -132,7 +138,8 @@ function handle(req: Request, info: Deno.ServeHandlerInfo, hub: Hub, log: (l: st
   const addr = info.remoteAddr as Deno.NetAddr;
   const peer = `${role} ${addr.hostname}:${addr.port}`;
   const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-  socket.onopen = () => accept(new Conn(socket, { label: peer }), role, principal, hub, log);
+  socket.onopen = () =>
+    accept(new Conn(socket as unknown as WsLike, { label: peer }), role, principal, hub, log);
   return response;
 }
 

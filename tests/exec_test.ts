@@ -1,0 +1,239 @@
+/** Issue 3: `tether exec` and `exec --stream` through a real relay and agent. */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { awkEchoArgv, rss, tetherArgv, World } from "./helpers.ts";
+
+async function worldWithAgent(name = "box"): Promise<World> {
+  const w = await World.create();
+  await w.startAgent(name);
+  return w;
+}
+
+Deno.test("argv travels as an array, untouched by any shell", async () => {
+  await using w = await worldWithAgent();
+  const r = await w.tether(["exec", "box", "--", "printf", "%s|", "a b", "$HOME", "*", "", 'x"y']);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, 'a b|$HOME|*||x"y|');
+  assert.equal(r.stderr, "");
+});
+
+Deno.test("exit codes: the remote code, 128+n for a signal, separate stdout and stderr", async () => {
+  await using w = await worldWithAgent();
+  const r = await w.tether(["exec", "box", "--", "sh", "-c", "echo out; echo err >&2; exit 42"]);
+  assert.equal(r.code, 42);
+  assert.equal(r.stdout, "out\n");
+  assert.equal(r.stderr, "err\n");
+  const s = await w.tether(["exec", "box", "--", "sh", "-c", "kill -TERM $$"]);
+  assert.equal(s.code, 143);
+  const missing = await w.tether(["exec", "box", "--", "no-such-command-xyz"]);
+  assert.equal(missing.code, 127);
+  assert.match(missing.stderr, /no-such-command-xyz/);
+});
+
+Deno.test("stdin is forwarded; EOF half-closes while output continues; -n gives /dev/null", async () => {
+  await using w = await worldWithAgent();
+  const r = await w.tether(["exec", "box", "--", "sh", "-c", "cat; echo after-eof"], {
+    stdin: "line one\nline two\n",
+  });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "line one\nline two\nafter-eof\n");
+  const n = await w.tether(["exec", "box", "-n", "--", "sh", "-c", "wc -c"], { stdin: "ignored" });
+  assert.equal(n.stdout.trim(), "0");
+});
+
+Deno.test("--cwd and --env reach the remote process", async () => {
+  await using w = await worldWithAgent();
+  const dir = await Deno.makeTempDir({ dir: w.home });
+  const r = await w.tether([
+    "exec",
+    "box",
+    "--cwd",
+    dir,
+    "--env",
+    "GREETING=hi there",
+    "--env",
+    "EMPTY=",
+    "--",
+    "sh",
+    "-c",
+    'pwd; echo "$GREETING"; echo "[${EMPTY-unset}]"',
+  ]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `${Deno.realPathSync(dir)}\nhi there\n[]\n`);
+  const bad = await w.tether(["exec", "box", "--cwd", "/no/such/dir", "--", "true"]);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /\/no\/such\/dir/);
+});
+
+Deno.test("32 MiB of random bytes through cat arrive identical", async () => {
+  await using w = await worldWithAgent();
+  const data = new Uint8Array(32 * 1024 * 1024);
+  for (let i = 0; i < data.length; i += 65536) crypto.getRandomValues(data.subarray(i, i + 65536));
+  const r = await w.tether(["exec", "box", "--", "cat"], { stdin: data, timeoutMs: 60_000 });
+  assert.equal(r.code, 0, r.stderr);
+  const sha = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+  assert.equal(r.stdoutBytes.length, data.length);
+  assert.equal(sha(r.stdoutBytes), sha(data));
+});
+
+Deno.test("exec --stream drives a process turn by turn (200 round trips)", async () => {
+  await using w = await worldWithAgent();
+  const p = w.spawn(["exec", "box", "--stream", "--", ...await awkEchoArgv()], { stdin: true });
+  for (let i = 1; i <= 200; i++) {
+    const line = JSON.stringify({ turn: i, text: "héllo" });
+    await p.write(line + "\n");
+    // Line N+1 is sent only after reply N arrived: any buffering deadlocks here.
+    await p.waitFor(new RegExp(`"turn":${i},`), "stdout", 10_000);
+  }
+  await p.closeStdin();
+  const st = await p.status;
+  assert.equal(st.code, 0, p.stderr);
+  assert.equal(p.stdout.trim().split("\n").length, 200);
+});
+
+Deno.test("--stream with -t is a usage error; a missing command is a usage error", async () => {
+  await using w = await World.create();
+  const r = await w.tether(["exec", "box", "--stream", "-t", "--", "true"]);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /--stream/);
+  const j = await w.tether(["exec", "box", "--json"]);
+  assert.equal(j.code, 2);
+  assert.equal(JSON.parse(j.stdout).error.code, "usage");
+});
+
+Deno.test("--timeout ends the remote process group even while our stdin stays open", async () => {
+  await using w = await worldWithAgent();
+  const p = w.spawn([
+    "exec",
+    "box",
+    "--json",
+    "--timeout",
+    "1s",
+    "--",
+    "sh",
+    "-c",
+    "sleep 60 & cat",
+  ], {
+    stdin: true,
+  });
+  const st = await p.status;
+  assert.equal(st.code, 255);
+  assert.equal(JSON.parse(p.stdout).error.code, "timeout");
+});
+
+Deno.test("an agent killed mid-command gives session_lost and 255, never 0", async () => {
+  await using w = await World.create();
+  const agent = await w.startAgent("doomed");
+  const p = w.spawn(["exec", "doomed", "--events", "--", "sh", "-c", "echo started; sleep 30"]);
+  await p.waitFor(/"stdout","data":"started\\n"/, "stdout");
+  const started = JSON.parse(p.stdout.split("\n")[0]);
+  agent.kill("SIGKILL");
+  const t0 = Date.now();
+  const st = await p.status;
+  assert.ok(Date.now() - t0 < 10_000);
+  assert.equal(st.code, 255);
+  const events = p.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  const last = events.at(-1);
+  assert.equal(last.type, "error");
+  assert.equal(last.error.code, "session_lost");
+  assert.equal(events.filter((e) => e.type === "exit").length, 0);
+  try {
+    Deno.kill(-started.pid, "SIGKILL"); // the orphaned sleep
+  } catch { /* gone */ }
+});
+
+Deno.test("a relay that goes away mid-command gives session_lost and 255", async () => {
+  await using w = await worldWithAgent();
+  const p = w.spawn(["exec", "box", "--", "sh", "-c", "echo started; sleep 30"]);
+  await p.waitFor(/started/, "stdout");
+  await w.stopRelay("SIGKILL");
+  const st = await p.status;
+  assert.equal(st.code, 255);
+  assert.match(p.stderr, /lost/);
+});
+
+Deno.test("--events prints started, stdout/stderr (UTF-8 or base64), then exactly one exit", async () => {
+  await using w = await worldWithAgent();
+  const r = await w.tether([
+    "exec",
+    "box",
+    "--events",
+    "--",
+    "sh",
+    "-c",
+    "printf 'héllo\\n'; printf 'oops\\n' >&2; printf '\\377\\376'; exit 3",
+  ]);
+  assert.equal(r.code, 3);
+  const events = r.stdout.trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(events[0].type, "started");
+  assert.equal(typeof events[0].pid, "number");
+  const bytes = (type: string) =>
+    events.filter((e) => e.type === type).flatMap((e) => [
+      ...(e.encoding === "base64"
+        ? Uint8Array.from(atob(e.data), (c) => c.charCodeAt(0))
+        : new TextEncoder().encode(e.data)),
+    ]);
+  assert.deepEqual(bytes("stdout"), [...new TextEncoder().encode("héllo\n"), 0xff, 0xfe]);
+  assert.ok(events.some((e) => e.encoding === "base64"), "invalid UTF-8 goes out as base64");
+  assert.ok(events.some((e) => e.type === "stderr" && e.data === "oops\n"));
+  assert.deepEqual(events.at(-1), { type: "exit", code: 3, signal: null });
+  assert.equal(events.filter((e) => e.type === "exit" || e.type === "error").length, 1);
+});
+
+Deno.test("unknown and offline machines: machine_not_found and machine_offline", async () => {
+  await using w = await World.create();
+  const a = await w.startAgent("sleepy");
+  const nf = await w.tether(["exec", "nosuch", "--json", "--", "true"]);
+  assert.equal(nf.code, 255);
+  assert.equal(JSON.parse(nf.stdout).error.code, "machine_not_found");
+  await a.stop();
+  await w.waitMachines((ms) => ms.length === 1 && !ms[0].online);
+  const off = await w.tether(["exec", "sleepy", "--json", "--", "true"]);
+  assert.equal(off.code, 255);
+  assert.equal(JSON.parse(off.stdout).error.code, "machine_offline");
+});
+
+Deno.test("50 concurrent execs on one agent each get their own output and code", async () => {
+  await using w = await worldWithAgent();
+  const runs = Array.from(
+    { length: 50 },
+    (_, i) =>
+      w.tether(["exec", "box", "--", "sh", "-c", `sleep 0.5; echo run-${i}; exit ${i % 7}`], {
+        timeoutMs: 60_000,
+      }),
+  );
+  const results = await Promise.all(runs);
+  results.forEach((r, i) => {
+    assert.equal(r.stdout, `run-${i}\n`, r.stderr);
+    assert.equal(r.code, i % 7);
+  });
+});
+
+Deno.test("a reader that stops reading keeps relay and agent memory bounded", async () => {
+  await using w = await World.create();
+  const agent = await w.startAgent("flood");
+  // Our test never reads this process's stdout pipe past the OS buffer.
+  const [cmd, ...args] = tetherArgv(["exec", "flood", "--", "yes"]);
+  const child = new Deno.Command(cmd, {
+    args,
+    env: w.env(),
+    clearEnv: true,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const reader = child.stdout.getReader();
+  await reader.read(); // the stream is flowing
+  const sample = async () => ({ relay: await rss(w.relay!.pid), agent: await rss(agent.pid) });
+  await new Promise((r) => setTimeout(r, 1500));
+  const before = await sample();
+  await new Promise((r) => setTimeout(r, 3000));
+  const after = await sample();
+  const MiB = 1024 * 1024;
+  assert.ok(after.relay - before.relay < 16 * MiB, `relay grew ${after.relay - before.relay}`);
+  assert.ok(after.agent - before.agent < 16 * MiB, `agent grew ${after.agent - before.agent}`);
+  assert.ok(after.relay < 200 * MiB && after.agent < 200 * MiB, JSON.stringify(after));
+  child.kill("SIGKILL");
+  await reader.cancel();
+  await child.status;
+});

@@ -1,0 +1,267 @@
+/** Issue 2: relay, keys, enrollment, machines, reconnects, `tether up`. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { baseEnv, Proc, run, walkFiles, World } from "./helpers.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
+
+Deno.test("an agent enrolls and is listed, as a table and as JSON", async () => {
+  await using w = await World.create();
+  await w.startAgent("alpha", { labels: ["env=dev", "team=core"] });
+  const ms = await w.machines();
+  assert.equal(ms.length, 1);
+  const m = ms[0];
+  assert.match(m.id, /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+  assert.equal(m.name, "alpha");
+  assert.equal(m.online, true);
+  assert.deepEqual(m.labels, { env: "dev", team: "core" });
+  assert.equal(typeof m.hostname, "string");
+  assert.equal(typeof m.last_seen, "string");
+  assert.equal(m.sessions, 0);
+  assert.equal(m.os, Deno.build.os);
+
+  const table = await w.tether(["machines"]);
+  assert.equal(table.code, 0, table.stderr);
+  const [header, row] = table.stdout.trim().split("\n");
+  assert.match(header, /^ID\s+NAME\s+HOSTNAME\s+ONLINE\s+HEARTBEAT\s+LABELS\s+SESSIONS$/);
+  assert.match(
+    row,
+    new RegExp(`^${m.id.slice(0, 8)}\\s+alpha\\s+\\S+\\s+yes\\s+\\d+s\\s+env=dev,team=core\\s+0$`),
+  );
+
+  const sel = await w.tether(["machines", "--json", "-l", "team=other"]);
+  assert.deepEqual(JSON.parse(sel.stdout), []);
+});
+
+Deno.test("the identity is kept 0600 and a restarted agent keeps its id", async () => {
+  await using w = await World.create();
+  const a = await w.startAgent("keeper");
+  const [first] = await w.machines();
+  const identity = join(w.home, "agents", "keeper", "identity.json");
+  assert.equal(Deno.statSync(identity).mode! & 0o777, 0o600);
+  await a.stop();
+  await w.waitMachines((ms) => ms.length === 1 && !ms[0].online);
+  // Restarted without the enrollment key: the stored identity is enough.
+  await w.startAgent("keeper", { key: "" });
+  const ms = await w.waitMachines((ms) => ms.length === 1 && ms[0].online);
+  assert.equal(ms[0].id, first.id);
+});
+
+Deno.test("the agent comes back online by itself after a relay restart", async () => {
+  await using w = await World.create();
+  const a = await w.startAgent("bouncer");
+  await w.stopRelay();
+  await a.waitFor(/disconnected from relay/);
+  await w.startRelay();
+  await a.waitFor(/online as bouncer[\s\S]*online as bouncer/, "stderr", 15_000);
+  const ms = await w.waitMachines((ms) => ms.length === 1 && ms[0].online);
+  assert.equal(ms[0].name, "bouncer");
+});
+
+Deno.test("the relay marks a silent agent offline within 10 s", async () => {
+  await using w = await World.create();
+  const a = await w.startAgent("frozen");
+  await w.waitMachines((ms) => ms[0]?.online === true);
+  a.kill("SIGSTOP"); // connection stays open, heartbeats stop
+  try {
+    const t0 = Date.now();
+    await w.waitMachines((ms) => ms[0]?.online === false, 12_000);
+    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
+  } finally {
+    a.kill("SIGCONT");
+  }
+});
+
+Deno.test("a bad key is unauthenticated, as JSON on stdout and as two lines on stderr", async () => {
+  await using w = await World.create();
+  const bad = "tether_client_000000000000_" + "0".repeat(40);
+  const j = await w.tether(["machines", "--json"], { env: { TETHER_API_KEY: bad } });
+  assert.equal(j.code, 1);
+  const err = JSON.parse(j.stdout).error;
+  assert.equal(err.code, "unauthenticated");
+  assert.ok(err.message && err.hint);
+  assert.equal(j.stdout.trim().split("\n").length, 1);
+
+  const h = await w.tether(["machines"], { env: { TETHER_API_KEY: "garbage" } });
+  assert.equal(h.code, 1);
+  assert.equal(h.stdout, "");
+  assert.match(h.stderr, /^tether: .*refused the key\n {2}hint: .+\n$/);
+
+  // An agent key is not a client key.
+  const wrongRole = await w.tether(["machines", "--json"], {
+    env: { TETHER_API_KEY: w.keys.agent_key },
+  });
+  assert.equal(JSON.parse(wrongRole.stdout).error.code, "forbidden");
+});
+
+Deno.test("the relay refuses an upgrade without a valid key with 401, and serves /healthz", async () => {
+  await using w = await World.create();
+  const http = w.url.replace("ws://", "http://");
+  const health = await fetch(`${http}/healthz`);
+  assert.equal(health.status, 200);
+  await health.body?.cancel();
+  const upgrade = {
+    Connection: "Upgrade",
+    Upgrade: "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+  };
+  for (const path of ["/v1/client", "/v1/agent"]) {
+    for (const auth of [undefined, "Bearer nope", `Bearer ${w.keys.client_key}x`]) {
+      const res = await fetch(`${http}${path}`, {
+        headers: { ...upgrade, ...(auth ? { Authorization: auth } : {}) },
+      });
+      assert.equal(res.status, 401, `${path} with ${auth}`);
+      await res.body?.cancel();
+    }
+  }
+});
+
+Deno.test("a protocol version mismatch is refused naming both versions", async () => {
+  await using w = await World.create();
+  const ws = new WebSocket(`${w.url}/v1/client`, {
+    headers: { Authorization: `Bearer ${w.keys.client_key}` },
+  });
+  const msg = await new Promise<string>((resolve, reject) => {
+    ws.onopen = () => ws.send(JSON.stringify({ t: "hello", v: 99, role: "client", version: "9" }));
+    ws.onmessage = (e) => resolve(String(e.data));
+    ws.onerror = () => reject(new Error("socket error"));
+  });
+  await new Promise((r) => {
+    ws.onclose = r;
+    if (ws.readyState === WebSocket.CLOSED) r(null);
+  });
+  const o = JSON.parse(msg);
+  assert.equal(o.t, "error");
+  assert.match(o.message, new RegExp(`v${PROTOCOL_VERSION}.*v99`));
+});
+
+Deno.test("relay_unreachable names the URL; not_configured says what to run", async () => {
+  const home = await Deno.makeTempDir();
+  try {
+    const env = {
+      ...baseEnv(home),
+      TETHER_RELAY: "ws://127.0.0.1:9",
+      TETHER_API_KEY: "tether_client_000000000000_" + "0".repeat(40),
+    };
+    const r = await run(["machines", "--json"], { env });
+    assert.equal(r.code, 1);
+    const err = JSON.parse(r.stdout).error;
+    assert.equal(err.code, "relay_unreachable");
+    assert.match(err.message, /ws:\/\/127\.0\.0\.1:9/);
+
+    const n = await run(["machines", "--json"], { env: baseEnv(home) });
+    assert.equal(n.code, 1);
+    const e2 = JSON.parse(n.stdout).error;
+    assert.equal(e2.code, "not_configured");
+    assert.match(e2.hint, /tether login/);
+    assert.match(e2.hint, /tether up/);
+
+    // exec fails as ssh does: 255.
+    const x = await run(["exec", "m", "--", "true"], { env: baseEnv(home) });
+    assert.equal(x.code, 255);
+    assert.match(x.stderr, /not_configured|no relay URL/);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});
+
+Deno.test("keys: role prefixes, ≥128-bit secrets, list without secrets, revoke refuses", async () => {
+  await using w = await World.create();
+  assert.match(w.keys.client_key, /^tether_client_[0-9a-f]{12}_[0-9a-f]{40}$/);
+  assert.match(w.keys.agent_key, /^tether_agent_[0-9a-f]{12}_[0-9a-f]{40}$/);
+  const created = await w.tether([
+    "relay",
+    "keys",
+    "create",
+    "--data-dir",
+    w.relayDir,
+    "--workspace",
+    "default",
+    "--role",
+    "client",
+    "--json",
+  ]);
+  assert.equal(created.code, 0, created.stderr);
+  const k = JSON.parse(created.stdout);
+  assert.deepEqual(Object.keys(k).sort(), ["id", "key", "role", "workspace"]);
+  assert.equal(k.role, "client");
+
+  const ok = await w.tether(["machines", "--json"], { env: { TETHER_API_KEY: k.key } });
+  assert.equal(ok.code, 0, ok.stdout);
+
+  const list = await w.tether(["relay", "keys", "list", "--data-dir", w.relayDir, "--json"]);
+  assert.ok(!list.stdout.includes(k.key.split("_").pop()!), "list shows no secret");
+  assert.equal(JSON.parse(list.stdout).length, 3);
+
+  // A connected client with that key is closed once it is revoked.
+  const watcher = new WebSocket(`${w.url}/v1/client`, {
+    headers: { Authorization: `Bearer ${k.key}` },
+  });
+  const closed = new Promise<void>((r) => (watcher.onclose = () => r()));
+  watcher.onopen = () =>
+    watcher.send(JSON.stringify({ t: "hello", v: PROTOCOL_VERSION, role: "client", version: "x" }));
+
+  const rev = await w.tether(["relay", "keys", "revoke", "--data-dir", w.relayDir, k.id]);
+  assert.equal(rev.code, 0, rev.stderr);
+  const refused = await w.tether(["machines", "--json"], { env: { TETHER_API_KEY: k.key } });
+  assert.equal(JSON.parse(refused.stdout).error.code, "unauthenticated");
+  await closed;
+
+  const unknown = await w.tether(["relay", "keys", "revoke", "--data-dir", w.relayDir, "nope"]);
+  assert.equal(unknown.code, 2);
+});
+
+Deno.test("no plaintext key or machine secret is stored in the relay data dir", async () => {
+  await using w = await World.create();
+  await w.startAgent("secretive");
+  const identity = JSON.parse(
+    Deno.readTextFileSync(join(w.home, "agents", "secretive", "identity.json")),
+  );
+  await w.stopRelay(); // flush WAL into the main file too
+  const secrets = [
+    w.keys.client_key.split("_").pop()!,
+    w.keys.agent_key.split("_").pop()!,
+    identity.secret,
+  ];
+  let files = 0;
+  for (const f of walkFiles(w.relayDir)) {
+    files++;
+    const bytes = new TextDecoder("latin1").decode(Deno.readFileSync(f));
+    for (const s of secrets) assert.ok(!bytes.includes(s), `${f} contains a secret`);
+  }
+  assert.ok(files >= 1);
+});
+
+Deno.test("tether up brings this machine online and writes a client config; a second up reuses it", async () => {
+  const home = await Deno.makeTempDir({ prefix: "tether-up-" });
+  const env = baseEnv(home);
+  try {
+    const upArgs = ["up", "--listen", "127.0.0.1:0", "--name", "laptop"];
+    const up = Proc.tether(upArgs, { env });
+    await up.waitFor(
+      /tether is up: relay (ws:\/\/\S+), machine laptop \(([0-9a-f]{8})\) online/,
+      "stdout",
+    );
+    const cfgPath = join(home, ".config", "tether", "config.json");
+    assert.equal(Deno.statSync(cfgPath).mode! & 0o777, 0o600);
+    const r1 = await run(["machines", "--json"], { env });
+    assert.equal(r1.code, 0, r1.stdout + r1.stderr);
+    const [m1] = JSON.parse(r1.stdout);
+    assert.equal(m1.name, "laptop");
+    assert.equal(m1.online, true);
+    const key1 = JSON.parse(Deno.readTextFileSync(cfgPath)).api_key;
+    const st = await up.stop("SIGINT");
+    assert.equal(st.code, 0, up.stderr);
+
+    const up2 = Proc.tether(upArgs, { env });
+    await up2.waitFor(/tether is up/, "stdout");
+    const r2 = await run(["machines", "--json"], { env });
+    const ms = JSON.parse(r2.stdout);
+    assert.equal(ms.length, 1, "same machine, not a second one");
+    assert.equal(ms[0].id, m1.id);
+    assert.equal(JSON.parse(Deno.readTextFileSync(cfgPath)).api_key, key1);
+    await up2.stop("SIGINT");
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});

@@ -1,0 +1,347 @@
+/**
+ * Test harness: real relays, agents and CLI runs as subprocesses on
+ * 127.0.0.1 with random ports and temp dirs. The CLI under test is the
+ * bundle (`deno task bundle` → dist/tether.js), run with the permission set
+ * from deno.json, as users run it.
+ */
+import { join } from "node:path";
+
+export const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
+export const BUNDLE = join(ROOT, "dist", "tether.js");
+export const CONFIG = join(ROOT, "deno.json");
+
+function entry(): string {
+  const override = Deno.env.get("TETHER_TEST_ENTRY");
+  if (override) return override;
+  try {
+    Deno.statSync(BUNDLE);
+    return BUNDLE;
+  } catch {
+    throw new Error("dist/tether.js is missing: run `deno task bundle` (or `deno task test`)");
+  }
+}
+
+/** argv that runs the tether CLI under test. */
+export function tetherArgv(args: string[]): string[] {
+  return [Deno.execPath(), "run", "-q", "-P", "--config", CONFIG, entry(), ...args];
+}
+
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  stdoutBytes: Uint8Array;
+}
+
+export interface RunOptions {
+  env?: Record<string, string>;
+  /** Bytes or text for stdin; default: /dev/null. */
+  stdin?: string | Uint8Array | "inherit-pipe";
+  /** Hard limit; a run that outlives it fails the test. */
+  timeoutMs?: number;
+  cwd?: string;
+}
+
+const dec = new TextDecoder();
+
+/** Environment shared by every process a test starts: isolated from the user's own. */
+export function baseEnv(home: string): Record<string, string> {
+  return {
+    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    HOME: home,
+    XDG_CONFIG_HOME: join(home, ".config"),
+    XDG_DATA_HOME: join(home, ".local", "share"),
+    XDG_STATE_HOME: join(home, ".local", "state"),
+    DENO_DIR: Deno.env.get("DENO_DIR") ?? join(Deno.env.get("HOME") ?? "/root", ".cache", "deno"),
+    NO_COLOR: "1",
+    LANG: "C.UTF-8",
+  };
+}
+
+/** Runs the CLI to completion under a hard timeout. */
+export async function run(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  const [cmd, ...rest] = tetherArgv(args);
+  const child = new Deno.Command(cmd, {
+    args: rest,
+    env: opts.env,
+    clearEnv: !!opts.env,
+    cwd: opts.cwd,
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    const data = typeof opts.stdin === "string" ? new TextEncoder().encode(opts.stdin) : opts.stdin;
+    w.write(data as Uint8Array).then(() => w.close()).catch(() => {});
+  }
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    try {
+      child.kill("SIGKILL");
+    } catch { /* gone */ }
+  }, timeoutMs);
+  const out = await child.output();
+  clearTimeout(timer);
+  const res = {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+    stdoutBytes: out.stdout,
+  };
+  if (timedOut) {
+    throw new Error(
+      `tether ${
+        args.join(" ")
+      } did not finish within ${timeoutMs} ms\nstdout: ${res.stdout}\nstderr: ${res.stderr}`,
+    );
+  }
+  return res;
+}
+
+/** A long-running process whose output is collected and can be waited on. */
+export class Proc {
+  readonly child: Deno.ChildProcess;
+  stdout = "";
+  stderr = "";
+  readonly status: Promise<Deno.CommandStatus>;
+  private waiters: (() => void)[] = [];
+  private stdinWriter?: WritableStreamDefaultWriter<Uint8Array>;
+
+  constructor(argv: string[], opts: { env?: Record<string, string>; stdin?: boolean } = {}) {
+    this.child = new Deno.Command(argv[0], {
+      args: argv.slice(1),
+      env: opts.env,
+      clearEnv: !!opts.env,
+      stdin: opts.stdin ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    if (opts.stdin) this.stdinWriter = this.child.stdin.getWriter();
+    const pumps = [
+      this.collect(this.child.stdout, (s) => (this.stdout += s)),
+      this.collect(this.child.stderr, (s) => (this.stderr += s)),
+    ];
+    this.status = Promise.all(pumps).then(() => this.child.status);
+  }
+
+  static tether(args: string[], opts: { env?: Record<string, string>; stdin?: boolean } = {}) {
+    return new Proc(tetherArgv(args), opts);
+  }
+
+  get pid(): number {
+    return this.child.pid;
+  }
+
+  private async collect(stream: ReadableStream<Uint8Array>, add: (s: string) => void) {
+    const d = new TextDecoder();
+    for await (const chunk of stream) {
+      add(d.decode(chunk, { stream: true }));
+      const w = this.waiters;
+      this.waiters = [];
+      for (const f of w) f();
+    }
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+
+  async write(text: string | Uint8Array): Promise<void> {
+    await this.stdinWriter!.write(typeof text === "string" ? new TextEncoder().encode(text) : text);
+  }
+
+  async closeStdin(): Promise<void> {
+    await this.stdinWriter?.close().catch(() => {});
+    this.stdinWriter = undefined;
+  }
+
+  /** Waits until `re` matches the chosen output; returns the match. */
+  async waitFor(re: RegExp, which: "stdout" | "stderr" = "stderr", timeoutMs = 20_000) {
+    const deadline = Date.now() + timeoutMs;
+    let ended = false;
+    this.status.then(() => (ended = true));
+    for (;;) {
+      const m = re.exec(this[which]);
+      if (m) return m;
+      if (ended) {
+        throw new Error(
+          `process ended before ${re} appeared on ${which}\n` +
+            `stdout: ${this.stdout}\nstderr: ${this.stderr}`,
+        );
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(
+          `timed out waiting for ${re} on ${which}\n` +
+            `stdout: ${this.stdout}\nstderr: ${this.stderr}`,
+        );
+      }
+      await new Promise<void>((r) => {
+        const t = setTimeout(r, Math.min(left, 250));
+        this.waiters.push(() => {
+          clearTimeout(t);
+          r();
+        });
+      });
+    }
+  }
+
+  kill(sig: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.child.kill(sig);
+    } catch { /* already gone */ }
+  }
+
+  /** Kills (if needed) and waits for the process to end. */
+  async stop(sig: Deno.Signal = "SIGTERM"): Promise<Deno.CommandStatus> {
+    await this.closeStdin();
+    this.kill(sig);
+    const t = setTimeout(() => this.kill("SIGKILL"), 5000);
+    const s = await this.status;
+    clearTimeout(t);
+    return s;
+  }
+}
+
+export interface Keys {
+  workspace: string;
+  client_key: string;
+  agent_key: string;
+}
+
+/**
+ * One test's world: a temp home, a relay with a workspace and keys, and any
+ * agents started in it. Dispose stops everything and removes the temp dir.
+ */
+export class World {
+  readonly home: string;
+  readonly relayDir: string;
+  keys!: Keys;
+  relay?: Proc;
+  url = "";
+  port = 0;
+  readonly agents: Proc[] = [];
+  private readonly others: Proc[] = [];
+
+  private constructor(home: string) {
+    this.home = home;
+    this.relayDir = join(home, "relay");
+  }
+
+  static async create(opts: { startRelay?: boolean } = {}): Promise<World> {
+    const w = new World(await Deno.makeTempDir({ prefix: "tether-test-" }));
+    const init = await run(["relay", "init", "--data-dir", w.relayDir, "--json"], { env: w.env() });
+    if (init.code !== 0) throw new Error(`relay init failed: ${init.stderr}`);
+    w.keys = JSON.parse(init.stdout);
+    if (opts.startRelay !== false) await w.startRelay();
+    return w;
+  }
+
+  /** Env for client commands: isolated home, relay URL and client key set. */
+  env(extra: Record<string, string> = {}): Record<string, string> {
+    return {
+      ...baseEnv(this.home),
+      ...(this.url ? { TETHER_RELAY: this.url, TETHER_API_KEY: this.keys?.client_key ?? "" } : {}),
+      ...extra,
+    };
+  }
+
+  /** Starts (or restarts, on the same port) the relay. */
+  async startRelay(): Promise<void> {
+    const listen = `127.0.0.1:${this.port}`;
+    this.relay = Proc.tether(["relay", "serve", "--listen", listen, "--data-dir", this.relayDir], {
+      env: baseEnv(this.home),
+    });
+    const m = await this.relay.waitFor(/relay listening on (ws:\/\/[^\s]+)/, "stdout");
+    this.url = m[1];
+    this.port = Number(new URL(this.url).port);
+  }
+
+  async stopRelay(sig: Deno.Signal = "SIGTERM"): Promise<void> {
+    await this.relay?.stop(sig);
+    this.relay = undefined;
+  }
+
+  /** Starts an agent and waits until it is online. */
+  async startAgent(
+    name: string,
+    opts: { labels?: string[]; stateDir?: string; key?: string; wait?: boolean } = {},
+  ): Promise<Proc> {
+    const stateDir = opts.stateDir ?? join(this.home, "agents", name);
+    const args = ["agent", "run", "--relay", this.url, "--name", name, "--state-dir", stateDir];
+    for (const l of opts.labels ?? []) args.push("--label", l);
+    const p = Proc.tether(args, {
+      env: { ...baseEnv(this.home), TETHER_AGENT_KEY: opts.key ?? this.keys.agent_key },
+    });
+    this.agents.push(p);
+    if (opts.wait !== false) await p.waitFor(/online as /);
+    return p;
+  }
+
+  /** Runs a client command against this world's relay. */
+  tether(args: string[], opts: RunOptions = {}): Promise<RunResult> {
+    return run(args, { ...opts, env: this.env(opts.env) });
+  }
+
+  spawn(args: string[], opts: { stdin?: boolean; env?: Record<string, string> } = {}): Proc {
+    const p = Proc.tether(args, { stdin: opts.stdin, env: this.env(opts.env) });
+    this.others.push(p);
+    return p;
+  }
+
+  async machines(): Promise<{ id: string; name: string; online: boolean; [k: string]: unknown }[]> {
+    const r = await this.tether(["machines", "--json"]);
+    if (r.code !== 0) throw new Error(`machines failed: ${r.stdout} ${r.stderr}`);
+    return JSON.parse(r.stdout);
+  }
+
+  /** Polls `machines` until `pred` holds (agents report asynchronously). */
+  async waitMachines(
+    pred: (ms: { id: string; name: string; online: boolean }[]) => boolean,
+    timeoutMs = 20_000,
+  ) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const ms = await this.machines();
+      if (pred(ms)) return ms;
+      if (Date.now() > deadline) throw new Error(`machines never matched: ${JSON.stringify(ms)}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await Promise.all([...this.others, ...this.agents].map((p) => p.stop()));
+    await this.stopRelay();
+    await Deno.remove(this.home, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Resident set size of a process in bytes (via ps: Deno guards /proc behind --allow-all). */
+export async function rss(pid: number): Promise<number> {
+  const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();
+  return Number(new TextDecoder().decode(out.stdout).trim()) * 1024;
+}
+
+/** Every file under `dir`, recursively. */
+export function* walkFiles(dir: string): Generator<string> {
+  for (const e of Deno.readDirSync(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) yield* walkFiles(p);
+    else if (e.isFile) yield p;
+  }
+}
+
+/**
+ * argv of `awk '{print; fflush()}'`. Debian's default awk is mawk, which
+ * block-buffers its *input* from a pipe unless given `-W interactive`.
+ */
+export async function awkEchoArgv(): Promise<string[]> {
+  const v = await new Deno.Command("awk", { args: ["-W", "version"], stderr: "piped" }).output()
+    .catch(() => undefined);
+  const text = v ? new TextDecoder().decode(v.stdout) + new TextDecoder().decode(v.stderr) : "";
+  return /mawk/i.test(text)
+    ? ["awk", "-W", "interactive", "{print; fflush()}"]
+    : ["awk", "{print; fflush()}"];
+}
