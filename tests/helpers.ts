@@ -188,6 +188,17 @@ export class Proc {
     }
   }
 
+  /** Waits until `pred` holds for the collected output. */
+  async waitUntil(pred: (p: Proc) => boolean, what: string, timeoutMs = 20_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (!pred(this)) {
+      if (Date.now() > deadline) {
+        throw new Error(`timed out waiting for ${what}\nstderr: ${this.stderr}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
   kill(sig: Deno.Signal = "SIGTERM"): void {
     try {
       this.child.kill(sig);
@@ -267,13 +278,26 @@ export class World {
   /** Starts an agent and waits until it is online. */
   async startAgent(
     name: string,
-    opts: { labels?: string[]; stateDir?: string; key?: string; wait?: boolean } = {},
+    opts: {
+      labels?: string[];
+      stateDir?: string;
+      key?: string;
+      wait?: boolean;
+      args?: string[];
+      relay?: string;
+    } = {},
   ): Promise<Proc> {
     const stateDir = opts.stateDir ?? join(this.home, "agents", name);
-    const args = ["agent", "run", "--relay", this.url, "--name", name, "--state-dir", stateDir];
+    const relay = opts.relay ?? this.url;
+    const args = ["agent", "run", "--relay", relay, "--name", name, "--state-dir", stateDir];
     for (const l of opts.labels ?? []) args.push("--label", l);
+    args.push(...(opts.args ?? []));
     const p = Proc.tether(args, {
-      env: { ...baseEnv(this.home), TETHER_AGENT_KEY: opts.key ?? this.keys.agent_key },
+      env: {
+        ...baseEnv(this.home),
+        SHELL: "/bin/bash",
+        TETHER_AGENT_KEY: opts.key ?? this.keys.agent_key,
+      },
     });
     this.agents.push(p);
     if (opts.wait !== false) await p.waitFor(/online as /);

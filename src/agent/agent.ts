@@ -11,6 +11,17 @@ import { type AgentInfo, type Control, ProtocolError } from "../protocol/message
 import { formatKey } from "../protocol/keys.ts";
 import { ExecStream } from "./exec.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
+import { SessionManager, type SessionOptions } from "./session.ts";
+
+/** What the agent routes a stream's messages to: an exec process or a session attachment. */
+interface AgentStream {
+  onStdin(payload: Uint8Array): void;
+  onCredit(bytes: number): void;
+  onEof(): void;
+  onSignal(sig: string): void;
+  onResize(cols: number, rows: number): void;
+  abort(reason?: "detach" | "lost"): void;
+}
 
 export interface AgentOptions {
   relay: string;
@@ -25,9 +36,11 @@ export interface AgentOptions {
   log?: (line: string) => void;
   /** Called each time the agent is online (after every (re)connect). */
   onOnline?: (machine: { id: string; name: string }) => void;
+  sessions?: SessionOptions;
 }
 
 const BACKOFF_MIN_MS = 250;
+const SESSION_REPORT_MS = 5_000;
 const BACKOFF_MAX_MS = 5_000;
 
 export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInfo {
@@ -43,7 +56,8 @@ export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInf
 
 export class Agent {
   private conn?: Conn;
-  private streams = new Map<number, ExecStream>();
+  private streams = new Map<number, AgentStream>();
+  readonly sessions: SessionManager;
   private stopped = false;
   private wake?: () => void;
   readonly info: AgentInfo;
@@ -53,6 +67,12 @@ export class Agent {
   constructor(private readonly opts: AgentOptions) {
     this.info = agentInfo(opts);
     this.log = opts.log ?? ((l) => console.error(`agent: ${l}`));
+    this.sessions = new SessionManager(opts.sessions ?? {}, (list) => {
+      this.conn?.send({ t: "sessions", sessions: list });
+    });
+    this.sessions.forget = (a) => {
+      if (this.streams.get(a.sid) === a) this.streams.delete(a.sid);
+    };
   }
 
   /** Runs until stop(); throws only on errors that retrying cannot fix. */
@@ -83,7 +103,8 @@ export class Agent {
   stop(): void {
     this.stopped = true;
     this.conn?.close(1000, "agent stopping");
-    for (const s of this.streams.values()) s.abort();
+    for (const s of this.streams.values()) s.abort("lost");
+    this.sessions.closeAll();
     this.wake?.();
   }
 
@@ -150,12 +171,21 @@ export class Agent {
         onControl: (msg) => this.onControl(conn, msg),
         onFrame: (f) => this.onFrame(f),
         onClose: (reason) => {
-          for (const s of this.streams.values()) s.abort();
+          clearInterval(report);
+          const streams = [...this.streams.values()];
           this.streams.clear();
+          for (const s of streams) s.abort("lost");
           resolve(reason);
         },
       });
     });
+    conn.send({ t: "sessions", sessions: this.sessions.list() });
+    // Idle times move on; refresh them while there are sessions.
+    const report = setInterval(() => {
+      if (this.sessions.sessions.size > 0) {
+        conn.send({ t: "sessions", sessions: this.sessions.list() });
+      }
+    }, SESSION_REPORT_MS);
     this.log(`online as ${this.info.name} (${machine.id}) via ${this.opts.relay}`);
     this.opts.onOnline?.({ id: machine.id, name: this.info.name });
     return { closed };
@@ -168,18 +198,17 @@ export class Agent {
         return;
       case "open": {
         if (this.streams.has(msg.sid)) throw new ProtocolError(`stream ${msg.sid} already open`);
-        if (msg.kind !== "exec") {
-          conn.send({
-            t: "error",
-            sid: msg.sid,
-            code: "internal",
-            message: `this agent does not support '${msg.kind}' streams yet`,
+        if (msg.kind === "exec") {
+          const s = new ExecStream(conn, msg.sid, msg, () => {
+            if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);
           });
+          this.streams.set(msg.sid, s);
+          s.start();
           return;
         }
-        const s = new ExecStream(conn, msg.sid, msg, () => this.streams.delete(msg.sid));
-        this.streams.set(msg.sid, s);
-        s.start();
+        const a = this.sessions.open(conn, msg);
+        if ("code" in a) conn.send({ t: "error", sid: msg.sid, ...a });
+        else this.streams.set(msg.sid, a);
         return;
       }
       case "eof":
@@ -189,11 +218,34 @@ export class Agent {
         this.streams.get(msg.sid)?.onSignal(msg.signal);
         return;
       case "resize":
+        this.streams.get(msg.sid)?.onResize(msg.cols, msg.rows);
         return;
       case "close": {
         const s = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
-        s?.abort();
+        s?.abort(msg.reason ?? "detach");
+        return;
+      }
+      case "req": {
+        if (msg.op === "kill_session" && typeof msg.args.session === "string") {
+          const ok = this.sessions.kill(msg.args.session);
+          conn.send(
+            ok ? { t: "res", id: msg.id, result: { killed: msg.args.session } } : {
+              t: "res",
+              id: msg.id,
+              error: {
+                code: "session_not_found",
+                message: `no session '${msg.args.session}' on ${this.info.name}`,
+              },
+            },
+          );
+        } else {
+          conn.send({
+            t: "res",
+            id: msg.id,
+            error: { code: "usage", message: `unknown request '${msg.op}'` },
+          });
+        }
         return;
       }
       case "error":

@@ -220,7 +220,9 @@ export class ExecStream {
     if (this.child && isSignalName(sig)) killGroup(this.child.pid, sig);
   }
 
-  /** The client went away: end the process group, report nothing. */
+  onResize(): void {}
+
+  /** The client went away (either way): end the process group, report nothing. */
   abort(): void {
     if (this.aborted) return;
     this.aborted = true;

@@ -2,11 +2,19 @@
 import type { Command } from "@commander-js/extra-typings";
 import { Agent } from "../agent/agent.ts";
 import { parseDuration } from "../common/duration.ts";
-import { TetherError } from "../common/errors.ts";
+import { TetherError, usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
 import { readStoredConfig } from "../client/config.ts";
 import { defaultConfigDir } from "../common/paths.ts";
 import { collect, globals, parsePairs, untilSignal } from "./context.ts";
+
+function parseSize(text: string): number {
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 65536 || n > 1024 * 1024 * 1024) {
+    throw usage(`invalid --ring-bytes '${text}'`, "give a byte count from 65536 to 1073741824");
+  }
+  return n;
+}
 
 export function registerAgent(program: Command) {
   const agent = program.command("agent").description("run the agent on a target machine");
@@ -16,9 +24,10 @@ export function registerAgent(program: Command) {
     .option("--label <k=v>", "a label; repeatable", collect, [] as string[])
     .option("--state-dir <dir>", "where the machine identity is kept")
     .option("--session-grace <dur>", "how long a detached session lives", "30s")
+    .option("--ring-bytes <n>", "output kept per session for replay and resume", "1048576")
     .action(async (opts, cmd) => {
       const g = globals(cmd);
-      parseDuration(opts.sessionGrace, "--session-grace");
+      const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
       const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
         readStoredConfig(g.configDir || defaultConfigDir()).relay;
       if (!relay) {
@@ -33,6 +42,7 @@ export function registerAgent(program: Command) {
         name: opts.name,
         labels: parsePairs(opts.label, "--label"),
         caFile: g.caFile || Deno.env.get("TETHER_CA_FILE"),
+        sessions: { graceMs, ringBytes: parseSize(opts.ringBytes) },
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);

@@ -1,6 +1,7 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
 import type { Command } from "@commander-js/extra-typings";
 import { encodeBase64 } from "../common/base64.ts";
+import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
@@ -36,14 +37,10 @@ export function registerExec(program: Command) {
         );
       }
       if (opts.stream && opts.tty) throw usage("--stream never uses a PTY; drop -t");
-      if (opts.tty) {
-        throw new TetherError("usage", "exec -t is not available yet", {
-          hint: "run without -t (plain pipes)",
-        });
-      }
       const timeoutMs = opts.timeout ? parseDuration(opts.timeout, "--timeout") : undefined;
       const env = parsePairs(opts.env, "--env");
-      const client = await RelayClient.connect(resolveClientConfig(g));
+      const cfg = resolveClientConfig(g);
+      const client = await RelayClient.connect(cfg);
       const target = resolveMachine(await client.machines(), machine);
       if (!target.online) {
         throw new TetherError(
@@ -55,6 +52,18 @@ export function registerExec(program: Command) {
         );
       }
 
+      if (opts.tty) {
+        if (opts.events) throw usage("--events needs plain pipes; drop -t");
+        const outcome = await attach(cfg, client, {
+          machineId: target.id,
+          machineName: target.name,
+          argv: command,
+          oneShot: true,
+        }, processTerminal());
+        client.close();
+        state.exitCode = outcome.code;
+        return;
+      }
       const events = opts.events ? new EventPrinter() : undefined;
       let brokenPipe = false;
       const run = runExec(client, {

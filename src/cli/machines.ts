@@ -3,7 +3,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { resolveClientConfig } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge } from "../common/duration.ts";
-import { collect, globals, parsePairs } from "./context.ts";
+import { collect, type Globals, globals, parsePairs } from "./context.ts";
 import { printJson, table } from "./output.ts";
 
 export function matchesSelector(m: MachineView, selector: Record<string, string>): boolean {
@@ -20,47 +20,50 @@ export function registerMachines(program: Command) {
       [] as string[],
     )
     .action(async (opts, cmd) => {
-      const g = globals(cmd);
-      const selector = parsePairs(opts.selector, "--selector");
-      const client = await RelayClient.connect(resolveClientConfig(g));
-      const all = await client.machines();
-      client.close();
-      const ms = all.filter((m) => matchesSelector(m, selector));
-      if (g.json) {
-        printJson(ms.map((m) => ({
-          id: m.id,
-          name: m.name,
-          hostname: m.hostname,
-          online: m.online,
-          last_seen: m.last_seen,
-          heartbeat_age_ms: m.heartbeat_age_ms,
-          labels: m.labels,
-          sessions: m.sessions,
-          os: m.os,
-          arch: m.arch,
-          version: m.version,
-        })));
-        return;
-      }
-      if (ms.length === 0) {
-        console.error(
-          all.length === 0
-            ? "no machines yet: start an agent with `tether agent run` (or `tether up`)"
-            : "no machines match the selector",
-        );
-        return;
-      }
-      console.log(table(
-        ["ID", "NAME", "HOSTNAME", "ONLINE", "HEARTBEAT", "LABELS", "SESSIONS"],
-        ms.map((m) => [
-          m.id.slice(0, 8),
-          m.name,
-          m.hostname,
-          m.online ? "yes" : "no",
-          formatAge(m.heartbeat_age_ms),
-          Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
-          String(m.sessions),
-        ]),
-      ));
+      await listMachines(globals(cmd), parsePairs(opts.selector, "--selector"));
     });
+}
+
+/** Prints the machines (table or JSON); shared by `machines` and `connect --list`. */
+export async function listMachines(g: Globals, selector: Record<string, string>): Promise<void> {
+  const client = await RelayClient.connect(resolveClientConfig(g));
+  const all = await client.machines();
+  client.close();
+  const ms = all.filter((m) => matchesSelector(m, selector));
+  if (g.json) {
+    printJson(ms.map((m) => ({
+      id: m.id,
+      name: m.name,
+      hostname: m.hostname,
+      online: m.online,
+      last_seen: m.last_seen,
+      heartbeat_age_ms: m.heartbeat_age_ms,
+      labels: m.labels,
+      sessions: m.sessions,
+      os: m.os,
+      arch: m.arch,
+      version: m.version,
+    })));
+    return;
+  }
+  if (ms.length === 0) {
+    console.error(
+      all.length === 0
+        ? "no machines yet: start an agent with `tether agent run` (or `tether up`)"
+        : "no machines match the selector",
+    );
+    return;
+  }
+  console.log(table(
+    ["ID", "NAME", "HOSTNAME", "ONLINE", "HEARTBEAT", "LABELS", "SESSIONS"],
+    ms.map((m) => [
+      m.id.slice(0, 8),
+      m.name,
+      m.hostname,
+      m.online ? "yes" : "no",
+      formatAge(m.heartbeat_age_ms),
+      Object.entries(m.labels).map(([k, v]) => `${k}=${v}`).join(",") || "-",
+      String(m.sessions),
+    ]),
+  ));
 }

@@ -8,11 +8,13 @@ import { usage } from "../common/errors.ts";
 import { VERSION } from "../protocol/version.ts";
 import { registerAgent } from "./agent.ts";
 import { state } from "./context.ts";
+import { registerConnect } from "./connect.ts";
 import { registerExec } from "./exec.ts";
 import { registerLogin } from "./login.ts";
 import { registerMachines } from "./machines.ts";
 import { asTetherError, printError } from "./output.ts";
 import { registerRelay } from "./relay.ts";
+import { registerSessions } from "./sessions.ts";
 import { registerUp } from "./up.ts";
 
 export function buildProgram(): Command {
@@ -34,7 +36,9 @@ export function buildProgram(): Command {
   registerAgent(program);
   registerLogin(program);
   registerMachines(program);
+  registerConnect(program);
   registerExec(program);
+  registerSessions(program);
   // Subcommands inherit exitOverride and the quiet error output.
   const quiet = (c: Command) => {
     c.exitOverride().configureOutput({ outputError: () => {} });

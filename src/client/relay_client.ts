@@ -38,6 +38,21 @@ export interface StreamHandlers {
   /** Exactly one of onExit / onError ends every stream. */
   onExit(msg: Exit): void;
   onError(err: WireError): void;
+  onNotice?(message: string): void;
+}
+
+/** What `sessions` answers with, per session. */
+export interface SessionView {
+  id: string;
+  machine_id: string;
+  machine: string;
+  created: string;
+  command: string;
+  clients: number;
+  attached: boolean;
+  idle_ms: number;
+  cols: number;
+  rows: number;
 }
 
 export class RelayClient {
@@ -49,6 +64,8 @@ export class RelayClient {
   >();
   private streams = new Map<number, StreamHandlers>();
   private closedReason?: string;
+  private resolveClosed!: (reason: string) => void;
+  private readonly closedPromise = new Promise<string>((r) => (this.resolveClosed = r));
 
   private constructor(readonly conn: Conn, readonly workspace: string, readonly keyId: string) {}
 
@@ -81,6 +98,14 @@ export class RelayClient {
     return this.request<MachineView[]>("machines");
   }
 
+  sessions(machineId?: string): Promise<SessionView[]> {
+    return this.request<SessionView[]>("sessions", machineId ? { machine: machineId } : {});
+  }
+
+  killSession(machineId: string, session: string): Promise<{ killed: string }> {
+    return this.request("kill_session", { machine: machineId, session });
+  }
+
   /** Opens a stream; returns its id. Handlers see exactly one onExit or onError. */
   open(spec: Omit<Open, "t" | "sid">, handlers: StreamHandlers): number {
     const sid = this.nextSid++;
@@ -94,8 +119,13 @@ export class RelayClient {
   }
 
   /** Abandons a stream: the agent ends its process; no exit status will come. */
-  closeStream(sid: number): void {
-    if (this.streams.delete(sid)) this.conn.send({ t: "close", sid });
+  closeStream(sid: number, reason: "detach" | "lost" = "detach"): void {
+    if (this.streams.delete(sid)) this.conn.send({ t: "close", sid, reason });
+  }
+
+  /** Resolves when the connection to the relay has ended. */
+  get closed(): Promise<string> {
+    return this.closedPromise;
   }
 
   close(): void {
@@ -128,6 +158,9 @@ export class RelayClient {
       case "started":
         this.streams.get(msg.sid)?.onStarted(msg);
         return;
+      case "notice":
+        this.streams.get(msg.sid)?.onNotice?.(msg.message);
+        return;
       case "exit": {
         const h = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
@@ -159,6 +192,7 @@ export class RelayClient {
 
   private onClose(reason: string): void {
     this.closedReason ??= reason;
+    this.resolveClosed(reason);
     const err = this.lostError();
     for (const p of this.pending.values()) {
       p.reject(new TetherError("relay_unreachable", `the relay closed the connection (${reason})`));

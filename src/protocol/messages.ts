@@ -86,6 +86,16 @@ export interface Open {
   term?: string;
   cols?: number;
   rows?: number;
+  /** pty: join this session instead of starting one. */
+  session?: string;
+  /** pty: take over the cursor of an attachment whose connection was lost. */
+  resume?: string;
+  /** pty: replay output from this offset (default: all the ring buffer holds). */
+  offset?: number;
+  /** pty: output only; the agent drops this client's input. */
+  read_only?: boolean;
+  /** pty: end the session when this client leaves (exec -t). */
+  ephemeral?: boolean;
 }
 export interface Started {
   t: "started";
@@ -93,6 +103,14 @@ export interface Started {
   pid?: number;
   /** Initial credit, in bytes, the agent grants for stdin toward it. */
   window: number;
+  /** pty: the session joined or started. */
+  session?: string;
+  /** pty: this attachment's id, to resume it after a lost connection. */
+  attach_id?: string;
+  /** pty: offset of the first output byte that will follow. */
+  offset?: number;
+  /** pty: offset where the replay of earlier output ends and live output begins. */
+  end?: number;
 }
 export interface Eof {
   t: "eof";
@@ -123,6 +141,30 @@ export interface ErrorMsg extends WireError {
 export interface Close {
   t: "close";
   sid: number;
+  /** "detach": the client left on purpose; "lost": its connection ended (it may resume). */
+  reason?: "detach" | "lost";
+}
+
+/** A PTY session as the agent reports it. */
+export interface SessionInfo {
+  id: string;
+  created: number;
+  command: string;
+  clients: number;
+  cols: number;
+  rows: number;
+  idle_ms: number;
+}
+/** Agent → relay: the agent's sessions, sent whenever they change. */
+export interface Sessions {
+  t: "sessions";
+  sessions: SessionInfo[];
+}
+/** Agent → client: a line for the user's terminal (e.g. a CI hold about to end). */
+export interface Notice {
+  t: "notice";
+  sid: number;
+  message: string;
 }
 
 export type Control =
@@ -138,7 +180,9 @@ export type Control =
   | Resize
   | Exit
   | ErrorMsg
-  | Close;
+  | Close
+  | Sessions
+  | Notice;
 
 type Obj = Record<string, unknown>;
 
@@ -156,6 +200,9 @@ function int(o: Obj, k: string, min: number, max: number, optional = false): voi
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
     fail(`field '${k}' must be an integer in ${min}..${max}`);
   }
+}
+function optBool(o: Obj, k: string): void {
+  if (o[k] !== undefined) bool(o, k);
 }
 function bool(o: Obj, k: string): void {
   if (typeof o[k] !== "boolean") fail(`field '${k}' must be a boolean`);
@@ -222,11 +269,20 @@ const validators: Record<string, (o: Obj) => void> = {
     str(o, "term", 128, true);
     int(o, "cols", 1, 10_000, true);
     int(o, "rows", 1, 10_000, true);
+    str(o, "session", 64, true);
+    str(o, "resume", 64, true);
+    int(o, "offset", 0, Number.MAX_SAFE_INTEGER, true);
+    optBool(o, "read_only");
+    optBool(o, "ephemeral");
   },
   started(o) {
     int(o, "sid", 1, U32);
     int(o, "pid", 0, U32, true);
     int(o, "window", 1, U32);
+    str(o, "session", 64, true);
+    str(o, "attach_id", 64, true);
+    int(o, "offset", 0, Number.MAX_SAFE_INTEGER, true);
+    int(o, "end", 0, Number.MAX_SAFE_INTEGER, true);
   },
   eof(o) {
     int(o, "sid", 1, U32);
@@ -251,6 +307,29 @@ const validators: Record<string, (o: Obj) => void> = {
   },
   close(o) {
     int(o, "sid", 1, U32);
+    if (o.reason !== undefined && o.reason !== "detach" && o.reason !== "lost") {
+      fail("field 'reason' must be detach or lost");
+    }
+  },
+  sessions(o) {
+    const list = o.sessions;
+    if (!Array.isArray(list) || list.length > MAX_STREAMS_PER_CONN) {
+      fail("field 'sessions' must be an array");
+    }
+    for (const x of list as Obj[]) {
+      if (!x || typeof x !== "object") fail("session must be an object");
+      str(x, "id", 64);
+      int(x, "created", 0, Number.MAX_SAFE_INTEGER);
+      str(x, "command", 4096);
+      int(x, "clients", 0, U32);
+      int(x, "cols", 1, 10_000);
+      int(x, "rows", 1, 10_000);
+      int(x, "idle_ms", 0, Number.MAX_SAFE_INTEGER);
+    }
+  },
+  notice(o) {
+    int(o, "sid", 1, U32);
+    str(o, "message", 4096);
   },
 };
 

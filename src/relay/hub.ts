@@ -22,6 +22,7 @@ import {
   type Open,
   ProtocolError,
   type Req,
+  type SessionInfo,
   type WireError,
 } from "../protocol/messages.ts";
 import type { MachineRow, Principal, Store } from "./store.ts";
@@ -46,6 +47,25 @@ export interface AgentLink {
   lastSeen: number;
   routes: Map<number, Route>;
   nextSid: number;
+  /** The agent's sessions as it last reported them. */
+  sessions: SessionInfo[];
+  /** Requests forwarded to the agent, by our request id. */
+  pending: Map<number, { client: ClientLink; id: number }>;
+  nextReq: number;
+}
+
+/** A session as `tether sessions` shows it. */
+export interface SessionView {
+  id: string;
+  machine_id: string;
+  machine: string;
+  created: string;
+  command: string;
+  clients: number;
+  attached: boolean;
+  idle_ms: number;
+  cols: number;
+  rows: number;
 }
 
 export interface ClientLink {
@@ -105,6 +125,14 @@ export class Hub {
       });
     }
     link.routes.clear();
+    for (const p of link.pending.values()) {
+      p.client.conn.send({
+        t: "res",
+        id: p.id,
+        error: { code: "machine_offline", message: `machine ${link.info.name} went offline` },
+      });
+    }
+    link.pending.clear();
     try {
       this.store.touchMachines(new Map([[link.machineId, link.lastSeen]]));
     } catch { /* store closed during shutdown */ }
@@ -121,6 +149,21 @@ export class Hub {
         if (!r) return;
         r.inCredit += msg.window;
         r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      case "notice": {
+        const r = link.routes.get(msg.sid);
+        if (r) r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      case "sessions":
+        link.sessions = msg.sessions;
+        return;
+      case "res": {
+        const p = link.pending.get(msg.id);
+        if (!p) return;
+        link.pending.delete(msg.id);
+        p.client.conn.send({ ...msg, id: p.id });
         return;
       }
       case "exit":
@@ -165,7 +208,7 @@ export class Hub {
     if (!this.clients.delete(link)) return;
     for (const r of link.routes.values()) {
       r.agent.routes.delete(r.asid);
-      r.agent.conn.send({ t: "close", sid: r.asid });
+      r.agent.conn.send({ t: "close", sid: r.asid, reason: "lost" });
     }
     link.routes.clear();
   }
@@ -174,9 +217,11 @@ export class Hub {
     switch (msg.t) {
       case "ping":
         return;
-      case "req":
-        link.conn.send(this.answer(link, msg));
+      case "req": {
+        const answer = this.answer(link, msg);
+        if (answer) link.conn.send(answer);
         return;
+      }
       case "open":
         this.open(link, msg);
         return;
@@ -258,17 +303,57 @@ export class Hub {
     r.agent.routes.delete(r.asid);
   }
 
-  private answer(link: ClientLink, req: Req): Control {
+  /** Answers a client request, or forwards it to an agent (then returns undefined). */
+  private answer(link: ClientLink, req: Req): Control | undefined {
+    const fail = (e: WireError): Control => ({ t: "res", id: req.id, error: e });
     switch (req.op) {
       case "machines":
         return { t: "res", id: req.id, result: this.machines(link.workspace) };
+      case "sessions": {
+        const machine = typeof req.args.machine === "string" ? req.args.machine : undefined;
+        return { t: "res", id: req.id, result: this.sessions(link.workspace, machine) };
+      }
+      case "kill_session": {
+        const { machine, session } = req.args;
+        if (typeof machine !== "string" || typeof session !== "string") {
+          return fail({ code: "usage", message: "kill_session needs machine and session" });
+        }
+        const agent = this.agents.get(machine);
+        if (!agent || agent.workspace !== link.workspace) {
+          return fail({ code: "machine_offline", message: `machine ${machine} is not online` });
+        }
+        const id = agent.nextReq++;
+        agent.pending.set(id, { client: link, id: req.id });
+        agent.conn.send({ t: "req", id, op: "kill_session", args: { session } });
+        return undefined;
+      }
       default:
-        return {
-          t: "res",
-          id: req.id,
-          error: { code: "usage", message: `unknown request '${req.op}'` },
-        };
+        return fail({ code: "usage", message: `unknown request '${req.op}'` });
     }
+  }
+
+  sessions(workspace: string, machineId?: string): SessionView[] {
+    const out: SessionView[] = [];
+    for (const a of this.agents.values()) {
+      if (a.workspace !== workspace || (machineId && a.machineId !== machineId)) continue;
+      for (const s of a.sessions) {
+        out.push({
+          id: s.id,
+          machine_id: a.machineId,
+          machine: a.info.name,
+          created: new Date(s.created).toISOString(),
+          command: s.command,
+          clients: s.clients,
+          attached: s.clients > 0,
+          idle_ms: s.idle_ms,
+          cols: s.cols,
+          rows: s.rows,
+        });
+      }
+    }
+    return out.sort((x, y) =>
+      x.machine.localeCompare(y.machine) || x.created.localeCompare(y.created)
+    );
   }
 
   machines(workspace: string): MachineView[] {
@@ -284,7 +369,7 @@ export class Hub {
         last_seen: new Date(lastSeen).toISOString(),
         heartbeat_age_ms: Math.max(0, now - lastSeen),
         labels: m.labels,
-        sessions: 0,
+        sessions: live ? live.sessions.length : 0,
         os: m.os,
         arch: m.arch,
         version: m.agent_version,

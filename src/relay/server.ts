@@ -237,6 +237,9 @@ function hello(
     lastSeen: Date.now(),
     routes: new Map(),
     nextSid: 1,
+    sessions: [],
+    pending: new Map(),
+    nextReq: 1,
   };
   conn.send({ ...base, machine });
   hub.addAgent(link);

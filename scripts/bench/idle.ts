@@ -1,0 +1,255 @@
+/**
+ * Item 6: relay memory per idle agent and the CPU their heartbeats cost,
+ * with many agents held by one load process (agents_load.ts) speaking the
+ * real protocol; OpenSSH analogue: sshd memory and CPU per idle connection.
+ */
+import { join } from "node:path";
+import {
+  CONFIG,
+  cpuSeconds,
+  fmtBytes,
+  KiB,
+  log,
+  median,
+  Proc,
+  pssOf,
+  ROOT,
+  rss,
+  run,
+  Sampler,
+  sleep,
+} from "./lib.ts";
+import { type Ctx, type ItemResult, ratio, verdict } from "./report.ts";
+import { baseEnv, TetherWorld } from "./tether.ts";
+
+const LOAD_SCRIPT = join(ROOT, "scripts", "bench", "agents_load.ts");
+const HEARTBEAT_S = 2;
+
+async function rssSamples(pid: number, n: number, gapMs: number): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    xs.push(await rss(pid));
+    if (i < n - 1) await sleep(gapMs);
+  }
+  return median(xs);
+}
+
+interface TetherIdle {
+  n: number;
+  warm: number;
+  dialMs: number;
+  base: number;
+  loaded: number;
+  perAgent: number;
+  idleCpu: number;
+  loadedCpu: number;
+  windowS: number;
+  online: number;
+  closed: number;
+  loadCpu: number;
+}
+
+async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<TetherIdle> {
+  const warm = 10;
+  const w = await TetherWorld.create(ctx.bundle, ctx.tmp, false);
+  let load: Proc | undefined;
+  try {
+    const relayPid = w.relay!.pid;
+    load = new Proc(
+      [
+        Deno.execPath(),
+        "run",
+        "-q",
+        "-P",
+        "--config",
+        CONFIG,
+        LOAD_SCRIPT,
+        "--relay",
+        w.url,
+        "--n",
+        String(n),
+        "--warmup",
+        String(warm),
+      ],
+      { env: { ...baseEnv(w.home), TETHER_AGENT_KEY: w.keys.agent_key }, stdin: "piped" },
+    );
+    const wm = await load.waitFor(/"warm":(\d+)/, "stdout", 60_000);
+    if (Number(wm[1]) !== warm) throw new Error(`warm-up dials failed: ${load.stdout}`);
+    // Baseline: the relay with a few agents (code paths compiled), settled.
+    await sleep(2000);
+    const base = await rssSamples(relayPid, 3, 300);
+    const c0 = await cpuSeconds([relayPid]);
+    await sleep(windowMs / 2);
+    const idleCpu = ((await cpuSeconds([relayPid])) - c0) / (windowMs / 2000);
+
+    await load.write("go\n");
+    const rm = await load.waitFor(
+      /"ready":(\d+),"failed":(\d+),"ms":(\d+)/,
+      "stdout",
+      60_000 + n * 200,
+    );
+    if (Number(rm[1]) !== n) {
+      throw new Error(`only ${rm[1]} of ${n} agents connected: ${load.stdout.slice(-500)}`);
+    }
+    log(`idle agents: ${n} connected in ${rm[3]} ms`);
+    await sleep(3000);
+    const sampler = new Sampler(() => rss(relayPid), 1000);
+    const t0 = await cpuSeconds([relayPid, load.pid]);
+    const r0 = await cpuSeconds([relayPid]);
+    await sleep(windowMs);
+    const r1 = await cpuSeconds([relayPid]);
+    const t1 = await cpuSeconds([relayPid, load.pid]);
+    const samples = await sampler.stop();
+    const loaded = median(samples);
+    const windowS = windowMs / 1000;
+    const m = await run(w.argv(["machines", "--json"]), { env: w.env(), timeoutMs: 30_000 });
+    const online = m.code === 0
+      ? (JSON.parse(m.stdout) as { online: boolean }[]).filter((x) => x.online).length
+      : NaN;
+    await load.closeStdin();
+    const cm = await load.waitFor(/"closed_while_idle":(\d+)/, "stdout", 20_000);
+    return {
+      n,
+      warm,
+      dialMs: Number(rm[3]),
+      base,
+      loaded,
+      perAgent: (loaded - base) / n,
+      idleCpu,
+      loadedCpu: (r1 - r0) / windowS,
+      windowS,
+      online,
+      closed: Number(cm[1]),
+      loadCpu: ((t1 - t0) - (r1 - r0)) / windowS,
+    };
+  } finally {
+    await load?.stop();
+    await w.dispose();
+  }
+}
+
+interface SshIdle {
+  m: number;
+  pss: number;
+  rss: number;
+  cpu: number;
+  procs: number;
+}
+
+async function sshIdle(ctx: Ctx, m: number, windowMs: number): Promise<SshIdle> {
+  const sshd = ctx.sshd!;
+  const clients: Proc[] = [];
+  try {
+    const argv = sshd.argv([], {
+      extra: [
+        "-N",
+        "-o",
+        "ServerAliveInterval=2",
+        "-o",
+        "ServerAliveCountMax=3",
+        "-o",
+        "PermitLocalCommand=yes",
+        "-o",
+        "LocalCommand=echo ready",
+      ],
+    });
+    for (let i = 0; i < m; i += 5) {
+      const batch = [];
+      for (let j = i; j < Math.min(m, i + 5); j++) {
+        const p = new Proc(argv);
+        clients.push(p);
+        batch.push(p.waitFor(/ready/, "stdout", 20_000));
+      }
+      await Promise.all(batch);
+    }
+    await sleep(2000);
+    const pids = await sshd.sessionPids();
+    const mems = [];
+    for (let i = 0; i < 3; i++) {
+      mems.push(await pssOf(pids));
+      await sleep(300);
+    }
+    const c0 = await cpuSeconds(pids);
+    await sleep(windowMs);
+    const c1 = await cpuSeconds(pids);
+    return {
+      m,
+      pss: median(mems.map((x) => x.pss)) / m,
+      rss: median(mems.map((x) => x.rss)) / m,
+      cpu: (c1 - c0) / (windowMs / 1000),
+      procs: pids.length,
+    };
+  } finally {
+    await Promise.all(clients.map((c) => c.stop()));
+  }
+}
+
+export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
+  const n = ctx.quick ? 100 : 1000;
+  const m = ctx.quick ? 10 : 50;
+  const windowMs = ctx.quick ? 4000 : 20_000;
+  const t = await tetherIdle(ctx, n, windowMs);
+  log(
+    `idle agents: relay +${fmtBytes(t.perAgent)} per agent, ${(t.loadedCpu * 100).toFixed(2)}% CPU`,
+  );
+  const s = ctx.sshd ? await sshIdle(ctx, m, windowMs) : undefined;
+  if (s) log(`idle ssh: ${fmtBytes(s.pss)} PSS per connection`);
+  const LIMIT = 64 * KiB;
+  // CPU per idle connection per second, in microseconds.
+  const tCpu = (t.loadedCpu - t.idleCpu) / t.n * 1e6;
+  const sCpu = s ? s.cpu / s.m * 1e6 : undefined;
+  const cpuText = (us: number) => `${us.toFixed(1)} µs/s per connection`;
+  return {
+    rows: [
+      {
+        key: "6 mem",
+        figure: `relay memory per idle agent (${n} agents)`,
+        tether: fmtBytes(t.perAgent),
+        ssh: s ? `${fmtBytes(s.pss)} (sshd PSS per connection)` : "skipped",
+        ratio: ratio(t.perAgent, s?.pss),
+        target: "≤ 64 KiB per agent",
+        verdict: verdict(t.perAgent <= LIMIT),
+        raw: { tether: t, ssh: s },
+      },
+      {
+        key: "6 cpu",
+        figure: `heartbeat CPU of ${n} idle agents (relay)`,
+        tether: `${(t.loadedCpu * 100).toFixed(2)}% of a core (${cpuText(tCpu)})`,
+        ssh: s ? cpuText(sCpu!) : "skipped",
+        ratio: ratio(tCpu, sCpu),
+        target: "",
+        verdict: "n/a",
+      },
+    ],
+    details: [
+      "### 6. Relay memory and heartbeat CPU with idle agents",
+      "",
+      "- A fresh relay (no agent process); `scripts/bench/agents_load.ts` holds the agents in " +
+      "one process through the project's own `dial()`/`Conn` (hello with agent info, " +
+      "enrollment with the agent key, heartbeats every 2 s both ways). It first dials " +
+      `${t.warm} agents (warm-up); the relay's baseline RSS is then taken (median of 3), ` +
+      `then ${n} more agents are dialed (${t.dialMs} ms, 32 at a time), and after 3 s of ` +
+      `idling the relay's RSS is sampled every second for ${t.windowS} s (median). ` +
+      "Per agent = (loaded − baseline) / N.",
+      `- tether: baseline ${fmtBytes(t.base)}, with ${n} more agents ${fmtBytes(t.loaded)} → ` +
+      `${fmtBytes(t.perAgent)} per agent. \`tether machines\` saw ${t.online} online ` +
+      `(expected ${n + t.warm}); ${t.closed} connections dropped while idle.`,
+      `- Relay CPU (utime+stime from /proc/PID/stat): ${(t.idleCpu * 100).toFixed(2)}% of a ` +
+      `core with the ${t.warm} warm-up agents, ${(t.loadedCpu * 100).toFixed(2)}% with ${
+        n + t.warm
+      } over ${t.windowS} s → ${cpuText(tCpu)} (${
+        (tCpu * HEARTBEAT_S).toFixed(1)
+      } µs per agent per heartbeat period, which includes the relay's 2 s sweep that ` +
+      "persists last-seen times). The load process itself used " +
+      `${(t.loadCpu * 100).toFixed(2)}% of a core.`,
+      s
+        ? `- OpenSSH analogue: ${s.m} idle \`ssh -N -o ServerAliveInterval=2\` connections ` +
+          "(sshd has `ClientAliveInterval 2`, so both sides send a keepalive every 2 s of silence). " +
+          `The ${s.procs} per-connection sshd processes (privileged monitor + unprivileged child) ` +
+          `hold ${fmtBytes(s.pss)} PSS (${fmtBytes(s.rss)} RSS, which counts shared pages ` +
+          `once per process) per connection and use ${cpuText(sCpu!)}.`
+        : `- OpenSSH: ${ctx.sshSkipped}`,
+      "",
+    ],
+  };
+}

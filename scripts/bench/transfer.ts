@@ -1,0 +1,336 @@
+/**
+ * Bulk transfer: stdout throughput (item 1), stdin throughput (item 2), and
+ * memory while a slow reader drains a large output (item 7).
+ */
+import {
+  fmtBytes,
+  fmtRate,
+  GiB,
+  log,
+  median,
+  MiB,
+  Proc,
+  type ProcStat,
+  procStats,
+  readWithin,
+  run,
+  Sampler,
+  sleep,
+} from "./lib.ts";
+import { type Ctx, type ItemResult, ratio, verdict } from "./report.ts";
+import { TetherWorld } from "./tether.ts";
+
+/** Runs `argv | wc -c`; returns milliseconds, checking that exactly `size` bytes came out. */
+async function timedStdout(
+  argv: string[],
+  env: Record<string, string> | undefined,
+  size: number,
+  timeoutMs: number,
+): Promise<number> {
+  const r = await run(["sh", "-c", '"$@" | wc -c', "sh", ...argv], { env, timeoutMs });
+  const n = Number(r.stdout.trim());
+  if (n !== size) {
+    throw new Error(`expected ${size} bytes on stdout, got ${n}: ${r.stderr.trim().slice(-500)}`);
+  }
+  return r.ms;
+}
+
+/** Runs `head -c size /dev/zero | argv`; returns milliseconds, checking the exit code. */
+async function timedStdin(
+  argv: string[],
+  env: Record<string, string> | undefined,
+  size: number,
+  timeoutMs: number,
+): Promise<number> {
+  const r = await run(["sh", "-c", `head -c ${size} /dev/zero | "$@"`, "sh", ...argv], {
+    env,
+    timeoutMs,
+  });
+  if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr.trim().slice(-500)}`);
+  return r.ms;
+}
+
+function sizeText(n: number): string {
+  return n >= GiB ? `${n / GiB} GiB` : `${n / MiB} MiB`;
+}
+
+/** Item 1 or 2: `size` bytes through exec, alternating tether and ssh runs. */
+async function throughput(ctx: Ctx, dir: "stdout" | "stdin"): Promise<ItemResult> {
+  const size = ctx.quick ? 64 * MiB : GiB;
+  const runs = ctx.quick ? 2 : 3;
+  const timeoutMs = ctx.quick ? 60_000 : 300_000;
+  const w = ctx.world;
+  const tMs: number[] = [], sMs: number[] = [];
+  const measure = dir === "stdout" ? timedStdout : timedStdin;
+  const remoteArgv = dir === "stdout"
+    ? ["head", "-c", String(size), "/dev/zero"]
+    : ["sh", "-c", "cat >/dev/null"];
+  const sshCommand = dir === "stdout" ? `head -c ${size} /dev/zero` : "cat >/dev/null";
+  for (let i = 0; i < runs; i++) {
+    tMs.push(await measure(w.exec(remoteArgv), w.env(), size, timeoutMs));
+    log(`${dir} throughput run ${i + 1}/${runs}: tether ${fmtRate(size / (tMs[i] / 1000))}`);
+    if (ctx.sshd) {
+      sMs.push(await measure(ctx.sshd.argv(sshCommand), undefined, size, timeoutMs));
+      log(`${dir} throughput run ${i + 1}/${runs}: ssh ${fmtRate(size / (sMs[i] / 1000))}`);
+    }
+  }
+  const t = size / (median(tMs) / 1000);
+  const s = ctx.sshd ? size / (median(sMs) / 1000) : undefined;
+  const n = dir === "stdout" ? 1 : 2;
+  const figure = dir === "stdout"
+    ? `stdout throughput: ${sizeText(size)} from \`head -c\` through exec`
+    : `stdin throughput: ${sizeText(size)} into \`cat >/dev/null\``;
+  const runsText = (ms: number[]) => ms.map((x) => fmtRate(size / (x / 1000))).join(", ");
+  return {
+    rows: [{
+      key: String(n),
+      figure,
+      tether: fmtRate(t),
+      ssh: s === undefined ? "skipped" : fmtRate(s),
+      ratio: ratio(t, s),
+      target: "≥ 1.0× OpenSSH",
+      verdict: s === undefined ? "skipped" : verdict(t >= s),
+      raw: { size, tether_ms: tMs, ssh_ms: sMs },
+    }],
+    details: [
+      `### ${n}. ${dir} throughput`,
+      "",
+      dir === "stdout"
+        ? `- tether: \`sh -c 'tether exec bench -- head -c ${size} /dev/zero | wc -c'\`; ` +
+          `OpenSSH: the same with \`ssh … 127.0.0.1 'head -c ${size} /dev/zero'\`. ` +
+          "The byte count from `wc -c` is checked."
+        : `- tether: \`sh -c 'head -c ${size} /dev/zero | tether exec bench -- sh -c "cat >/dev/null"'\`; ` +
+          "OpenSSH: the same into `ssh … 127.0.0.1 'cat >/dev/null'`. The exit code is checked.",
+      "- Wall time of the whole command (process start to exit, so connection setup is included); " +
+      `${runs} runs each, alternating, median reported.`,
+      `- tether runs: ${runsText(tMs)}`,
+      `- OpenSSH runs: ${ctx.sshd ? runsText(sMs) : ctx.sshSkipped}`,
+      "",
+    ],
+  };
+}
+
+export const stdoutThroughput = (ctx: Ctx) => throughput(ctx, "stdout");
+export const stdinThroughput = (ctx: Ctx) => throughput(ctx, "stdin");
+
+/**
+ * Reads a stream at `rate` bytes/s (sleeping whenever ahead of schedule);
+ * a read that stalls for `stallMs` is an error.
+ */
+async function throttledRead(
+  stream: ReadableStream<Uint8Array>,
+  rate: number,
+  stallMs: number,
+  onFirstByte?: () => void,
+): Promise<{ bytes: number; ms: number }> {
+  const reader = stream.getReader();
+  const t0 = performance.now();
+  let got = 0;
+  try {
+    for (;;) {
+      const { value, done } = await readWithin(reader, stallMs, "slow reader");
+      if (done) break;
+      if (got === 0) onFirstByte?.();
+      got += value.length;
+      const ahead = (got / rate) * 1000 - (performance.now() - t0);
+      if (ahead > 0) await sleep(ahead);
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  return { bytes: got, ms: performance.now() - t0 };
+}
+
+function peak(samples: ProcStat[][], pid: number): number {
+  let m = NaN;
+  for (const s of samples) {
+    for (const p of s) if (p.pid === pid && !(p.rss <= m)) m = p.rss;
+  }
+  return m;
+}
+
+/** Item 7: relay and agent resident size while a large output drains at 10 MiB/s. */
+export async function slowReader(ctx: Ctx): Promise<ItemResult> {
+  const size = ctx.quick ? 32 * MiB : 2 * GiB;
+  const rate = 10 * MiB;
+  const budgetMs = (size / rate) * 1000 * 1.5 + 60_000;
+  const remote = ["head", "-c", String(size), "/dev/zero"];
+
+  // tether, on a fresh relay and agent so earlier items' heaps do not hide growth.
+  const w = await TetherWorld.create(ctx.bundle, ctx.tmp, true);
+  let tether: {
+    relay: number;
+    agent: number;
+    client: number;
+    relayPeak: number;
+    agentPeak: number;
+    clientPeak: number;
+    ms: number;
+  };
+  try {
+    const relayPid = w.relay!.pid, agentPid = w.agent!.pid;
+    // Warm the exec path once (JIT, first buffers), then take the baseline.
+    const warm = await run(w.exec(["head", "-c", String(4 * MiB), "/dev/zero"]), {
+      env: w.env(),
+      stdout: "null",
+      timeoutMs: 30_000,
+    });
+    if (warm.code !== 0) throw new Error(`warm-up exec failed: ${warm.stderr}`);
+    await sleep(1000);
+    const base = await procStats([relayPid, agentPid]);
+    const baseOf = (pid: number) => base.find((s) => s.pid === pid)?.rss ?? NaN;
+    const p = new Proc(w.exec(remote), { env: w.env(), stdout: "raw" });
+    const sampler = new Sampler(() => procStats([relayPid, agentPid, p.pid]), 500);
+    let clientBase = NaN;
+    let read;
+    try {
+      read = await withBudget(
+        throttledRead(p.child.stdout, rate, 30_000, () => {
+          procStats([p.pid]).then((s) => (clientBase = s[0]?.rss ?? NaN));
+        }),
+        budgetMs,
+        p,
+      );
+      const st = await p.wait(30_000);
+      if (st.code !== 0) throw new Error(`tether exec exited ${st.code}: ${p.stderr.slice(-500)}`);
+    } finally {
+      await p.stop();
+    }
+    const samples = await sampler.stop();
+    if (read.bytes !== size) throw new Error(`read ${read.bytes} bytes, expected ${size}`);
+    const relayPeak = peak(samples, relayPid), agentPeak = peak(samples, agentPid);
+    const clientPeak = peak(samples, p.pid);
+    tether = {
+      relay: relayPeak - baseOf(relayPid),
+      agent: agentPeak - baseOf(agentPid),
+      client: clientPeak - clientBase,
+      relayPeak,
+      agentPeak,
+      clientPeak,
+      ms: read.ms,
+    };
+    log(
+      `slow reader: tether relay +${fmtBytes(tether.relay)}, agent +${fmtBytes(tether.agent)} in ${
+        (read.ms / 1000).toFixed(1)
+      } s`,
+    );
+  } finally {
+    await w.dispose();
+  }
+
+  // OpenSSH: the per-connection sshd processes (monitor + session), and the ssh client.
+  let ssh:
+    | { server: number; serverPeak: number; client: number; clientPeak: number; ms: number }
+    | undefined;
+  if (ctx.sshd) {
+    const sshd = ctx.sshd;
+    const p = new Proc(sshd.argv(remote.join(" ")), { stdout: "raw" });
+    const probe = async () => {
+      const pids = await sshd.sessionPids("sshd");
+      const stats = await procStats([...pids, p.pid]);
+      return {
+        server: stats.filter((s) => s.pid !== p.pid).reduce((a, s) => a + s.rss, 0),
+        client: stats.find((s) => s.pid === p.pid)?.rss ?? NaN,
+      };
+    };
+    let first: Promise<{ server: number; client: number }> | undefined;
+    const sampler = new Sampler(probe, 500);
+    let read;
+    try {
+      read = await withBudget(
+        throttledRead(p.child.stdout, rate, 30_000, () => (first = probe())),
+        budgetMs,
+        p,
+      );
+      const st = await p.wait(30_000);
+      if (st.code !== 0) throw new Error(`ssh exited ${st.code}: ${p.stderr.slice(-500)}`);
+    } finally {
+      await p.stop();
+    }
+    const samples = await sampler.stop();
+    const base = await first!;
+    const serverPeak = Math.max(...samples.map((s) => s.server));
+    const clientPeak = Math.max(...samples.map((s) => s.client).filter(Number.isFinite));
+    ssh = {
+      server: serverPeak - base.server,
+      serverPeak,
+      client: clientPeak - base.client,
+      clientPeak,
+      ms: read.ms,
+    };
+    log(`slow reader: sshd +${fmtBytes(ssh.server)} in ${(read.ms / 1000).toFixed(1)} s`);
+  }
+
+  const LIMIT = 16 * MiB;
+  const both = tether.relay + tether.agent;
+  const sshRatio = (t: number) =>
+    ssh && Math.abs(ssh.server) >= MiB ? ratio(t, ssh.server) : ssh ? "— (OpenSSH < 1 MiB)" : "—";
+  return {
+    rows: [
+      {
+        key: "7",
+        figure: `slow reader, ${sizeText(size)} at 10 MiB/s: relay + agent RSS growth`,
+        tether: `${fmtBytes(both)} (relay ${fmtBytes(tether.relay)}, agent ${
+          fmtBytes(tether.agent)
+        })`,
+        ssh: ssh ? `${fmtBytes(ssh.server)} (sshd)` : "skipped",
+        ratio: sshRatio(both),
+        target: "≤ 16 MiB",
+        verdict: verdict(both <= LIMIT),
+        raw: { size, tether, ssh },
+      },
+      {
+        key: "7 client",
+        figure: "slow reader: client RSS growth (for reference)",
+        tether: fmtBytes(tether.client),
+        ssh: ssh ? fmtBytes(ssh.client) : "skipped",
+        ratio: ssh && Math.abs(ssh.client) >= MiB ? ratio(tether.client, ssh.client) : "—",
+        target: "",
+        verdict: "n/a",
+      },
+    ],
+    details: [
+      "### 7. Slow reader",
+      "",
+      `- \`tether exec bench -- head -c ${size} /dev/zero\` on a fresh relay and agent, its ` +
+      "stdout read by the benchmark at 10 MiB/s (it sleeps whenever it is ahead). " +
+      "Before the run one 4 MiB exec warms the path; the baseline is the relay's and " +
+      "agent's RSS after that. Growth = peak RSS (sampled every 500 ms from /proc/PID/stat) " +
+      "minus baseline. Target: relay + agent growth ≤ 16 MiB.",
+      `- tether: ${(tether.ms / 1000).toFixed(1)} s to read (${
+        fmtRate(size / (tether.ms / 1000))
+      }); relay peak ${fmtBytes(tether.relayPeak)} (+${fmtBytes(tether.relay)}), agent peak ${
+        fmtBytes(tether.agentPeak)
+      } (+${fmtBytes(tether.agent)}), client peak ${fmtBytes(tether.clientPeak)} (+${
+        fmtBytes(tether.client)
+      } from its first byte).`,
+      ssh
+        ? `- OpenSSH: \`ssh … 'head -c ${size} /dev/zero'\` read the same way; server side = ` +
+          "sum of RSS of the connection's sshd processes (monitor and session), baseline " +
+          `at the first byte: peak ${fmtBytes(ssh.serverPeak)} (+${
+            fmtBytes(ssh.server)
+          }); ssh client peak ${fmtBytes(ssh.clientPeak)} (+${fmtBytes(ssh.client)}); ` +
+          `${(ssh.ms / 1000).toFixed(1)} s to read.`
+        : `- OpenSSH: ${ctx.sshSkipped}`,
+      "",
+    ],
+  };
+}
+
+/** Races `p` against a budget; on overrun the process is killed and an error thrown. */
+async function withBudget<T>(p: Promise<T>, ms: number, proc: Proc): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          proc.kill("SIGKILL");
+          reject(new Error(`transfer did not finish within ${Math.round(ms / 1000)} s`));
+        }, ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

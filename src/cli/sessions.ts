@@ -1,0 +1,65 @@
+/** `tether sessions [MACHINE]` and `tether sessions kill ID`. */
+import type { Command } from "@commander-js/extra-typings";
+import { resolveClientConfig } from "../client/config.ts";
+import { RelayClient } from "../client/relay_client.ts";
+import { resolveMachine } from "../client/resolve.ts";
+import { formatAge } from "../common/duration.ts";
+import { TetherError } from "../common/errors.ts";
+import { globals } from "./context.ts";
+import { printJson, table } from "./output.ts";
+
+export function registerSessions(program: Command) {
+  const sessions = program.command("sessions")
+    .description("list sessions (all machines, or one), or end one")
+    .argument("[machine]", "only this machine's sessions")
+    .action(async (machine, _opts, cmd) => {
+      const g = globals(cmd);
+      const client = await RelayClient.connect(resolveClientConfig(g));
+      const machineId = machine ? resolveMachine(await client.machines(), machine).id : undefined;
+      const list = await client.sessions(machineId);
+      client.close();
+      if (g.json) {
+        printJson(list);
+        return;
+      }
+      if (list.length === 0) {
+        console.error("no sessions");
+        return;
+      }
+      const now = Date.now();
+      console.log(table(
+        ["ID", "MACHINE", "CREATED", "CLIENTS", "STATE", "IDLE", "COMMAND"],
+        list.map((s) => [
+          s.id,
+          s.machine,
+          `${formatAge(now - Date.parse(s.created))} ago`,
+          String(s.clients),
+          s.attached ? "attached" : "detached",
+          formatAge(s.idle_ms),
+          s.command,
+        ]),
+      ));
+    });
+
+  sessions.command("kill")
+    .description("end a session and its processes")
+    .argument("<id>", "session id (or a unique prefix)")
+    .action(async (id, _opts, cmd) => {
+      const g = globals(cmd);
+      const client = await RelayClient.connect(resolveClientConfig(g));
+      const hits = (await client.sessions()).filter((s) => s.id === id || s.id.startsWith(id));
+      if (hits.length !== 1) {
+        client.close();
+        throw new TetherError(
+          "session_not_found",
+          hits.length ? `'${id}' matches ${hits.length} sessions` : `no session '${id}'`,
+          { hint: "list sessions with `tether sessions`" },
+        );
+      }
+      const s = hits[0];
+      await client.killSession(s.machine_id, s.id);
+      client.close();
+      if (g.json) printJson({ killed: s.id, machine: s.machine });
+      else console.log(`ended session ${s.id} on ${s.machine}`);
+    });
+}

@@ -1,0 +1,331 @@
+/**
+ * The client half of an interactive session (`tether connect`, `exec -t`):
+ * raw terminal, output written as it arrives and credited back, input sent
+ * under the agent's credit, Ctrl-D detaching locally, window size changes
+ * forwarded, and — when the connection drops — reconnecting and resuming
+ * from the last offset received, so nothing is lost or shown twice.
+ */
+import { TetherError } from "../common/errors.ts";
+import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
+import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
+import type { Open, WireError } from "../protocol/messages.ts";
+import type { ClientConfig } from "./config.ts";
+import { RelayClient } from "./relay_client.ts";
+import { stripTerminalQueries } from "./replay_filter.ts";
+
+const CTRL_D = 0x04;
+
+/** How long a dropped session keeps trying to come back before giving up. */
+export const RECONNECT_DEADLINE_MS = 60_000;
+
+export interface AttachRequest {
+  machineId: string;
+  machineName: string;
+  /** Join this session; otherwise a new one is started. */
+  session?: string;
+  argv?: string[];
+  readOnly?: boolean;
+  /** exec -t: the session ends when we leave, and Ctrl-D goes to the remote. */
+  oneShot?: boolean;
+}
+
+export interface AttachOutcome {
+  /** "exit": the remote process ended with `code`; "detach": we left, it runs on. */
+  kind: "exit" | "detach";
+  code: number;
+  session: string;
+}
+
+export interface Terminal {
+  read(buf: Uint8Array): Promise<number | null>;
+  write(data: Uint8Array): Promise<void>;
+  /** Status lines (banner, reconnect notices). */
+  status(line: string): void;
+  isTerminal: boolean;
+  size(): { cols: number; rows: number };
+  setRaw(raw: boolean): void;
+  onResize(cb: () => void): () => void;
+}
+
+/** The process's own terminal. */
+export function processTerminal(): Terminal {
+  const enc = new TextEncoder();
+  const isTerminal = Deno.stdin.isTerminal();
+  let raw = false;
+  return {
+    read: (buf) => Deno.stdin.read(buf),
+    async write(data) {
+      let off = 0;
+      while (off < data.length) off += await Deno.stdout.write(data.subarray(off));
+    },
+    status(line) {
+      Deno.stderr.writeSync(enc.encode(raw ? `${line}\r\n` : `${line}\n`));
+    },
+    isTerminal,
+    size() {
+      try {
+        const { columns, rows } = Deno.consoleSize();
+        return { cols: columns || 80, rows: rows || 24 };
+      } catch {
+        return { cols: 80, rows: 24 };
+      }
+    },
+    setRaw(on) {
+      if (!isTerminal || raw === on) return;
+      Deno.stdin.setRaw(on);
+      raw = on;
+    },
+    onResize(cb) {
+      try {
+        Deno.addSignalListener("SIGWINCH", cb);
+        return () => Deno.removeSignalListener("SIGWINCH", cb);
+      } catch {
+        return () => {};
+      }
+    },
+  };
+}
+
+/**
+ * Attaches and runs until the remote process exits, we detach, or the
+ * session cannot be recovered (then throws `session_lost`).
+ */
+export async function attach(
+  cfg: ClientConfig,
+  first: RelayClient,
+  req: AttachRequest,
+  term: Terminal,
+  opts: { onStarted?: (session: string) => void } = {},
+): Promise<AttachOutcome> {
+  let client = first;
+  let sid = 0;
+  let session = req.session;
+  let attachId: string | undefined;
+  let cursor: number | undefined;
+  let credit = new Credit(0);
+  let outcome: AttachOutcome | undefined;
+  let finish!: () => void;
+  const finished = new Promise<void>((r) => (finish = r));
+  let lost: WireError | undefined;
+  let wakeLost: (() => void) | undefined;
+  let rawSet = false;
+  let writeChain = Promise.resolve();
+  /** Output before this offset is a replay: its terminal queries are removed. */
+  let replayEnd = 0;
+
+  const openStream = (): Promise<"ok" | WireError> =>
+    new Promise((resolve) => {
+      const size = term.size();
+      const spec: Omit<Open, "t" | "sid"> = {
+        machine: req.machineId,
+        kind: "pty",
+        argv: req.argv ?? [],
+        stdin: true,
+        window: OUTPUT_WINDOW,
+        term: Deno.env.get("TERM") || "xterm-256color",
+        cols: size.cols,
+        rows: size.rows,
+        ...(session ? { session } : {}),
+        ...(attachId ? { resume: attachId } : {}),
+        ...(cursor !== undefined ? { offset: cursor } : {}),
+        ...(req.readOnly ? { read_only: true } : {}),
+        ...(req.oneShot ? { ephemeral: true } : {}),
+      };
+      const c = client;
+      let started = false;
+      const streamCredit = new Credit(0);
+      const grant = new Grant(OUTPUT_WINDOW, (n) =>
+        c.conn.sendBinary(encodeCredit(sid, CH_STDOUT, n)));
+      sid = c.open(spec, {
+        onStarted(msg) {
+          started = true;
+          session = msg.session;
+          attachId = msg.attach_id;
+          if (cursor !== undefined && msg.offset !== undefined && msg.offset > cursor) {
+            term.status(`[tether: ${msg.offset - cursor} bytes of output were lost while away]`);
+          }
+          cursor = msg.offset ?? cursor ?? 0;
+          replayEnd = msg.end ?? 0;
+          credit = streamCredit;
+          streamCredit.add(msg.window);
+          resolve("ok");
+        },
+        onData(ch, offset, payload) {
+          if (ch !== CH_STDOUT) {
+            return;
+          }
+          let data = payload;
+          let at = offset;
+          if (cursor !== undefined && offset < cursor) {
+            const skip = Math.min(payload.length, cursor - offset); // already shown
+            data = payload.subarray(skip);
+            at += skip;
+          }
+          cursor = offset + payload.length;
+          if (at < replayEnd && data.length > 0) {
+            const cut = Math.min(data.length, replayEnd - at);
+            const replayed = stripTerminalQueries(data.subarray(0, cut));
+            data = cut === data.length ? replayed : concat(replayed, data.subarray(cut));
+          }
+          const written = () =>
+            grant.consumed(payload.length);
+          if (data.length === 0) {
+            written();
+            return;
+          }
+          writeChain = writeChain.then(() => term.write(data)).then(written, written);
+        },
+        onCredit(ch, bytes) {
+          if (ch === CH_STDIN) streamCredit.add(bytes);
+        },
+        onExit(msg) {
+          writeChain.then(() => {
+            outcome = { kind: "exit", code: msg.code, session: session ?? "" };
+            finish();
+          });
+        },
+        onError(err) {
+          streamCredit.close();
+          if (!started) {
+            resolve(err);
+            return;
+          }
+          lost = err;
+          wakeLost?.();
+        },
+        onNotice(message) {
+          writeChain = writeChain.then(() => term.status(`[tether: ${message}]`));
+        },
+      });
+    });
+
+  const firstOpen = await openStream();
+  if (firstOpen !== "ok") {
+    throw new TetherError(firstOpen.code, firstOpen.message, { hint: firstOpen.hint });
+  }
+  opts.onStarted?.(session!);
+
+  const sendResize = () => {
+    const { cols, rows } = term.size();
+    client.conn.send({ t: "resize", sid, cols, rows });
+  };
+  const offResize = term.onResize(sendResize);
+
+  // Input: one reader for the whole attach; bytes typed while reconnecting are dropped.
+  const pumpInput = async () => {
+    const buf = new Uint8Array(16 * 1024);
+    for (;;) {
+      let n: number | null;
+      try {
+        n = await term.read(buf);
+      } catch {
+        n = null;
+      }
+      if (outcome) return;
+      if (n === null) {
+        if (req.oneShot) client.conn.send({ t: "eof", sid });
+        else {
+          // End of a non-terminal stdin: leave the session running.
+          outcome = { kind: "detach", code: 0, session: session ?? "" };
+          finish();
+        }
+        return;
+      }
+      let data = buf.subarray(0, n);
+      let detach = false;
+      if (!req.oneShot && term.isTerminal) {
+        const at = data.indexOf(CTRL_D);
+        if (at >= 0) {
+          data = data.subarray(0, at);
+          detach = true;
+        }
+      }
+      let off = 0;
+      while (off < data.length && !lost) {
+        await credit.wait();
+        if (lost || outcome) break;
+        const m = Math.min(credit.available, data.length - off);
+        credit.take(m);
+        client.conn.sendBinary(encodeData(sid, CH_STDIN, 0, data.subarray(off, off + m)));
+        off += m;
+      }
+      if (detach) {
+        outcome = { kind: "detach", code: 0, session: session ?? "" };
+        finish();
+        return;
+      }
+    }
+  };
+
+  try {
+    term.setRaw(true);
+    rawSet = true;
+    pumpInput();
+    for (;;) {
+      if (!lost && !outcome) {
+        await Promise.race([finished, new Promise<void>((r) => (wakeLost = r))]);
+      }
+      if (outcome) break;
+      if (!lost) continue;
+      // The stream broke: reconnect and resume from the last offset we showed.
+      const why = lost;
+      lost = undefined;
+      if (req.oneShot) {
+        throw new TetherError("session_lost", why.message, { hint: why.hint });
+      }
+      await writeChain;
+      term.status(`[tether: connection lost (${why.message}) — reconnecting…]`);
+      const recovered = await reconnect();
+      if (!recovered.ok) {
+        throw new TetherError("session_lost", recovered.message, {
+          hint:
+            `the session may still be running: tether connect ${req.machineName} --session ${session}`,
+        });
+      }
+      term.status("[tether: reconnected]");
+      sendResize();
+    }
+  } finally {
+    offResize();
+    if (rawSet) term.setRaw(false);
+  }
+  const done = outcome as AttachOutcome;
+  if (done.kind === "detach") client.closeStream(sid, "detach");
+  return done;
+
+  async function reconnect(): Promise<{ ok: true } | { ok: false; message: string }> {
+    const deadline = Date.now() + RECONNECT_DEADLINE_MS;
+    let delay = 250;
+    let last = "";
+    while (Date.now() < deadline && !outcome) {
+      try {
+        if (client.conn.isOpen) {
+          // The relay is there but the agent went away: try the same connection.
+        } else {
+          client = await RelayClient.connect(cfg);
+        }
+        const r = await openStream();
+        if (r === "ok") return { ok: true };
+        if (r.code === "session_not_found") {
+          return { ok: false, message: `the session ended while we were away (${r.message})` };
+        }
+        last = r.message;
+      } catch (e) {
+        last = (e as Error).message;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 2000);
+    }
+    return {
+      ok: false,
+      message: `could not reconnect within ${RECONNECT_DEADLINE_MS / 1000}s: ${last}`,
+    };
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}

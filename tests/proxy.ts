@@ -1,0 +1,67 @@
+/** A TCP forwarder on 127.0.0.1 whose connections a test can cut, to simulate a dropped network. */
+export class TcpProxy {
+  private readonly listener: Deno.TcpListener;
+  private readonly pairs = new Set<[Deno.TcpConn, Deno.TcpConn]>();
+  readonly port: number;
+
+  constructor(private readonly target: { hostname: string; port: number }) {
+    this.listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    this.port = (this.listener.addr as Deno.NetAddr).port;
+    this.accept();
+  }
+
+  private async accept(): Promise<void> {
+    for await (const inbound of this.listener) {
+      let outbound: Deno.TcpConn;
+      try {
+        outbound = await Deno.connect(this.target);
+      } catch {
+        inbound.close();
+        continue;
+      }
+      inbound.setNoDelay(true);
+      outbound.setNoDelay(true);
+      const pair: [Deno.TcpConn, Deno.TcpConn] = [inbound, outbound];
+      this.pairs.add(pair);
+      const end = () => {
+        if (!this.pairs.delete(pair)) return;
+        for (const c of pair) {
+          try {
+            c.close();
+          } catch { /* closed */ }
+        }
+      };
+      inbound.readable.pipeTo(outbound.writable, { preventClose: true }).catch(() => {}).finally(
+        end,
+      );
+      outbound.readable.pipeTo(inbound.writable, { preventClose: true }).catch(() => {}).finally(
+        end,
+      );
+    }
+  }
+
+  /** Drops every open connection (new ones are still accepted). */
+  cut(): number {
+    const n = this.pairs.size;
+    for (const pair of [...this.pairs]) {
+      this.pairs.delete(pair);
+      for (const c of pair) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+    }
+    return n;
+  }
+
+  get connections(): number {
+    return this.pairs.size;
+  }
+
+  close(): void {
+    this.cut();
+    try {
+      this.listener.close();
+    } catch { /* closed */ }
+  }
+}
