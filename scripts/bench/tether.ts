@@ -77,6 +77,7 @@ export class TetherWorld {
     parent: string,
     withAgent = true,
     serverFlags: string[] = [],
+    serverEnv: Record<string, string> = {},
   ): Promise<TetherWorld> {
     const w = new TetherWorld(bundle, await Deno.makeTempDir({ dir: parent, prefix: "tether-" }));
     w.serverFlags = serverFlags;
@@ -92,7 +93,7 @@ export class TetherWorld {
           ["relay", "serve", "--listen", "127.0.0.1:0", "--data-dir", w.relayDir],
           serverFlags,
         ),
-        { env: baseEnv(w.home) },
+        { env: { ...baseEnv(w.home), ...serverEnv } },
       );
       const m = await w.relay.waitFor(/relay listening on (ws:\/\/\S+)/, "stdout", 30_000);
       w.url = m[1];
@@ -115,6 +116,7 @@ export class TetherWorld {
               HOME: acct.home,
               SHELL: acct.shell,
               TETHER_AGENT_KEY: w.keys.agent_key,
+              ...serverEnv,
             },
           },
         );

@@ -7,7 +7,12 @@ import { TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
-import { type AgentInfo, type Control, ProtocolError } from "../protocol/messages.ts";
+import {
+  type AgentInfo,
+  type Control,
+  ProtocolError,
+  type SessionInfo,
+} from "../protocol/messages.ts";
 import { formatKey } from "../protocol/keys.ts";
 import { ExecStream } from "./exec.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
@@ -37,6 +42,8 @@ export interface AgentOptions {
   /** Called each time the agent is online (after every (re)connect). */
   onOnline?: (machine: { id: string; name: string }) => void;
   sessions?: SessionOptions;
+  /** Called whenever sessions or their attached clients change. */
+  onSessions?: (sessions: SessionInfo[]) => void;
 }
 
 const BACKOFF_MIN_MS = 250;
@@ -69,6 +76,7 @@ export class Agent {
     this.log = opts.log ?? ((l) => console.error(`agent: ${l}`));
     this.sessions = new SessionManager(opts.sessions ?? {}, (list) => {
       this.conn?.send({ t: "sessions", sessions: list });
+      opts.onSessions?.(list);
     });
     this.sessions.forget = (a) => {
       if (this.streams.get(a.sid) === a) this.streams.delete(a.sid);

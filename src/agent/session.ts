@@ -364,6 +364,18 @@ export class SessionManager {
     return hits.length === 1 ? hits[0] : undefined;
   }
 
+  /** Shows a line to every attached client (e.g. a CI hold about to end). */
+  notifyAll(message: string): number {
+    let n = 0;
+    for (const s of this.sessions.values()) {
+      for (const a of s.attachments) {
+        a.conn.send({ t: "notice", sid: a.sid, message });
+        n++;
+      }
+    }
+    return n;
+  }
+
   kill(id: string): boolean {
     const s = this.find(id);
     if (!s) return false;
