@@ -8,6 +8,7 @@ import { usage } from "../common/errors.ts";
 import { VERSION } from "../protocol/version.ts";
 import { registerAgent } from "./agent.ts";
 import { state } from "./context.ts";
+import { registerCi } from "./ci.ts";
 import { registerConnect } from "./connect.ts";
 import { registerExec } from "./exec.ts";
 import { registerLogin } from "./login.ts";
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
   registerConnect(program);
   registerExec(program);
   registerSessions(program);
+  registerCi(program);
   // Subcommands inherit exitOverride and the quiet error output.
   const quiet = (c: Command) => {
     c.exitOverride().configureOutput({ outputError: () => {} });
