@@ -204,3 +204,41 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "connect with no machine on a terminal: picker (type to filter), confirm, attach",
+  ignore,
+  async fn() {
+    await using w = await World.create();
+    await Promise.all([w.startAgent("alpha-web"), w.startAgent("beta-db")]);
+    const [beta] = (await w.machines()).filter((m) => m.name === "beta-db");
+    await using t = await connectIn(w, []);
+    await t.waitFor(/Pick a machine/);
+    await t.waitFor(/alpha-web[\s\S]*beta-db/);
+    await t.type("beta");
+    await t.waitFor(/beta-db/);
+    await t.keys("Enter");
+    await t.waitFor(new RegExp(`Attach to beta-db \\(${beta.id.slice(0, 8)}\\)\\?`));
+    await t.keys("Enter");
+    await t.waitFor(/attached — Ctrl-D to disconnect/);
+    await t.line("echo picked-$((40+2))");
+    await t.waitFor(/^picked-42$/m);
+    await t.keys("C-d");
+    await t.waitFor(/detached from session [0-9a-f]+ on beta-db/);
+  },
+});
+
+Deno.test({
+  name: "connect picker: Ctrl-C cancels cleanly with exit 130 and no stack trace",
+  ignore,
+  async fn() {
+    await using w = await World.create();
+    await w.startAgent("only-one");
+    await using t = await connectIn(w, []);
+    await t.waitFor(/Pick a machine/);
+    await t.keys("C-c");
+    const screen = (await t.waitFor(/\[exited 130\]/)).input;
+    assert.match(screen, /tether: cancelled/);
+    assert.doesNotMatch(screen, /at .*\.ts:\d+|Error:/);
+  },
+});

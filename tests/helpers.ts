@@ -285,6 +285,7 @@ export class World {
       wait?: boolean;
       args?: string[];
       relay?: string;
+      env?: Record<string, string>;
     } = {},
   ): Promise<Proc> {
     const stateDir = opts.stateDir ?? join(this.home, "agents", name);
@@ -297,6 +298,7 @@ export class World {
         ...baseEnv(this.home),
         SHELL: "/bin/bash",
         TETHER_AGENT_KEY: opts.key ?? this.keys.agent_key,
+        ...opts.env,
       },
     });
     this.agents.push(p);

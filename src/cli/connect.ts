@@ -2,11 +2,14 @@
 import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
-import { type MachineView, RelayClient, type SessionView } from "../client/relay_client.ts";
-import { resolveMachine } from "../client/resolve.ts";
+import { RelayClient } from "../client/relay_client.ts";
+import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
+import { machineLabel } from "../client/prompt_picker.ts";
+import { loadPrompts } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
-import { globals, state } from "./context.ts";
+import { collect, globals, parsePairs, state } from "./context.ts";
+import { chooseMachine, chooseSession } from "./target.ts";
 import { listMachines } from "./machines.ts";
 
 export function registerConnect(program: Command) {
@@ -17,30 +20,52 @@ export function registerConnect(program: Command) {
     .option("--new", "start a new session even if one is running")
     .option("--read-only", "watch only: the agent drops your input")
     .option("--list", "list machines (same as `tether machines`)")
+    .option(
+      "-l, --selector <k=v>",
+      "pick by label; repeatable, all must match",
+      collect,
+      [] as string[],
+    )
+    .option("--first", "with -l: take the first online match instead of asking")
+    .option("-y, --yes", "do not ask for confirmation after picking a machine")
     .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
       if (opts.list) {
-        await listMachines(g, {});
+        await listMachines(g, parsePairs(opts.selector, "--selector"));
         return;
       }
       state.failureCode = 255;
       if (opts.session && opts.new) throw usage("--session and --new exclude each other");
-      if (!machine) {
-        throw new TetherError("interactive_required", "no machine given", {
-          hint: "pass a machine name or id, or list them with `tether connect --list`",
-        });
+      if (g.json) {
+        throw new TetherError(
+          "interactive_required",
+          "connect is interactive and has no JSON form",
+          {
+            hint:
+              "use `tether exec --json` or `--events` for programs, or `tether connect --list --json`",
+          },
+        );
       }
+      // Fail before dialing when a picker would be needed and cannot be shown.
+      if (!machine && opts.selector.length === 0) requirePrompt(g, noMachineGiven());
       const cfg = resolveClientConfig(g);
       const status = (line: string) => console.error(line);
       const client = await RelayClient.connect(cfg);
-      Deno.stderr.writeSync(new TextEncoder().encode(`resolving ${machine} ... `));
-      let target: MachineView;
-      try {
-        target = resolveMachine(await client.machines(), machine);
-      } catch (e) {
-        status("failed");
-        throw e;
+      const chosen = await chooseMachine(client, g, machine, opts);
+      const target = chosen.machine;
+      if (chosen.picked && !opts.yes) {
+        const ok = await (await loadPrompts()).confirm(`Attach to ${machineLabel(target)}?`, {
+          env: g,
+          default: true,
+        });
+        if (!ok) {
+          client.close();
+          status("not attaching");
+          state.exitCode = 1;
+          return;
+        }
       }
+      Deno.stderr.writeSync(new TextEncoder().encode(`resolving ${machine ?? target.name} ... `));
       if (!target.online) {
         status("offline");
         throw new TetherError(
@@ -59,7 +84,7 @@ export function registerConnect(program: Command) {
       if (!session && !opts.new) {
         const live = await client.sessions(target.id);
         if (live.length === 1) session = live[0].id;
-        else if (live.length > 1) throw chooseSession(target, live);
+        else if (live.length > 1) session = await chooseSession(g, target, live);
       }
       Deno.stderr.writeSync(new TextEncoder().encode("dialing relay ... "));
       const term = processTerminal();
@@ -102,19 +127,4 @@ export function registerConnect(program: Command) {
         state.exitCode = outcome.code;
       }
     });
-}
-
-function chooseSession(target: MachineView, live: SessionView[]): TetherError {
-  return new TetherError(
-    "interactive_required",
-    `${target.name} has ${live.length} sessions; say which one`,
-    {
-      hint: `pass --session ID (${live.map((s) => s.id).join(", ")}) or --new`,
-      candidates: live.map((s) => ({
-        id: s.id,
-        name: `${s.command} (${s.clients} attached)`,
-        online: true,
-      })),
-    },
-  );
 }

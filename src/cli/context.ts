@@ -9,6 +9,8 @@ export const state = {
   /** Exit code when tether itself fails: 255 for exec and connect (as ssh), 1 otherwise. */
   failureCode: 1,
   json: false,
+  /** The argv main() was given (to see where `--` was). */
+  argv: [] as string[],
 };
 
 export interface Globals extends GlobalFlags {

@@ -5,7 +5,7 @@ import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { resolveMachine } from "../client/resolve.ts";
+import { chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
@@ -15,7 +15,7 @@ import { asTetherError, writeAll } from "./output.ts";
 export function registerExec(program: Command) {
   program.command("exec")
     .description("run one command on a machine (argv as given, no shell); exits with its code")
-    .argument("<machine>", "machine id, name, hostname or unique prefix")
+    .argument("[machine]", "machine id, name, hostname or unique prefix (or use -l)")
     .argument("[command...]", "the command and its arguments, after --")
     .option("-t, --tty", "run on a pseudo-terminal")
     .option("-n, --no-stdin", "give the command /dev/null as stdin")
@@ -27,9 +27,19 @@ export function registerExec(program: Command) {
     .option("--timeout <dur>", "end the command (SIGTERM, then SIGKILL) after this long")
     .option("--cwd <dir>", "remote working directory")
     .option("--env <k=v>", "remote environment variable; repeatable", collect, [] as string[])
-    .action(async (machine, command, opts, cmd) => {
+    .option(
+      "-l, --selector <k=v>",
+      "pick the machine by label; repeatable",
+      collect,
+      [] as string[],
+    )
+    .option("--first", "with -l: take the first online match")
+    .action(async (machineArg, commandArgs, opts, cmd) => {
+      let machine = machineArg;
+      let command = commandArgs;
       state.failureCode = 255;
       const g = globals(cmd);
+      ({ machine, command } = splitAtDashes(machine, command));
       if (command.length === 0) {
         throw usage(
           "no command given",
@@ -41,7 +51,7 @@ export function registerExec(program: Command) {
       const env = parsePairs(opts.env, "--env");
       const cfg = resolveClientConfig(g);
       const client = await RelayClient.connect(cfg);
-      const target = resolveMachine(await client.machines(), machine);
+      const target = (await chooseMachine(client, g, machine, opts)).machine;
       if (!target.online) {
         throw new TetherError(
           "machine_offline",
@@ -118,6 +128,28 @@ export function registerExec(program: Command) {
         client.close();
       }
     });
+}
+
+/**
+ * Commander puts every operand into [machine, ...command]; what follows `--`
+ * is the command, and what precedes it names the machine (none with -l).
+ */
+function splitAtDashes(
+  machine: string | undefined,
+  command: string[],
+): { machine: string | undefined; command: string[] } {
+  const dd = state.argv.indexOf("--");
+  if (dd < 0) return { machine, command };
+  const after = state.argv.slice(dd + 1);
+  const all = machine === undefined ? command : [machine, ...command];
+  const before = all.slice(0, all.length - after.length);
+  if (before.length > 1) {
+    throw usage(
+      `unexpected '${before[1]}' before --`,
+      "tether exec MACHINE [options] -- CMD [ARG…]",
+    );
+  }
+  return { machine: before[0], command: after };
 }
 
 /**

@@ -3,8 +3,9 @@ import type { Command } from "@commander-js/extra-typings";
 import { join } from "node:path";
 import { CONFIG_FILE, configDir, writeStoredConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { TetherError } from "../common/errors.ts";
 import { globals } from "./context.ts";
+import { interactiveRequired } from "../client/prompt_gate.ts";
+import { loadPrompts } from "../client/select.ts";
 import { printJson } from "./output.ts";
 
 export function registerLogin(program: Command) {
@@ -12,12 +13,20 @@ export function registerLogin(program: Command) {
     .description("check and store the relay URL and API key (config file, mode 0600)")
     .action(async (_opts, cmd) => {
       const g = globals(cmd);
-      const relay = g.relay || Deno.env.get("TETHER_RELAY");
-      const apiKey = g.apiKey || Deno.env.get("TETHER_API_KEY");
+      let relay = g.relay || Deno.env.get("TETHER_RELAY");
+      let apiKey = g.apiKey || Deno.env.get("TETHER_API_KEY");
       if (!relay || !apiKey) {
-        throw new TetherError("usage", "login needs a relay URL and an API key", {
-          hint: "tether login --relay wss://relay.example.com --api-key tether_client_…",
+        const refusal = interactiveRequired(
+          `login needs ${!relay ? "a relay URL" : "an API key"} and there is no terminal to ask`,
+          "tether login --relay wss://relay.example.com --api-key tether_client_…",
+        );
+        const { promptPassword, promptText } = await loadPrompts();
+        relay ||= await promptText("Relay URL", {
+          env: g,
+          refusal,
+          default: "ws://127.0.0.1:7420",
         });
+        apiKey ||= await promptPassword("API key", { env: g, refusal });
       }
       const caFile = g.caFile || Deno.env.get("TETHER_CA_FILE") || undefined;
       const client = await RelayClient.connect({ relay, apiKey, caFile, configDir: "" });

@@ -1,14 +1,11 @@
 /** `tether machines`: the workspace's machines, as a table or JSON. */
 import type { Command } from "@commander-js/extra-typings";
 import { resolveClientConfig } from "../client/config.ts";
-import { type MachineView, RelayClient } from "../client/relay_client.ts";
+import { RelayClient } from "../client/relay_client.ts";
+import { matchesSelector } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { collect, type Globals, globals, parsePairs } from "./context.ts";
 import { printJson, table } from "./output.ts";
-
-export function matchesSelector(m: MachineView, selector: Record<string, string>): boolean {
-  return Object.entries(selector).every(([k, v]) => m.labels[k] === v);
-}
 
 export function registerMachines(program: Command) {
   program.command("machines")

@@ -5,6 +5,7 @@
  */
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { usage } from "../common/errors.ts";
+import { isCancelled } from "../client/prompt_gate.ts";
 import { VERSION } from "../protocol/version.ts";
 import { registerAgent } from "./agent.ts";
 import { state } from "./context.ts";
@@ -57,6 +58,7 @@ export async function main(argv: string[]): Promise<number> {
   const wantsJson = argv.slice(0, Math.max(0, argv.indexOf("--")) || argv.length).includes(
     "--json",
   );
+  state.argv = argv;
   try {
     await buildProgram().parseAsync(argv, { from: "user" });
     return state.exitCode;
@@ -66,6 +68,10 @@ export async function main(argv: string[]): Promise<number> {
       const message = e.message.replace(/^error: /, "");
       printError(usage(message, "see `tether --help`, or `tether COMMAND --help`"), wantsJson);
       return 2;
+    }
+    if (isCancelled(e)) {
+      console.error("tether: cancelled");
+      return e.exitCode;
     }
     const err = asTetherError(e);
     printError(err, wantsJson || state.json);

@@ -29,7 +29,7 @@ export function registerRelay(program: Command) {
     .option("--tls-cert <file>", "PEM certificate; serves wss:// with --tls-key")
     .option("--tls-key <file>", "PEM private key")
     .action(async (opts, cmd) => {
-      globals(cmd);
+      const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
       const { hostname, port } = parseListen(opts.listen);
       const r = await startRelay({
@@ -39,7 +39,8 @@ export function registerRelay(program: Command) {
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
       });
-      console.log(`relay listening on ${r.url}`);
+      if (g.json) console.log(JSON.stringify({ listening: r.url, data_dir: r.dataDir }));
+      else console.log(`relay listening on ${r.url}`);
       await Promise.race([untilSignal(), r.finished]);
       await r.shutdown();
     });

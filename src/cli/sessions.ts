@@ -5,18 +5,28 @@ import { RelayClient } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
-import { globals } from "./context.ts";
+import { collect, globals, parsePairs } from "./context.ts";
+import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 
 export function registerSessions(program: Command) {
   const sessions = program.command("sessions")
     .description("list sessions (all machines, or one), or end one")
     .argument("[machine]", "only this machine's sessions")
-    .action(async (machine, _opts, cmd) => {
+    .option(
+      "-l, --selector <k=v>",
+      "only machines with this label; repeatable",
+      collect,
+      [] as string[],
+    )
+    .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
+      const selector = parsePairs(opts.selector, "--selector");
       const client = await RelayClient.connect(resolveClientConfig(g));
-      const machineId = machine ? resolveMachine(await client.machines(), machine).id : undefined;
-      const list = await client.sessions(machineId);
+      const machines = (await client.machines()).filter((m) => matchesSelector(m, selector));
+      const machineId = machine ? resolveMachine(machines, machine).id : undefined;
+      const wanted = new Set(machines.map((m) => m.id));
+      const list = (await client.sessions(machineId)).filter((s) => wanted.has(s.machine_id));
       client.close();
       if (g.json) {
         printJson(list);

@@ -29,6 +29,7 @@ export interface RelayOptions {
 export interface Relay {
   /** ws:// or wss:// URL clients and agents dial. */
   url: string;
+  dataDir: string;
   port: number;
   hub: Hub;
   store: Store;
@@ -87,6 +88,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   let down: Promise<void> | undefined;
   return {
     url: `${tls ? "wss" : "ws"}://${host}:${addr.port}`,
+    dataDir: opts.dataDir,
     port: addr.port,
     hub,
     store,
