@@ -50,7 +50,9 @@ Deno.test("no machine and no terminal: interactive_required at once, for connect
 Deno.test("resolver through the CLI: job keys, prefixes, ambiguity with candidates, not found, offline", async () => {
   await using w = await fleet();
   const who = async (args: string[]) => {
-    const r = await w.tether(["exec", ...args, "--", "sh", "-c", "echo $WHO"], { timeoutMs: 20_000 });
+    const r = await w.tether(["exec", ...args, "--", "sh", "-c", "echo $WHO"], {
+      timeoutMs: 20_000,
+    });
     assert.equal(r.code, 0, r.stdout + r.stderr);
     return r.stdout.trim();
   };
@@ -59,8 +61,13 @@ Deno.test("resolver through the CLI: job keys, prefixes, ambiguity with candidat
 
   const amb = await w.tether(["exec", "prod-api", "--json", "--", "true"]);
   const e = jsonError(amb, "ambiguous_machine", 255);
-  assert.deepEqual(e.candidates.map((c: { name: string }) => c.name).sort(), ["prod-api-1", "prod-api-2"]);
-  for (const c of e.candidates) assert.deepEqual(Object.keys(c).sort(), ["hostname", "id", "name", "online"]);
+  assert.deepEqual(e.candidates.map((c: { name: string }) => c.name).sort(), [
+    "prod-api-1",
+    "prod-api-2",
+  ]);
+  for (const c of e.candidates) {
+    assert.deepEqual(Object.keys(c).sort(), ["hostname", "id", "name", "online"]);
+  }
 
   jsonError(await w.tether(["exec", "nope", "--json", "--", "true"]), "machine_not_found", 255);
   jsonError(await w.tether(["connect", "nope", "--json"]), "interactive_required", 255);
@@ -79,7 +86,16 @@ Deno.test("resolver through the CLI: job keys, prefixes, ambiguity with candidat
 
 Deno.test("label selection: one match, --first in name order, several without --first", async () => {
   await using w = await fleet();
-  const first = await w.tether(["exec", "-l", "env=prod", "--first", "--", "sh", "-c", "echo $WHO"]);
+  const first = await w.tether([
+    "exec",
+    "-l",
+    "env=prod",
+    "--first",
+    "--",
+    "sh",
+    "-c",
+    "echo $WHO",
+  ]);
   assert.equal(first.code, 0, first.stderr);
   assert.equal(first.stdout.trim(), "prod-api-1");
   const one = await w.tether(["exec", "-l", "ci=hold", "--", "sh", "-c", "echo $WHO"]);
@@ -122,7 +138,9 @@ Deno.test("JSON on every command: success payloads and failures", async () => {
     assert.ok(k in ms[0], k);
   }
   assert.deepEqual(JSON.parse((await w.tether(["sessions", "--json"])).stdout), []);
-  const keys = JSON.parse((await w.tether(["relay", "keys", "list", "--data-dir", w.relayDir, "--json"])).stdout);
+  const keys = JSON.parse(
+    (await w.tether(["relay", "keys", "list", "--data-dir", w.relayDir, "--json"])).stdout,
+  );
   assert.deepEqual(Object.keys(keys[0]).sort(), [
     "created_at",
     "id",
@@ -133,8 +151,31 @@ Deno.test("JSON on every command: success payloads and failures", async () => {
     "workspace",
   ]);
   jsonError(await w.tether(["sessions", "kill", "zzzz", "--json"]), "session_not_found", 1);
-  jsonError(await w.tether(["relay", "keys", "create", "--data-dir", w.relayDir, "--workspace", "nope", "--role", "client", "--json"]), "usage", 2);
-  jsonError(await w.tether(["exec", "--json", "--bogus-flag", "jsonbox", "--", "true"]), "usage", 2);
+  jsonError(
+    await w.tether([
+      "relay",
+      "keys",
+      "create",
+      "--data-dir",
+      w.relayDir,
+      "--workspace",
+      "nope",
+      "--role",
+      "client",
+      "--json",
+    ]),
+    "usage",
+    2,
+  );
+  jsonError(
+    await w.tether(["exec", "--json", "--bogus-flag", "jsonbox", "--", "true"]),
+    "usage",
+    2,
+  );
   jsonError(await w.tether(["frobnicate", "--json"]), "usage", 2);
-  jsonError(await w.tether(["exec", "jsonbox", "--timeout", "soon", "--json", "--", "true"]), "usage", 2);
+  jsonError(
+    await w.tether(["exec", "jsonbox", "--timeout", "soon", "--json", "--", "true"]),
+    "usage",
+    2,
+  );
 });

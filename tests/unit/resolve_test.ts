@@ -2,9 +2,14 @@ import assert from "node:assert/strict";
 import { resolveMachine } from "../../src/client/resolve.ts";
 import { selectMachine } from "../../src/client/select.ts";
 import type { MachineView } from "../../src/client/relay_client.ts";
-import { TetherError } from "../../src/common/errors.ts";
+import type { TetherError } from "../../src/common/errors.ts";
 
-function m(id: string, name: string, hostname: string, extra: Partial<MachineView> = {}): MachineView {
+function m(
+  id: string,
+  name: string,
+  hostname: string,
+  extra: Partial<MachineView> = {},
+): MachineView {
   return {
     id,
     name,
@@ -79,7 +84,10 @@ Deno.test("selector: one match, --first, ambiguity without a terminal", async ()
   const env = { interactive: false };
   assert.equal((await selectMachine(ms, { selector: { env: "dev" }, env })).name, "gamma");
   // --first: the first *online* match by name.
-  assert.equal((await selectMachine(ms, { selector: { env: "prod" }, first: true, env })).name, "beta");
+  assert.equal(
+    (await selectMachine(ms, { selector: { env: "prod" }, first: true, env })).name,
+    "beta",
+  );
   await assert.rejects(
     selectMachine(ms, { selector: { env: "prod" }, env }),
     (e: TetherError) => e.code === "ambiguous_machine" && /--first/.test(e.hint ?? ""),
@@ -88,7 +96,10 @@ Deno.test("selector: one match, --first, ambiguity without a terminal", async ()
     selectMachine(ms, { selector: { env: "qa" }, env }),
     (e: TetherError) => e.code === "machine_not_found",
   );
-  await assert.rejects(selectMachine(ms, { env }), (e: TetherError) => e.code === "interactive_required");
+  await assert.rejects(
+    selectMachine(ms, { env }),
+    (e: TetherError) => e.code === "interactive_required",
+  );
   // A name and a selector together: the name is resolved among the selector's matches.
   await assert.rejects(
     selectMachine(ms, { query: "gamma", selector: { env: "prod" }, env }),
