@@ -51,6 +51,7 @@ interface TetherIdle {
 
 async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<TetherIdle> {
   const warm = 10;
+  const settleMs = ctx.quick ? 1000 : 3000;
   const w = await TetherWorld.create(ctx.bundle, ctx.tmp, false);
   let load: Proc | undefined;
   try {
@@ -76,7 +77,7 @@ async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<Tether
     const wm = await load.waitFor(/"warm":(\d+)/, "stdout", 60_000);
     if (Number(wm[1]) !== warm) throw new Error(`warm-up dials failed: ${load.stdout}`);
     // Baseline: the relay with a few agents (code paths compiled), settled.
-    await sleep(2000);
+    await sleep(settleMs);
     const base = await rssSamples(relayPid, 3, 300);
     const c0 = await cpuSeconds([relayPid]);
     await sleep(windowMs / 2);
@@ -92,7 +93,7 @@ async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<Tether
       throw new Error(`only ${rm[1]} of ${n} agents connected: ${load.stdout.slice(-500)}`);
     }
     log(`idle agents: ${n} connected in ${rm[3]} ms`);
-    await sleep(3000);
+    await sleep(settleMs);
     const sampler = new Sampler(() => rss(relayPid), 1000);
     const t0 = await cpuSeconds([relayPid, load.pid]);
     const r0 = await cpuSeconds([relayPid]);
@@ -162,7 +163,7 @@ async function sshIdle(ctx: Ctx, m: number, windowMs: number): Promise<SshIdle> 
       }
       await Promise.all(batch);
     }
-    await sleep(2000);
+    await sleep(ctx.quick ? 1000 : 2000);
     const pids = await sshd.sessionPids();
     const mems = [];
     for (let i = 0; i < 3; i++) {
@@ -185,9 +186,9 @@ async function sshIdle(ctx: Ctx, m: number, windowMs: number): Promise<SshIdle> 
 }
 
 export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
-  const n = ctx.quick ? 100 : 1000;
+  const n = ctx.quick ? 300 : 1000;
   const m = ctx.quick ? 10 : 50;
-  const windowMs = ctx.quick ? 4000 : 20_000;
+  const windowMs = ctx.quick ? 3000 : 20_000;
   const t = await tetherIdle(ctx, n, windowMs);
   log(
     `idle agents: relay +${fmtBytes(t.perAgent)} per agent, ${(t.loadedCpu * 100).toFixed(2)}% CPU`,
@@ -228,7 +229,9 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
       "one process through the project's own `dial()`/`Conn` (hello with agent info, " +
       "enrollment with the agent key, heartbeats every 2 s both ways). It first dials " +
       `${t.warm} agents (warm-up); the relay's baseline RSS is then taken (median of 3), ` +
-      `then ${n} more agents are dialed (${t.dialMs} ms, 32 at a time), and after 3 s of ` +
+      `then ${n} more agents are dialed (${t.dialMs} ms, 32 at a time), and after ${
+        ctx.quick ? 1 : 3
+      } s of ` +
       `idling the relay's RSS is sampled every second for ${t.windowS} s (median). ` +
       "Per agent = (loaded − baseline) / N.",
       `- tether: baseline ${fmtBytes(t.base)}, with ${n} more agents ${fmtBytes(t.loaded)} → ` +

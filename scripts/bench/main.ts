@@ -34,7 +34,12 @@ const USAGE = `usage: deno task bench [--quick] [--only 1,2,…] [--out FILE | -
                         [--bundle FILE] [--json]
 items: ${ITEMS.map((i) => `${i.n} ${i.name}`).join("; ")}`;
 
-async function machineInfo(command: string): Promise<Omit<Machine, "durationS">> {
+/** The 1-minute load average (from /proc/loadavg, read by a subprocess). */
+async function loadAverage(): Promise<string> {
+  return (await output(["cat", "/proc/loadavg"]))?.split(" ")[0] ?? "?";
+}
+
+async function machineInfo(command: string): Promise<Omit<Machine, "durationS" | "load">> {
   const cpu = (await output(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"]))
     ?.replace(/^model name\s*:\s*/, "").trim() ?? "unknown CPU";
   const nproc = Number((await output(["nproc"]))?.trim()) || navigator.hardwareConcurrency;
@@ -100,6 +105,7 @@ async function main(): Promise<number> {
   const command = ["./scripts/deno", "task", "bench", ...Deno.args].join(" ");
 
   const started = performance.now();
+  const loadAtStart = await loadAverage();
   const tmp = await Deno.makeTempDir({ prefix: "tether-bench-" });
   let world: TetherWorld | undefined;
   let sshd: Sshd | undefined;
@@ -170,7 +176,11 @@ async function main(): Promise<number> {
 
     const rows = results.flatMap((r) => r.rows);
     const details = results.flatMap((r) => r.details);
-    const machine: Machine = { ...info, durationS: (performance.now() - started) / 1000 };
+    const machine: Machine = {
+      ...info,
+      durationS: (performance.now() - started) / 1000,
+      load: `${loadAtStart} before the run, ${await loadAverage()} after it`,
+    };
     if (values.json) {
       console.log(JSON.stringify({ machine, quick, rows }, null, 2));
     } else {

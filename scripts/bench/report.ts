@@ -95,6 +95,8 @@ export interface Machine {
   commit: string;
   command: string;
   durationS: number;
+  /** 1-minute load average when the run started and when it ended. */
+  load: string;
 }
 
 export function markdown(m: Machine, rows: Row[], details: string[], quick: boolean): string {
@@ -123,7 +125,9 @@ ${m.command}
 | OpenSSH | ${m.ssh} |
 | OpenSSH algorithms | ${m.sshAlgorithms} |
 | transport | tether: relay and agent on 127.0.0.1, \`ws://\` (no TLS on loopback); OpenSSH: \`sshd\` on 127.0.0.1 with a throwaway host key, key authentication, default ciphers |
-| run time | ${m.durationS.toFixed(0)} s |
+| run time | ${
+    m.durationS.toFixed(0)
+  } s; 1-minute load average ${m.load} (before the first item it should be near 0; more means other work shared the machine and perturbed the figures) |
 
 ## Results
 

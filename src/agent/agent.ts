@@ -10,9 +10,12 @@ import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/fram
 import {
   type AgentInfo,
   type Control,
+  type Open,
   ProtocolError,
   type SessionInfo,
+  type WireError,
 } from "../protocol/messages.ts";
+import { MachineLock } from "./password.ts";
 import { formatKey } from "../protocol/keys.ts";
 import { ExecStream } from "./exec.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
@@ -36,6 +39,8 @@ export interface AgentOptions {
   name?: string;
   labels?: Record<string, string>;
   caFile?: string;
+  /** Allow plain ws:// to a relay that is not on loopback. */
+  insecure?: boolean;
   /** Refuse to reuse an identity enrolled with another relay URL (default true). */
   bindIdentityToRelay?: boolean;
   log?: (line: string) => void;
@@ -64,6 +69,9 @@ export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInf
 export class Agent {
   private conn?: Conn;
   private streams = new Map<number, AgentStream>();
+  /** Streams waiting for the answer to a password challenge. */
+  private pendingAuth = new Map<number, { open: Open; nonce: string }>();
+  readonly lock: MachineLock;
   readonly sessions: SessionManager;
   private stopped = false;
   private wake?: () => void;
@@ -78,6 +86,7 @@ export class Agent {
       this.conn?.send({ t: "sessions", sessions: list });
       opts.onSessions?.(list);
     });
+    this.lock = new MachineLock(opts.stateDir, () => this.machineId ?? "");
     this.sessions.forget = (a) => {
       if (this.streams.get(a.sid) === a) this.streams.delete(a.sid);
     };
@@ -146,6 +155,7 @@ export class Agent {
         role: "agent",
         agent: this.info,
         caFile: this.opts.caFile,
+        insecure: this.opts.insecure,
       });
     } catch (e) {
       if (usable && e instanceof TetherError && e.code === "unauthenticated") {
@@ -180,6 +190,7 @@ export class Agent {
         onFrame: (f) => this.onFrame(f),
         onClose: (reason) => {
           clearInterval(report);
+          this.pendingAuth.clear();
           const streams = [...this.streams.values()];
           this.streams.clear();
           for (const s of streams) s.abort("lost");
@@ -205,18 +216,55 @@ export class Agent {
       case "welcome":
         return;
       case "open": {
-        if (this.streams.has(msg.sid)) throw new ProtocolError(`stream ${msg.sid} already open`);
-        if (msg.kind === "exec") {
-          const s = new ExecStream(conn, msg.sid, msg, () => {
-            if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);
+        if (this.streams.has(msg.sid) || this.pendingAuth.has(msg.sid)) {
+          throw new ProtocolError(`stream ${msg.sid} already open`);
+        }
+        if (this.lock.enabled && !this.lock.checkToken(msg.token, msg.client_key)) {
+          const key = msg.client_key ?? "unknown";
+          const wait = this.lock.lockedFor(key);
+          if (wait > 0) {
+            conn.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
+            return;
+          }
+          const ch = this.lock.challenge();
+          this.pendingAuth.set(msg.sid, { open: msg, nonce: ch.nonce });
+          conn.send({
+            t: "challenge",
+            sid: msg.sid,
+            ...ch,
+            ...(msg.token ? { token_rejected: true } : {}),
           });
-          this.streams.set(msg.sid, s);
-          s.start();
           return;
         }
-        const a = this.sessions.open(conn, msg);
-        if ("code" in a) conn.send({ t: "error", sid: msg.sid, ...a });
-        else this.streams.set(msg.sid, a);
+        this.startStream(conn, msg);
+        return;
+      }
+      case "auth": {
+        const pending = this.pendingAuth.get(msg.sid);
+        if (!pending) return;
+        this.pendingAuth.delete(msg.sid);
+        const key = pending.open.client_key ?? "unknown";
+        const wait = this.lock.lockedFor(key);
+        if (wait > 0) {
+          conn.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
+          return;
+        }
+        if (!this.lock.verify(pending.nonce, msg.proof)) {
+          this.lock.recordFailure(key);
+          this.log(`wrong password for stream ${msg.sid} (key ${key})`);
+          conn.send({
+            t: "error",
+            sid: msg.sid,
+            code: "password_invalid",
+            message: `wrong password for machine ${this.info.name}`,
+            hint:
+              "check --password, TETHER_PASSWORD or the stored password (`tether password save`)",
+          });
+          return;
+        }
+        this.lock.recordSuccess(key);
+        conn.send({ t: "auth_ok", sid: msg.sid, ...this.lock.issueToken(key) });
+        this.startStream(conn, pending.open);
         return;
       }
       case "eof":
@@ -229,6 +277,7 @@ export class Agent {
         this.streams.get(msg.sid)?.onResize(msg.cols, msg.rows);
         return;
       case "close": {
+        this.pendingAuth.delete(msg.sid);
         const s = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
         s?.abort(msg.reason ?? "detach");
@@ -264,6 +313,20 @@ export class Agent {
     }
   }
 
+  private startStream(conn: Conn, msg: Open): void {
+    if (msg.kind === "exec") {
+      const s = new ExecStream(conn, msg.sid, msg, () => {
+        if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);
+      });
+      this.streams.set(msg.sid, s);
+      s.start();
+      return;
+    }
+    const a = this.sessions.open(conn, msg);
+    if ("code" in a) conn.send({ t: "error", sid: msg.sid, ...a });
+    else this.streams.set(msg.sid, a);
+  }
+
   private onFrame(f: Frame): void {
     const s = this.streams.get(f.sid);
     if (!s) return;
@@ -276,4 +339,12 @@ export class Agent {
 function backoff(attempt: number): number {
   const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, attempt - 1));
   return Math.round(base * (0.8 + Math.random() * 0.4));
+}
+
+function rateLimited(seconds: number): WireError {
+  return {
+    code: "rate_limited",
+    message: `too many wrong passwords from this key; locked for ${seconds}s`,
+    hint: `wait ${seconds}s, then retry with the right password`,
+  };
 }

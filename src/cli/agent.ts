@@ -1,6 +1,7 @@
 /** `tether agent run`: make this machine reachable through a relay. */
 import type { Command } from "@commander-js/extra-typings";
 import { Agent } from "../agent/agent.ts";
+import { checkTransport } from "../protocol/dial.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
@@ -35,7 +36,10 @@ export function registerAgent(program: Command) {
           hint: "pass --relay URL or set TETHER_RELAY",
         });
       }
+      const warning = checkTransport(relay, g.insecure);
+      if (warning) console.error(`tether: ${warning}`);
       const a = new Agent({
+        insecure: g.insecure,
         relay,
         enrollKey: Deno.env.get("TETHER_AGENT_KEY") || undefined,
         stateDir: opts.stateDir || defaultAgentStateDir(),

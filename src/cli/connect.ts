@@ -3,6 +3,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
+import { machineAuth } from "../client/machine_auth.ts";
 import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
 import { machineLabel } from "../client/prompt_picker.ts";
 import { loadPrompts } from "../client/select.ts";
@@ -28,6 +29,7 @@ export function registerConnect(program: Command) {
     )
     .option("--first", "with -l: take the first online match instead of asking")
     .option("-y, --yes", "do not ask for confirmation after picking a machine")
+    .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
     .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
       if (opts.list) {
@@ -97,6 +99,14 @@ export function registerConnect(program: Command) {
           machineName: target.name,
           session,
           readOnly: opts.readOnly,
+          auth: machineAuth({
+            configDir: cfg.configDir,
+            machineId: target.id,
+            machineName: target.name,
+            keyId: client.keyId,
+            password: opts.password,
+            env: g,
+          }),
         },
         term,
         {

@@ -28,6 +28,7 @@ export function globals(cmd: Command<any, any, any>): Globals {
     apiKey: o.apiKey as string | undefined,
     caFile: o.caFile as string | undefined,
     configDir: o.configDir as string | undefined,
+    insecure: !!o.insecure,
     json,
     // --json implies --no-interactive; prompts also need a terminal on both ends.
     interactive: o.interactive !== false && !json && Deno.stdin.isTerminal() &&

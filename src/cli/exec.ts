@@ -3,6 +3,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { encodeBase64 } from "../common/base64.ts";
 import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
+import { machineAuth } from "../client/machine_auth.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { chooseMachine } from "./target.ts";
@@ -34,6 +35,7 @@ export function registerExec(program: Command) {
       [] as string[],
     )
     .option("--first", "with -l: take the first online match")
+    .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
     .action(async (machineArg, commandArgs, opts, cmd) => {
       let machine = machineArg;
       let command = commandArgs;
@@ -62,6 +64,14 @@ export function registerExec(program: Command) {
         );
       }
 
+      const auth = machineAuth({
+        configDir: cfg.configDir,
+        machineId: target.id,
+        machineName: target.name,
+        keyId: client.keyId,
+        password: opts.password,
+        env: g,
+      });
       if (opts.tty) {
         if (opts.events) throw usage("--events needs plain pipes; drop -t");
         const outcome = await attach(cfg, client, {
@@ -69,6 +79,7 @@ export function registerExec(program: Command) {
           machineName: target.name,
           argv: command,
           oneShot: true,
+          auth,
         }, processTerminal());
         client.close();
         state.exitCode = outcome.code;
@@ -84,6 +95,7 @@ export function registerExec(program: Command) {
         stdin: opts.stdin !== false,
         timeoutMs,
         stream: !!opts.stream,
+        auth,
       }, {
         stdin: Deno.stdin,
         started: (pid) => events?.emit({ type: "started", pid: pid ?? null }),

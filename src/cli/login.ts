@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { CONFIG_FILE, configDir, writeStoredConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { globals } from "./context.ts";
+import { checkTransport } from "../protocol/dial.ts";
 import { interactiveRequired } from "../client/prompt_gate.ts";
 import { loadPrompts } from "../client/select.ts";
 import { printJson } from "./output.ts";
@@ -29,7 +30,15 @@ export function registerLogin(program: Command) {
         apiKey ||= await promptPassword("API key", { env: g, refusal });
       }
       const caFile = g.caFile || Deno.env.get("TETHER_CA_FILE") || undefined;
-      const client = await RelayClient.connect({ relay, apiKey, caFile, configDir: "" });
+      const warning = checkTransport(relay, g.insecure);
+      if (warning) console.error(`tether: ${warning}`);
+      const client = await RelayClient.connect({
+        relay,
+        apiKey,
+        caFile,
+        configDir: "",
+        insecure: g.insecure,
+      });
       const workspace = client.workspace;
       client.close();
       const path = writeStoredConfig(configDir(g), {

@@ -14,6 +14,7 @@ import { registerConnect } from "./connect.ts";
 import { registerExec } from "./exec.ts";
 import { registerLogin } from "./login.ts";
 import { registerMachines } from "./machines.ts";
+import { registerPassword } from "./password.ts";
 import { asTetherError, printError } from "./output.ts";
 import { registerRelay } from "./relay.ts";
 import { registerSessions } from "./sessions.ts";
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
     .option("--config-dir <dir>", "config directory (env TETHER_CONFIG_DIR)")
     .option("--json", "machine-readable output; implies --no-interactive")
     .option("--no-interactive", "never prompt; fail with a structured error instead")
+    .option("--insecure", "allow plain ws:// to a relay that is not on loopback (warns)")
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ outputError: () => {} });
@@ -41,6 +43,7 @@ export function buildProgram(): Command {
   registerConnect(program);
   registerExec(program);
   registerSessions(program);
+  registerPassword(program);
   registerCi(program);
   // Subcommands inherit exitOverride and the quiet error output.
   const quiet = (c: Command) => {

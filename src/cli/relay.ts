@@ -69,6 +69,43 @@ export function registerRelay(program: Command) {
       }
     });
 
+  relay.command("audit")
+    .description("show the audit log: every exec and attach, who, where, bytes, exit")
+    .option("--data-dir <dir>", "the relay's data dir")
+    .option("--limit <n>", "newest N entries", "1000")
+    .action((opts, cmd) => {
+      const g = globals(cmd);
+      const limit = Number(opts.limit);
+      if (!Number.isInteger(limit) || limit < 1) throw usage(`invalid --limit '${opts.limit}'`);
+      const store = openStore(opts.dataDir);
+      try {
+        const rows = store.listAudit(limit);
+        const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+        if (g.json) {
+          printJson(
+            rows.map((r) => ({ ...r, started_at: iso(r.started_at), ended_at: iso(r.ended_at) })),
+          );
+          return;
+        }
+        console.log(table(
+          ["STARTED", "KEY", "MACHINE", "KIND", "COMMAND", "SECONDS", "IN", "OUT", "RESULT"],
+          rows.map((r) => [
+            iso(r.started_at)!.replace(/\.\d+Z$/, "Z"),
+            r.key_id,
+            r.machine_name,
+            r.kind,
+            r.argv ? r.argv.join(" ") : r.session ? `session ${r.session}` : "shell",
+            r.ended_at ? ((r.ended_at - r.started_at) / 1000).toFixed(1) : "running",
+            String(r.bytes_in),
+            String(r.bytes_out),
+            r.error ?? (r.exit_code !== null ? `exit ${r.exit_code}` : "-"),
+          ]),
+        ));
+      } finally {
+        store.close();
+      }
+    });
+
   const keys = relay.command("keys").description("manage API and enrollment keys");
 
   keys.command("create")

@@ -10,7 +10,7 @@ import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
-import { RelayClient } from "./relay_client.ts";
+import { RelayClient, type StreamAuth } from "./relay_client.ts";
 import { stripTerminalQueries } from "./replay_filter.ts";
 
 const CTRL_D = 0x04;
@@ -27,6 +27,8 @@ export interface AttachRequest {
   readOnly?: boolean;
   /** exec -t: the session ends when we leave, and Ctrl-D goes to the remote. */
   oneShot?: boolean;
+  /** Answers the machine's password challenge, if it has a password. */
+  auth?: StreamAuth;
 }
 
 export interface AttachOutcome {
@@ -196,7 +198,7 @@ export async function attach(
         onNotice(message) {
           writeChain = writeChain.then(() => term.status(`[tether: ${message}]`));
         },
-      });
+      }, req.auth);
     });
 
   const firstOpen = await openStream();

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { TetherError } from "../common/errors.ts";
 import { writePrivate } from "../common/files.ts";
 import { defaultConfigDir } from "../common/paths.ts";
+import { checkTransport } from "../protocol/dial.ts";
 
 export const CONFIG_FILE = "config.json";
 
@@ -16,6 +17,7 @@ export interface GlobalFlags {
   configDir?: string;
   json?: boolean;
   interactive?: boolean;
+  insecure?: boolean;
 }
 
 export interface StoredConfig {
@@ -29,6 +31,7 @@ export interface ClientConfig {
   apiKey: string;
   caFile?: string;
   configDir: string;
+  insecure?: boolean;
 }
 
 export function configDir(flags: GlobalFlags): string {
@@ -75,5 +78,7 @@ export function resolveClientConfig(flags: GlobalFlags): ClientConfig {
         "(or set TETHER_RELAY and TETHER_API_KEY)",
     });
   }
-  return { relay, apiKey, caFile: caFile || undefined, configDir: dir };
+  const warning = checkTransport(relay, flags.insecure);
+  if (warning) console.error(`tether: ${warning}`);
+  return { relay, apiKey, caFile: caFile || undefined, configDir: dir, insecure: flags.insecure };
 }

@@ -15,7 +15,7 @@ import {
   MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
 import type { WireError } from "../protocol/messages.ts";
-import type { RelayClient } from "./relay_client.ts";
+import type { RelayClient, StreamAuth } from "./relay_client.ts";
 
 export interface ExecRequest {
   machineId: string;
@@ -27,6 +27,8 @@ export interface ExecRequest {
   timeoutMs?: number;
   /** Smaller stdin reads, so each line a driver writes goes out alone. */
   stream?: boolean;
+  /** Answers the machine's password challenge, if it has a password. */
+  auth?: StreamAuth;
 }
 
 export interface ExecIO {
@@ -114,7 +116,7 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
     onError(err) {
       failWith(err);
     },
-  });
+  }, req.auth);
 
   function failWith(err: WireError) {
     client.closeStream(sid);

@@ -7,6 +7,7 @@ import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import { type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
 import {
+  type Challenge,
   type Control,
   type Exit,
   type Open,
@@ -41,6 +42,16 @@ export interface StreamHandlers {
   onNotice?(message: string): void;
 }
 
+/** How a stream passes a machine password check (see protocol/machine_auth.ts). */
+export interface StreamAuth {
+  /** A cached session token to offer with the open. */
+  token?: string;
+  /** Computes the proof for a challenge; may throw (e.g. password_required). */
+  answer(ch: Challenge): Promise<string>;
+  accepted(token: string, expires: number): void;
+  tokenRejected(): void;
+}
+
 /** What `sessions` answers with, per session. */
 export interface SessionView {
   id: string;
@@ -63,6 +74,7 @@ export class RelayClient {
     { resolve: (v: unknown) => void; reject: (e: TetherError) => void }
   >();
   private streams = new Map<number, StreamHandlers>();
+  private auths = new Map<number, StreamAuth>();
   private closedReason?: string;
   private resolveClosed!: (reason: string) => void;
   private readonly closedPromise = new Promise<string>((r) => (this.resolveClosed = r));
@@ -75,6 +87,7 @@ export class RelayClient {
       key: cfg.apiKey,
       role: "client",
       caFile: cfg.caFile,
+      insecure: cfg.insecure,
     });
     const client = new RelayClient(conn, welcome.workspace, welcome.key_id);
     conn.start({
@@ -107,19 +120,39 @@ export class RelayClient {
   }
 
   /** Opens a stream; returns its id. Handlers see exactly one onExit or onError. */
-  open(spec: Omit<Open, "t" | "sid">, handlers: StreamHandlers): number {
+  open(spec: Omit<Open, "t" | "sid">, handlers: StreamHandlers, auth?: StreamAuth): number {
     const sid = this.nextSid++;
     if (this.closedReason !== undefined) {
       queueMicrotask(() => handlers.onError(this.lostError().toJSON()));
       return sid;
     }
     this.streams.set(sid, handlers);
-    this.conn.send({ t: "open", sid, ...spec });
+    if (auth) this.auths.set(sid, auth);
+    this.conn.send({ t: "open", sid, ...spec, ...(auth?.token ? { token: auth.token } : {}) });
     return sid;
+  }
+
+  private challenged(ch: Challenge): void {
+    const h = this.streams.get(ch.sid);
+    if (!h) return;
+    const auth = this.auths.get(ch.sid);
+    const fail = (e: unknown) => {
+      this.closeStream(ch.sid);
+      const err = e instanceof TetherError ? e : new TetherError("internal", String(e));
+      h.onError(err.toJSON());
+    };
+    if (!auth) {
+      return fail(new TetherError("password_required", "this machine needs a password"));
+    }
+    if (ch.token_rejected) auth.tokenRejected();
+    auth.answer(ch).then((proof) => {
+      if (this.streams.has(ch.sid)) this.conn.send({ t: "auth", sid: ch.sid, proof });
+    }, fail);
   }
 
   /** Abandons a stream: the agent ends its process; no exit status will come. */
   closeStream(sid: number, reason: "detach" | "lost" = "detach"): void {
+    this.auths.delete(sid);
     if (this.streams.delete(sid)) this.conn.send({ t: "close", sid, reason });
   }
 
@@ -161,9 +194,16 @@ export class RelayClient {
       case "notice":
         this.streams.get(msg.sid)?.onNotice?.(msg.message);
         return;
+      case "challenge":
+        this.challenged(msg);
+        return;
+      case "auth_ok":
+        this.auths.get(msg.sid)?.accepted(msg.token, msg.expires);
+        return;
       case "exit": {
         const h = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
+        this.auths.delete(msg.sid);
         h?.onExit(msg);
         return;
       }
@@ -174,6 +214,7 @@ export class RelayClient {
         }
         const h = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
+        this.auths.delete(msg.sid);
         const { t: _t, sid: _sid, ...err } = msg;
         h?.onError(err);
         return;

@@ -17,6 +17,8 @@ export interface DialOptions extends ConnOptions {
   caFile?: string;
   /** Milliseconds for the upgrade plus handshake. */
   timeoutMs?: number;
+  /** Allow plain ws:// to a host that is not loopback. */
+  insecure?: boolean;
 }
 
 export interface Dialed {
@@ -45,6 +47,30 @@ export function relayBase(relay: string): URL {
   return u;
 }
 
+const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[?::1\]?)$/i;
+
+/**
+ * Refuses plain ws:// to a host that is not loopback (keys and everything
+ * typed would cross the network in clear) unless `insecure`; returns the
+ * warning to show when it is allowed that way.
+ */
+export function checkTransport(relay: string, insecure = false): string | undefined {
+  const u = relayBase(relay);
+  if (u.protocol !== "ws:" || LOOPBACK.test(u.hostname)) return undefined;
+  if (!insecure) {
+    throw new TetherError(
+      "usage",
+      `refusing plain ws:// to ${u.hostname}: keys and data would cross the network unencrypted`,
+      {
+        hint:
+          "use wss:// (relay serve --tls-cert/--tls-key), or pass --insecure if you really mean it",
+      },
+    );
+  }
+  return `WARNING: --insecure: talking to ${u.host} over plain ws://; ` +
+    "keys, passwords and everything you type cross the network UNENCRYPTED";
+}
+
 export function endpointUrl(relay: string, role: Role): string {
   const u = relayBase(relay);
   u.pathname = `${u.pathname.replace(/\/+$/, "")}/v1/${role}`;
@@ -62,6 +88,7 @@ function caCerts(caFile?: string): string[] | undefined {
 
 /** Opens an authenticated, version-checked connection to the relay. */
 export async function dial(opts: DialOptions): Promise<Dialed> {
+  checkTransport(opts.relay, opts.insecure);
   const url = endpointUrl(opts.relay, opts.role);
   const timeoutMs = opts.timeoutMs ?? 10_000;
   let ws: TcpWebSocket;

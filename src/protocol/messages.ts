@@ -96,6 +96,38 @@ export interface Open {
   read_only?: boolean;
   /** pty: end the session when this client leaves (exec -t). */
   ephemeral?: boolean;
+  /** A session token from an earlier password check on this machine. */
+  token?: string;
+  /** Set by the relay (never trusted from a client): the id of the client's key. */
+  client_key?: string;
+}
+
+/** Agent → client: the machine has a password; prove you know it. */
+export interface Challenge {
+  t: "challenge";
+  sid: number;
+  /** scrypt parameters and salt (hex) to derive the key from the password. */
+  salt: string;
+  n: number;
+  r: number;
+  p: number;
+  /** Random, hex; the proof is HMAC-SHA256(key, "tether-auth-v1|<machine id>|<nonce>"). */
+  nonce: string;
+  /** Set when the token the client sent was not accepted. */
+  token_rejected?: boolean;
+}
+/** Client → agent: the answer to a challenge. */
+export interface Auth {
+  t: "auth";
+  sid: number;
+  proof: string;
+}
+/** Agent → client: the password was right; a token for the next 24 h. */
+export interface AuthOk {
+  t: "auth_ok";
+  sid: number;
+  token: string;
+  expires: number;
 }
 export interface Started {
   t: "started";
@@ -182,7 +214,10 @@ export type Control =
   | ErrorMsg
   | Close
   | Sessions
-  | Notice;
+  | Notice
+  | Challenge
+  | Auth
+  | AuthOk;
 
 type Obj = Record<string, unknown>;
 
@@ -274,6 +309,26 @@ const validators: Record<string, (o: Obj) => void> = {
     int(o, "offset", 0, Number.MAX_SAFE_INTEGER, true);
     optBool(o, "read_only");
     optBool(o, "ephemeral");
+    str(o, "token", 1024, true);
+    str(o, "client_key", 64, true);
+  },
+  challenge(o) {
+    int(o, "sid", 1, U32);
+    str(o, "salt", 128);
+    int(o, "n", 2, 1 << 22);
+    int(o, "r", 1, 64);
+    int(o, "p", 1, 64);
+    str(o, "nonce", 128);
+    optBool(o, "token_rejected");
+  },
+  auth(o) {
+    int(o, "sid", 1, U32);
+    str(o, "proof", 128);
+  },
+  auth_ok(o) {
+    int(o, "sid", 1, U32);
+    str(o, "token", 1024);
+    int(o, "expires", 0, Number.MAX_SAFE_INTEGER);
   },
   started(o) {
     int(o, "sid", 1, U32);

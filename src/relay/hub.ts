@@ -36,6 +36,11 @@ interface Route {
   outCredit: number;
   /** Bytes the client may still send toward the agent. */
   inCredit: number;
+  /** Audit row of this exec or attach, and what it carried. */
+  auditId: number;
+  bytesIn: number;
+  bytesOut: number;
+  session?: string;
 }
 
 export interface AgentLink {
@@ -116,6 +121,7 @@ export class Hub {
     this.agents.delete(link.machineId);
     for (const r of link.routes.values()) {
       r.client.routes.delete(r.csid);
+      this.audit(r, { error: "session_lost" });
       r.client.conn.send({
         t: "error",
         sid: r.csid,
@@ -148,9 +154,12 @@ export class Hub {
         const r = link.routes.get(msg.sid);
         if (!r) return;
         r.inCredit += msg.window;
+        r.session = msg.session;
         r.client.conn.send({ ...msg, sid: r.csid });
         return;
       }
+      case "challenge":
+      case "auth_ok":
       case "notice": {
         const r = link.routes.get(msg.sid);
         if (r) r.client.conn.send({ ...msg, sid: r.csid });
@@ -175,6 +184,12 @@ export class Hub {
         const r = link.routes.get(msg.sid);
         if (!r) return;
         this.unroute(r);
+        this.audit(
+          r,
+          msg.t === "exit" ? { exit_code: msg.code, signal: msg.signal ?? null } : {
+            error: msg.code,
+          },
+        );
         r.client.conn.send({ ...msg, sid: r.csid });
         return;
       }
@@ -190,6 +205,7 @@ export class Hub {
     if (f.type === FRAME_DATA) {
       if (f.channel === CH_STDIN) throw new ProtocolError("agent sent data on stdin");
       r.outCredit -= f.payload.length;
+      r.bytesOut += f.payload.length;
       if (r.outCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
     } else if (f.type === FRAME_CREDIT) {
       r.inCredit += f.bytes;
@@ -208,6 +224,7 @@ export class Hub {
     if (!this.clients.delete(link)) return;
     for (const r of link.routes.values()) {
       r.agent.routes.delete(r.asid);
+      this.audit(r, { error: "client_lost" });
       r.agent.conn.send({ t: "close", sid: r.asid, reason: "lost" });
     }
     link.routes.clear();
@@ -228,10 +245,14 @@ export class Hub {
       case "eof":
       case "signal":
       case "resize":
+      case "auth":
       case "close": {
         const r = link.routes.get(msg.sid);
         if (!r) return;
-        if (msg.t === "close") this.unroute(r);
+        if (msg.t === "close") {
+          this.unroute(r);
+          this.audit(r, { error: msg.reason === "lost" ? "client_lost" : "detached" });
+        }
         r.agent.conn.send({ ...msg, sid: r.asid });
         return;
       }
@@ -246,6 +267,7 @@ export class Hub {
     if (f.type === FRAME_DATA) {
       if (f.channel !== CH_STDIN) throw new ProtocolError("client sent data on an output channel");
       r.inCredit -= f.payload.length;
+      r.bytesIn += f.payload.length;
       if (r.inCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
     } else if (f.type === FRAME_CREDIT) {
       if (f.channel !== CH_STDOUT) throw new ProtocolError("client granted credit on stdin");
@@ -284,6 +306,26 @@ export class Hub {
       });
     }
     const asid = agent.nextSid++;
+    let auditId: number;
+    try {
+      auditId = this.store.auditStart({
+        workspace: link.workspace,
+        key_id: link.principal.keyId,
+        machine_id: row.id,
+        machine_name: row.name,
+        kind: msg.kind,
+        argv: msg.kind === "exec" || msg.argv.length ? msg.argv : null,
+        session: msg.session ?? null,
+      });
+    } catch (e) {
+      // Nothing runs unrecorded: a relay that cannot write its audit log refuses.
+      this.log(`audit write failed: ${(e as Error).message}`);
+      return fail({
+        code: "internal",
+        message: "the relay cannot write its audit log (disk full?)",
+        hint: "the relay's operator must free space in its data dir",
+      });
+    }
     const route: Route = {
       client: link,
       csid: msg.sid,
@@ -291,11 +333,33 @@ export class Hub {
       asid,
       outCredit: msg.window,
       inCredit: 0,
+      auditId,
+      bytesIn: 0,
+      bytesOut: 0,
     };
     link.routes.set(msg.sid, route);
     agent.routes.set(asid, route);
-    const { machine: _drop, ...forward } = msg;
-    agent.conn.send({ ...forward, sid: asid });
+    // The agent learns which key opened the stream from us, never from the client.
+    const { machine: _drop, client_key: _forged, ...forward } = msg;
+    agent.conn.send({ ...forward, sid: asid, client_key: link.principal.keyId });
+  }
+
+  private audit(
+    r: Route,
+    end: { exit_code?: number; signal?: string | null; error?: string },
+  ): void {
+    try {
+      this.store.auditEnd(r.auditId, {
+        bytes_in: r.bytesIn,
+        bytes_out: r.bytesOut,
+        exit_code: end.exit_code ?? null,
+        signal: end.signal ?? null,
+        error: end.error ?? null,
+        session: r.session ?? null,
+      });
+    } catch (e) {
+      this.log(`audit write failed: ${(e as Error).message}`);
+    }
   }
 
   private unroute(r: Route): void {

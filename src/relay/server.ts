@@ -16,6 +16,7 @@ import { TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
+import { AddressThrottle } from "./throttle.ts";
 
 export interface RelayOptions {
   hostname: string;
@@ -45,7 +46,9 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log);
   const tls = !!(opts.tlsCert && opts.tlsKey);
-  const handler = (req: Request, info: Deno.ServeHandlerInfo) => handle(req, info, hub, log);
+  const throttle = new AddressThrottle();
+  const handler = (req: Request, info: Deno.ServeHandlerInfo) =>
+    handle(req, info, hub, throttle, log);
 
   let listening!: (addr: Deno.NetAddr) => void;
   const addrReady = new Promise<Deno.NetAddr>((r) => (listening = r));
@@ -108,7 +111,13 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   };
 }
 
-function handle(req: Request, info: Deno.ServeHandlerInfo, hub: Hub, log: (l: string) => void) {
+function handle(
+  req: Request,
+  info: Deno.ServeHandlerInfo,
+  hub: Hub,
+  throttle: AddressThrottle,
+  log: (l: string) => void,
+) {
   const url = new URL(req.url);
   if (url.pathname === "/healthz") {
     return new Response("ok\n", { status: 200 });
@@ -120,16 +129,29 @@ function handle(req: Request, info: Deno.ServeHandlerInfo, hub: Hub, log: (l: st
     : undefined;
   if (!role) return new Response("not found\n", { status: 404 });
 
+  const addr = info.remoteAddr as Deno.NetAddr;
+  const wait = throttle.blockedFor(addr.hostname);
+  if (wait > 0) {
+    return new Response("too many failed attempts\n", {
+      status: 429,
+      headers: { "retry-after": String(wait) },
+    });
+  }
   const auth = req.headers.get("authorization") ?? "";
   const m = /^Bearer\s+(\S+)$/i.exec(auth);
   const parsed = m ? parseKey(m[1]) : null;
   const principal = parsed ? hub.store.authenticate(parsed) : null;
   if (!principal) {
+    throttle.fail(addr.hostname);
+    if (throttle.blockedFor(addr.hostname) > 0) {
+      log(`throttling ${addr.hostname}: too many failed key checks`);
+    }
     return new Response("unauthenticated: missing or invalid key\n", {
       status: 401,
       headers: { "www-authenticate": "Bearer" },
     });
   }
+  throttle.succeed(addr.hostname);
   const allowed = role === "client" ? principal.kind === "client" : principal.kind !== "client";
   if (!allowed) {
     return new Response(`forbidden: this key cannot be used on /v1/${role}\n`, { status: 403 });
@@ -137,7 +159,6 @@ function handle(req: Request, info: Deno.ServeHandlerInfo, hub: Hub, log: (l: st
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
     return new Response("upgrade required\n", { status: 426, headers: { upgrade: "websocket" } });
   }
-  const addr = info.remoteAddr as Deno.NetAddr;
   const peer = `${role} ${addr.hostname}:${addr.port}`;
   const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
   socket.onopen = () =>

@@ -38,6 +38,24 @@ const MIGRATIONS: string[] = [
      last_seen INTEGER NOT NULL
    );
    CREATE INDEX machines_workspace ON machines(workspace);`,
+  `CREATE TABLE audit (
+     id INTEGER PRIMARY KEY AUTOINCREMENT,
+     workspace TEXT NOT NULL,
+     key_id TEXT NOT NULL,
+     machine_id TEXT NOT NULL,
+     machine_name TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     argv TEXT,
+     session TEXT,
+     started_at INTEGER NOT NULL,
+     ended_at INTEGER,
+     bytes_in INTEGER NOT NULL DEFAULT 0,
+     bytes_out INTEGER NOT NULL DEFAULT 0,
+     exit_code INTEGER,
+     signal TEXT,
+     error TEXT
+   );
+   CREATE INDEX audit_started ON audit(started_at);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -79,6 +97,25 @@ export type Principal =
   | { kind: "machine"; keyId: string; workspace: string; machineId: string };
 
 export const DB_FILE = "tether.db";
+
+/** One exec or attach as the audit log keeps it. */
+export interface AuditRow {
+  id: number;
+  workspace: string;
+  key_id: string;
+  machine_id: string;
+  machine_name: string;
+  kind: string;
+  argv: string[] | null;
+  session: string | null;
+  started_at: number;
+  ended_at: number | null;
+  bytes_in: number;
+  bytes_out: number;
+  exit_code: number | null;
+  signal: string | null;
+  error: string | null;
+}
 
 export class Store {
   readonly db: DatabaseSync;
@@ -259,6 +296,54 @@ export class Store {
               first_seen, last_seen FROM machines WHERE id = ?`,
     ).get(id) as (Omit<MachineRow, "labels"> & { labels: string }) | undefined;
     return r ? { ...r, labels: JSON.parse(r.labels) } : undefined;
+  }
+
+  auditStart(
+    row: Pick<
+      AuditRow,
+      "workspace" | "key_id" | "machine_id" | "machine_name" | "kind" | "argv" | "session"
+    >,
+  ): number {
+    const r = this.db.prepare(
+      `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session, started_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ).run(
+      row.workspace,
+      row.key_id,
+      row.machine_id,
+      row.machine_name,
+      row.kind,
+      row.argv ? JSON.stringify(row.argv) : null,
+      row.session,
+      Date.now(),
+    );
+    return Number(r.lastInsertRowid);
+  }
+
+  auditEnd(
+    id: number,
+    end: Pick<AuditRow, "bytes_in" | "bytes_out" | "exit_code" | "signal" | "error" | "session">,
+  ): void {
+    this.db.prepare(
+      `UPDATE audit SET ended_at = ?, bytes_in = ?, bytes_out = ?, exit_code = ?, signal = ?,
+         error = ?, session = coalesce(?, session) WHERE id = ? AND ended_at IS NULL`,
+    ).run(
+      Date.now(),
+      end.bytes_in,
+      end.bytes_out,
+      end.exit_code,
+      end.signal,
+      end.error,
+      end.session,
+      id,
+    );
+  }
+
+  listAudit(limit = 1000): AuditRow[] {
+    const rows = this.db.prepare(
+      `SELECT * FROM audit ORDER BY id DESC LIMIT ?`,
+    ).all(limit) as unknown as (Omit<AuditRow, "argv"> & { argv: string | null })[];
+    return rows.reverse().map((r) => ({ ...r, argv: r.argv ? JSON.parse(r.argv) : null }));
   }
 
   listMachines(workspace: string): MachineRow[] {

@@ -1,0 +1,418 @@
+/** Issue 6: passwords and tokens, isolation, revocation, TLS, transport policy, throttling, audit, fuzz. */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { awkEchoArgv, baseEnv, run, walkFiles, World } from "./helpers.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
+
+function errorCode(r: { stdout: string }): string {
+  return JSON.parse(r.stdout.trim().split("\n").at(-1)!).error.code;
+}
+
+const PASSWORD = "correct horse battery staple";
+
+async function lockedMachine(): Promise<World> {
+  const w = await World.create();
+  const stateDir = join(w.home, "agents", "vault");
+  const set = await run(["password", "set", "--state-dir", stateDir], {
+    env: baseEnv(w.home),
+    stdin: PASSWORD + "\n",
+  });
+  assert.equal(set.code, 0, set.stderr);
+  await w.startAgent("vault");
+  return w;
+}
+
+Deno.test("machine password: required, invalid, env, then a cached 0600 token; nothing in plaintext", async () => {
+  await using w = await lockedMachine();
+  const cmd = ["exec", "vault", "--json", "--", "echo", "opened"];
+
+  const none = await w.tether(cmd);
+  assert.equal(none.code, 255);
+  assert.equal(errorCode(none), "password_required");
+
+  const wrong = await w.tether(["exec", "vault", "--password", "nope", "--json", "--", "true"]);
+  assert.equal(errorCode(wrong), "password_invalid");
+
+  const env = await w.tether(cmd, { env: { TETHER_PASSWORD: PASSWORD } });
+  assert.equal(env.code, 0, env.stdout + env.stderr);
+  assert.equal(env.stdout, "opened\n");
+
+  const tokens = join(w.home, ".config", "tether", "tokens.json");
+  assert.equal(Deno.statSync(tokens).mode! & 0o777, 0o600);
+  // The token is reused: no password source needed now.
+  const again = await w.tether(cmd);
+  assert.equal(again.code, 0, again.stdout);
+
+  // A rejected (tampered) token falls back to the password sources.
+  const t = JSON.parse(Deno.readTextFileSync(tokens));
+  const slot = Object.keys(t)[0];
+  t[slot].token = t[slot].token.slice(0, -4) + "AAAA";
+  Deno.writeTextFileSync(tokens, JSON.stringify(t));
+  assert.equal(errorCode(await w.tether(cmd)), "password_required");
+  assert.equal((await w.tether(cmd, { env: { TETHER_PASSWORD: PASSWORD } })).code, 0);
+
+  // An expired token is not offered at all.
+  const t2 = JSON.parse(Deno.readTextFileSync(tokens));
+  t2[slot].expires = Date.now() - 1000;
+  Deno.writeTextFileSync(tokens, JSON.stringify(t2));
+  assert.equal(errorCode(await w.tether(cmd)), "password_required");
+
+  // No password or derived secret in plaintext in the agent's state dir or the relay's data dir.
+  await w.stopRelay();
+  for (const dir of [join(w.home, "agents"), w.relayDir]) {
+    for (const f of walkFiles(dir)) {
+      const text = new TextDecoder("latin1").decode(Deno.readFileSync(f));
+      assert.ok(!text.includes(PASSWORD), `${f} holds the password`);
+    }
+  }
+  const pw = JSON.parse(Deno.readTextFileSync(join(w.home, "agents", "vault", "password.json")));
+  assert.equal(pw.algo, "scrypt");
+  assert.equal(
+    Deno.statSync(join(w.home, "agents", "vault", "password.json")).mode! & 0o777,
+    0o600,
+  );
+});
+
+Deno.test("machine password: stored with `password save`, and the order of sources", async () => {
+  await using w = await lockedMachine();
+  const save = await w.tether(["password", "save", "vault"], { stdin: PASSWORD });
+  assert.equal(save.code, 0, save.stderr);
+  const stored = join(w.home, ".config", "tether", "passwords.json");
+  assert.equal(Deno.statSync(stored).mode! & 0o777, 0o600);
+  const ok = await w.tether(["exec", "vault", "--", "true"], { env: { TETHER_PASSWORD: "wrong" } });
+  assert.equal(ok.code, 0, "the stored password comes before TETHER_PASSWORD");
+  Deno.removeSync(join(w.home, ".config", "tether", "tokens.json"));
+  const flag = await w.tether(["exec", "vault", "--json", "--password", "bad", "--", "true"]);
+  assert.equal(errorCode(flag), "password_invalid", "--password comes first");
+  const empty = await w.tether(["password", "save", "vault", "--json"]);
+  assert.equal(errorCode(empty), "password_required");
+});
+
+Deno.test("machine password: 5 failures in a minute lock the key out (rate_limited)", async () => {
+  await using w = await lockedMachine();
+  for (let i = 0; i < 5; i++) {
+    const r = await w.tether(["exec", "vault", "--json", "--password", `bad-${i}`, "--", "true"]);
+    assert.equal(errorCode(r), "password_invalid");
+  }
+  const locked = await w.tether(["exec", "vault", "--json", "--password", PASSWORD, "--", "true"]);
+  assert.equal(errorCode(locked), "rate_limited");
+});
+
+Deno.test("workspaces are isolated: another workspace's machine looks like machine_not_found", async () => {
+  await using w = await World.create();
+  await w.startAgent("private");
+  const [m] = await w.machines();
+  const other = await w.tether([
+    "relay",
+    "init",
+    "--data-dir",
+    w.relayDir,
+    "--workspace",
+    "other",
+    "--json",
+  ]);
+  const key = JSON.parse(other.stdout).client_key;
+  const env = { TETHER_API_KEY: key };
+  assert.deepEqual(JSON.parse((await w.tether(["machines", "--json"], { env })).stdout), []);
+  for (const name of [m.id, "private"]) {
+    const r = await w.tether(["exec", name, "--json", "--", "true"], { env });
+    assert.equal(errorCode(r), "machine_not_found");
+  }
+  // Even a hand-made open for that id is refused by the relay in the same words.
+  const ws = new WebSocket(`${w.url}/v1/client`, { headers: { Authorization: `Bearer ${key}` } });
+  const msgs: string[] = [];
+  await new Promise<void>((resolve) => {
+    ws.onopen = () =>
+      ws.send(JSON.stringify({ t: "hello", v: PROTOCOL_VERSION, role: "client", version: "t" }));
+    ws.onmessage = (e) => {
+      msgs.push(String(e.data));
+      if (msgs.length === 1) {
+        ws.send(
+          JSON.stringify({
+            t: "open",
+            sid: 1,
+            machine: m.id,
+            kind: "exec",
+            argv: ["true"],
+            stdin: false,
+            window: 1024,
+          }),
+        );
+      } else if (String(e.data).includes('"sid":1')) resolve();
+    };
+  });
+  ws.close();
+  assert.equal(JSON.parse(msgs[1]).code, "machine_not_found");
+});
+
+Deno.test("revoking an agent's enrollment key takes its machine offline within seconds", async () => {
+  await using w = await World.create();
+  const agent = await w.startAgent("revoked");
+  await w.waitMachines((ms) => ms[0]?.online === true);
+  const keys = JSON.parse(
+    (await w.tether(["relay", "keys", "list", "--data-dir", w.relayDir, "--json"])).stdout,
+  );
+  const agentKey = keys.find((k: { role: string }) => k.role === "agent");
+  const t0 = Date.now();
+  await w.tether(["relay", "keys", "revoke", "--data-dir", w.relayDir, agentKey.id]);
+  await w.waitMachines((ms) => ms[0]?.online === false, 10_000);
+  assert.ok(Date.now() - t0 < 8_000);
+  const st = await agent.status;
+  assert.equal(st.code, 1, "the agent stops: retrying a revoked identity cannot help");
+  assert.match(agent.stderr, /refused/);
+});
+
+Deno.test("TLS: wss with a private CA via TETHER_CA_FILE; refused without it", async () => {
+  const dir = await Deno.makeTempDir();
+  const ssl = (args: string[]) =>
+    new Deno.Command("openssl", { args, cwd: dir, stderr: "null" }).output();
+  await ssl([
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=tether test CA",
+  ]);
+  await ssl([
+    "req",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    "relay.key",
+    "-out",
+    "relay.csr",
+    "-subj",
+    "/CN=localhost",
+  ]);
+  Deno.writeTextFileSync(join(dir, "ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+  await ssl([
+    "x509",
+    "-req",
+    "-in",
+    "relay.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "relay.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "ext",
+  ]);
+  await using w = await World.create({ startRelay: false });
+  const { Proc } = await import("./helpers.ts");
+  const relay = Proc.tether([
+    "relay",
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--data-dir",
+    w.relayDir,
+    "--tls-cert",
+    join(dir, "relay.pem"),
+    "--tls-key",
+    join(dir, "relay.key"),
+  ], { env: baseEnv(w.home) });
+  try {
+    const m = await relay.waitFor(/relay listening on (wss:\/\/\S+)/, "stdout");
+    const url = m[1].replace("127.0.0.1", "localhost");
+    const env = { ...w.env(), TETHER_RELAY: url, TETHER_API_KEY: w.keys.client_key };
+    const ok = await run(["machines", "--json"], {
+      env: { ...env, TETHER_CA_FILE: join(dir, "ca.pem") },
+    });
+    assert.equal(ok.code, 0, ok.stdout + ok.stderr);
+    const bad = await run(["machines", "--json"], { env });
+    assert.equal(errorCode(bad), "relay_unreachable");
+    assert.match(bad.stdout, /certificate|UnknownIssuer|tls/i);
+  } finally {
+    await relay.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("plain ws:// to a host that is not loopback is refused unless --insecure, which warns", async () => {
+  await using w = await World.create();
+  const url = `ws://0.0.0.0:${w.port}`; // not loopback by name; reaches this machine only
+  const refused = await w.tether(["machines", "--json"], { env: { TETHER_RELAY: url } });
+  assert.equal(refused.code, 2);
+  assert.equal(errorCode(refused), "usage");
+  assert.match(refused.stdout, /--insecure/);
+  const allowed = await w.tether(["machines", "--json", "--insecure"], {
+    env: { TETHER_RELAY: url },
+  });
+  assert.equal(allowed.code, 0, allowed.stdout);
+  assert.match(allowed.stderr, /WARNING.*UNENCRYPTED/);
+});
+
+Deno.test("bad API keys are throttled per address: 429 and rate_limited", async () => {
+  await using w = await World.create();
+  const bad = { TETHER_API_KEY: "tether_client_000000000000_" + "0".repeat(40) };
+  let last = "";
+  for (let i = 0; i < 11; i++) {
+    last = errorCode(await w.tether(["machines", "--json"], { env: bad }));
+  }
+  assert.equal(last, "rate_limited");
+  const http = w.url.replace("ws://", "http://");
+  const res = await fetch(`${http}/v1/client`, {
+    headers: { Authorization: `Bearer ${w.keys.client_key}` },
+  });
+  assert.equal(res.status, 429);
+  assert.ok(Number(res.headers.get("retry-after")) > 0);
+  await res.body?.cancel();
+});
+
+Deno.test("audit: every exec and attach is recorded with key, machine, argv, bytes and exit", async () => {
+  await using w = await World.create();
+  await w.startAgent("audited");
+  await w.tether(["exec", "audited", "--", "sh", "-c", "cat; exit 3"], { stdin: "12345" });
+  await w.tether(["exec", "audited", "--", "true"]);
+  const r = await w.tether(["relay", "audit", "--data-dir", w.relayDir, "--json"]);
+  assert.equal(r.code, 0, r.stderr);
+  const rows = JSON.parse(r.stdout);
+  assert.equal(rows.length, 2);
+  const keyId = w.keys.client_key.split("_")[2];
+  assert.deepEqual(
+    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0 },
+    {
+      id: 0,
+      workspace: "default",
+      key_id: keyId,
+      machine_id: 0,
+      machine_name: "audited",
+      kind: "exec",
+      argv: ["sh", "-c", "cat; exit 3"],
+      session: null,
+      started_at: 0,
+      ended_at: 0,
+      bytes_in: 5,
+      bytes_out: 5,
+      exit_code: 3,
+      signal: null,
+      error: null,
+    },
+  );
+  assert.ok(Date.parse(rows[0].ended_at) >= Date.parse(rows[0].started_at));
+  const human = await w.tether(["relay", "audit", "--data-dir", w.relayDir]);
+  assert.match(human.stdout, /audited\s+exec\s+true/);
+});
+
+/** Opens a raw WebSocket with a valid key and feeds it `send`; resolves when the relay closes it. */
+async function hostile(url: string, key: string, send: (ws: WebSocket) => void): Promise<string> {
+  const ws = new WebSocket(url, { headers: { Authorization: `Bearer ${key}` } });
+  ws.binaryType = "arraybuffer";
+  return await new Promise<string>((resolve) => {
+    const timer = setTimeout(() => {
+      ws.close();
+      resolve("still open");
+    }, 5000);
+    ws.onopen = () => send(ws);
+    ws.onerror = () => {};
+    ws.onclose = (e) => {
+      clearTimeout(timer);
+      resolve(`closed ${e.code}`);
+    };
+  });
+}
+
+Deno.test("fuzz: malformed, truncated, oversized and unknown input closes only that connection", async () => {
+  await using w = await World.create();
+  await w.startAgent("steady");
+  // An ongoing session that must survive everything below.
+  const p = w.spawn(["exec", "steady", "--stream", "--", ...await awkEchoArgv()], { stdin: true });
+  await p.write("before\n");
+  await p.waitFor(/before/, "stdout");
+
+  const hello = (role: string, v = PROTOCOL_VERSION) =>
+    JSON.stringify({
+      t: "hello",
+      v,
+      role,
+      version: "fuzz",
+      ...(role === "agent"
+        ? { agent: { name: "fz", hostname: "fz", os: "x", arch: "y", labels: {} } }
+        : {}),
+    });
+  const rand = (n: number) => crypto.getRandomValues(new Uint8Array(n));
+  const cases: [string, (ws: WebSocket, role: string) => void][] = [
+    ["random bytes first", (ws) => ws.send(rand(200))],
+    ["bad JSON", (ws) => ws.send("{not json")],
+    ["wrong version", (ws, role) => ws.send(hello(role, 99))],
+    ["not an object", (ws) => ws.send("[1,2,3]")],
+    ["unknown type", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(JSON.stringify({ t: "launch_missiles" }));
+    }],
+    ["truncated frame", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(new Uint8Array([1, 1, 0]));
+    }],
+    ["oversized frame", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(new Uint8Array(300 * 1024));
+    }],
+    ["oversized text", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(JSON.stringify({ t: "ping", pad: "x".repeat(100 * 1024) }));
+    }],
+    ["bad field types", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(JSON.stringify({ t: "open", sid: "one", kind: "exec", argv: "rm -rf /" }));
+    }],
+    ["unknown frame type", (ws, role) => {
+      ws.send(hello(role));
+      ws.send(new Uint8Array(16).fill(9));
+    }],
+  ];
+  for (let i = 0; i < 40; i++) {
+    cases.push([`random ${i}`, (ws, role) => {
+      if (i % 2) ws.send(hello(role));
+      const kind = i % 4;
+      if (kind === 0) ws.send(rand(1 + (i * 37) % 400));
+      else if (kind === 1) ws.send(new TextDecoder().decode(rand(50)));
+      else if (kind === 2) {
+        ws.send(JSON.stringify({ t: "open", sid: i, kind: "pty", argv: [i], window: -1 }));
+      } else {ws.send(
+          JSON.stringify({ t: ["req", "res", "eof", "resize", "exit"][i % 5], id: "x", sid: 0 }),
+        );}
+    }]);
+  }
+  for (const role of ["client", "agent"]) {
+    const key = role === "client" ? w.keys.client_key : w.keys.agent_key;
+    for (const [name, send] of cases) {
+      const outcome = await hostile(`${w.url}/v1/${role}`, key, (ws) => send(ws, role));
+      assert.match(outcome, /^closed/, `${role}: ${name} should close the connection (${outcome})`);
+    }
+  }
+  // The relay is healthy and the ongoing session still works.
+  const health = await fetch(w.url.replace("ws://", "http://") + "/healthz");
+  assert.equal(health.status, 200);
+  await health.body?.cancel();
+  await p.write("after\n");
+  await p.waitFor(/after/, "stdout");
+  await p.closeStdin();
+  assert.equal((await p.status).code, 0);
+});
+
+Deno.test("machine password: connect passes the same challenge (no TTY: env password)", async () => {
+  await using w = await lockedMachine();
+  const refused = await w.tether(["connect", "vault", "--no-interactive"]);
+  assert.equal(refused.code, 255);
+  assert.match(refused.stderr, /needs a password/);
+  const p = w.spawn(["connect", "vault"], { stdin: true, env: { TETHER_PASSWORD: PASSWORD } });
+  await p.waitFor(/attached —/);
+  await p.write("echo inside-$((2+3))\n");
+  await p.waitFor(/inside-5/, "stdout");
+  await p.stop();
+});
