@@ -21,7 +21,9 @@ Deno.test("the bundle runs with README's permissions: --version, up, exec", asyn
   const home = await Deno.makeTempDir({ prefix: "tether-bundle-" });
   const bin = join(home, "tether.js");
   Deno.copyFileSync(BUNDLE, bin);
-  const argv = (args: string[]) => [Deno.execPath(), "run", "-q", "--no-config", ...flags, bin, ...args];
+  const argv = (
+    args: string[],
+  ) => [Deno.execPath(), "run", "-q", "--no-config", ...flags, bin, ...args];
   const env = baseEnv(home);
   try {
     const v = await new Deno.Command(argv(["--version"])[0], {

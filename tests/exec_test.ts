@@ -237,3 +237,28 @@ Deno.test("a reader that stops reading keeps relay and agent memory bounded", as
   await reader.cancel();
   await child.status;
 });
+
+Deno.test("exec -t: a PTY with --cwd and --env, the exit code, and --timeout", async () => {
+  await using w = await worldWithAgent();
+  const r = await w.tether([
+    "exec",
+    "-t",
+    "box",
+    "--cwd",
+    "/tmp",
+    "--env",
+    "WHO=pty",
+    "--",
+    "sh",
+    "-c",
+    'tty; pwd; echo "$WHO"; exit 4',
+  ]);
+  assert.equal(r.code, 4, r.stderr);
+  assert.match(r.stdout, /^\/dev\/pts\/\d+\r\n\/tmp\r\npty\r\n$/);
+  const t = await w.tether(["exec", "-t", "box", "--timeout", "1s", "--json", "--", "sleep", "30"]);
+  assert.equal(t.code, 255);
+  assert.equal(JSON.parse(t.stdout.trim().split("\n").at(-1)!).error.code, "timeout");
+  await new Promise((r) => setTimeout(r, 300));
+  const sessions = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
+  assert.deepEqual(sessions, [], "the timed-out session is gone");
+});

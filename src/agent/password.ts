@@ -9,6 +9,7 @@ import { Buffer } from "node:buffer";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { join } from "node:path";
 import { writePrivate } from "../common/files.ts";
+import { Throttle } from "../common/throttle.ts";
 import { deriveKey, hexEqual, proofFor, SCRYPT } from "../protocol/machine_auth.ts";
 
 export const PASSWORD_FILE = "password.json";
@@ -20,7 +21,6 @@ export const MAX_FAILURES = 5;
 export const FAILURE_WINDOW_MS = 60_000;
 /** First cool-down; it doubles with each further lock-out, up to an hour. */
 export const COOLDOWN_MS = 30_000;
-const MAX_COOLDOWN_MS = 3_600_000;
 
 interface PasswordFile {
   v: 1;
@@ -51,16 +51,10 @@ export function clearPassword(stateDir: string): boolean {
   }
 }
 
-interface Throttle {
-  failures: number[];
-  blockedUntil: number;
-  strikes: number;
-}
-
 /** What the agent checks before running anything for a client. */
 export class MachineLock {
   private cached?: { mtime: number; file: PasswordFile | null; tokenKey: Buffer | null };
-  private readonly throttles = new Map<string, Throttle>();
+  private readonly throttle = new Throttle(MAX_FAILURES, FAILURE_WINDOW_MS, COOLDOWN_MS);
 
   constructor(private readonly stateDir: string, private readonly machineId: () => string) {}
 
@@ -136,27 +130,16 @@ export class MachineLock {
     return hexEqual(proofFor(Buffer.from(file.key, "hex"), this.machineId(), nonce), proof);
   }
 
-  /** Seconds to wait when this key is locked out, else 0. */
+  /** Seconds to wait when this client key is locked out, else 0. */
   lockedFor(clientKey: string): number {
-    const t = this.throttles.get(clientKey);
-    const left = t ? t.blockedUntil - Date.now() : 0;
-    return left > 0 ? Math.ceil(left / 1000) : 0;
+    return this.throttle.blockedFor(clientKey);
   }
 
   recordFailure(clientKey: string): void {
-    const now = Date.now();
-    const t = this.throttles.get(clientKey) ?? { failures: [], blockedUntil: 0, strikes: 0 };
-    t.failures = t.failures.filter((at) => now - at < FAILURE_WINDOW_MS);
-    t.failures.push(now);
-    if (t.failures.length >= MAX_FAILURES) {
-      t.blockedUntil = now + Math.min(MAX_COOLDOWN_MS, COOLDOWN_MS * 2 ** t.strikes);
-      t.strikes++;
-      t.failures = [];
-    }
-    this.throttles.set(clientKey, t);
+    this.throttle.fail(clientKey);
   }
 
   recordSuccess(clientKey: string): void {
-    this.throttles.delete(clientKey);
+    this.throttle.succeed(clientKey);
   }
 }

@@ -23,6 +23,7 @@ import {
   DEFAULT_CONTINUE_FILE,
   DEFAULT_SESSION_TTL,
   formatDuration,
+  HOLD_ENDED_NOTICE,
   READY_MARKER,
   type ReadyInfo,
   shellQuote,
@@ -68,9 +69,9 @@ const ATTACH_HELP = `
 Only online machines labelled ci=hold count; offline holds of earlier runs are ignored (and
 named if the wait runs out). A hold that appears and ends before we attach is an error
 (machine_offline); the wait running out is \`timeout\`. On a terminal it attaches (joining
-the running session, if any) and detaches by itself when the hold ends; otherwise, or with
---json, it prints machine_id, name, relay, continue_file, and the exact connect and resume
-commands.`;
+the running session, if any) and detaches by itself when the hold ends. Otherwise (no
+terminal, --json or --no-interactive) it prints machine_id, name, relay, continue_file,
+and the exact connect and resume commands.`;
 
 const INJECT_HELP = `
 The step runs \`tether ci hold\` (tether must be on the runner's PATH) with TETHER_RELAY and
@@ -247,7 +248,8 @@ async function attachToHold(
     client.close();
     const ended = held.ended();
     if (ended) {
-      status(`\n${ended.replace(/^CI hold/, `the CI hold on ${target.name}`)}; detached`);
+      const why = ended.slice(HOLD_ENDED_NOTICE.length).replace(/^:\s*/, "");
+      status(`\nthe CI hold on ${target.name} ended: ${why}; detached`);
       state.exitCode = 0;
     } else if (outcome.kind === "detach") {
       status(

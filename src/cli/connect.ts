@@ -3,14 +3,13 @@ import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { machineAuth } from "../client/machine_auth.ts";
 import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
 import { machineLabel } from "../client/prompt_picker.ts";
 import { loadPrompts } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { collect, globals, parsePairs, state } from "./context.ts";
-import { chooseMachine, chooseSession } from "./target.ts";
+import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { listMachines } from "./machines.ts";
 
 export function registerConnect(program: Command) {
@@ -99,14 +98,7 @@ export function registerConnect(program: Command) {
           machineName: target.name,
           session,
           readOnly: opts.readOnly,
-          auth: machineAuth({
-            configDir: cfg.configDir,
-            machineId: target.id,
-            machineName: target.name,
-            keyId: client.keyId,
-            password: opts.password,
-            env: g,
-          }),
+          auth: authFor(cfg, client, target, opts.password, g),
         },
         term,
         {

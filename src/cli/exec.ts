@@ -3,10 +3,9 @@ import type { Command } from "@commander-js/extra-typings";
 import { encodeBase64 } from "../common/base64.ts";
 import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
-import { machineAuth } from "../client/machine_auth.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { chooseMachine } from "./target.ts";
+import { authFor, chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
@@ -64,14 +63,7 @@ export function registerExec(program: Command) {
         );
       }
 
-      const auth = machineAuth({
-        configDir: cfg.configDir,
-        machineId: target.id,
-        machineName: target.name,
-        keyId: client.keyId,
-        password: opts.password,
-        env: g,
-      });
+      const auth = authFor(cfg, client, target, opts.password, g);
       if (opts.tty) {
         if (opts.events) throw usage("--events needs plain pipes; drop -t");
         const outcome = await attach(cfg, client, {
@@ -80,6 +72,9 @@ export function registerExec(program: Command) {
           argv: command,
           oneShot: true,
           auth,
+          cwd: opts.cwd,
+          env: Object.keys(env).length ? env : undefined,
+          timeoutMs,
         }, processTerminal());
         client.close();
         state.exitCode = outcome.code;

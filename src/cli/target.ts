@@ -1,5 +1,7 @@
 /** Picking the machine (and for connect, the session) a command acts on. */
-import type { MachineView, RelayClient, SessionView } from "../client/relay_client.ts";
+import type { MachineView, RelayClient, SessionView, StreamAuth } from "../client/relay_client.ts";
+import type { ClientConfig } from "../client/config.ts";
+import { machineAuth } from "../client/machine_auth.ts";
 import { loadPrompts, selectMachine } from "../client/select.ts";
 import { interactiveRequired } from "../client/prompt_gate.ts";
 import { formatAge } from "../common/duration.ts";
@@ -25,6 +27,24 @@ export async function chooseMachine(
   return { machine, picked: picked && !query };
 }
 
+/** How commands answer the machine's password challenge (flag, stored, env, prompt). */
+export function authFor(
+  cfg: ClientConfig,
+  client: RelayClient,
+  target: MachineView,
+  password: string | undefined,
+  g: Globals,
+): StreamAuth {
+  return machineAuth({
+    configDir: cfg.configDir,
+    machineId: target.id,
+    machineName: target.name,
+    keyId: client.keyId,
+    password,
+    env: g,
+  });
+}
+
 /** Which session to join: the only one, a picked one, or a refusal listing them. */
 export async function chooseSession(
   g: Globals,
@@ -35,7 +55,6 @@ export async function chooseSession(
     `${target.name} has ${live.length} sessions; say which one`,
     `pass --session ID (${live.map((s) => s.id).join(", ")}) or --new`,
   );
-  refusal.candidates?.push();
   const now = Date.now();
   return await (await loadPrompts()).pick(
     live.map((s) => ({

@@ -29,6 +29,11 @@ export interface AttachRequest {
   oneShot?: boolean;
   /** Answers the machine's password challenge, if it has a password. */
   auth?: StreamAuth;
+  /** For a new session: working directory and extra environment. */
+  cwd?: string;
+  env?: Record<string, string>;
+  /** exec -t --timeout: end the session and fail with `timeout` after this long. */
+  timeoutMs?: number;
 }
 
 export interface AttachOutcome {
@@ -132,6 +137,8 @@ export async function attach(
         ...(cursor !== undefined ? { offset: cursor } : {}),
         ...(req.readOnly ? { read_only: true } : {}),
         ...(req.oneShot ? { ephemeral: true } : {}),
+        ...(req.cwd ? { cwd: req.cwd } : {}),
+        ...(req.env ? { env: req.env } : {}),
       };
       const c = client;
       let started = false;
@@ -259,6 +266,14 @@ export async function attach(
     }
   };
 
+  let timedOut = false;
+  const timer = req.timeoutMs
+    ? setTimeout(() => {
+      timedOut = true;
+      outcome = { kind: "detach", code: 255, session: session ?? "" };
+      finish();
+    }, req.timeoutMs)
+    : undefined;
   try {
     term.setRaw(true);
     rawSet = true;
@@ -288,8 +303,16 @@ export async function attach(
       sendResize();
     }
   } finally {
+    clearTimeout(timer);
     offResize();
     if (rawSet) term.setRaw(false);
+  }
+  if (timedOut) {
+    client.closeStream(sid, "detach");
+    throw new TetherError(
+      "timeout",
+      `the command ran past its timeout of ${req.timeoutMs} ms and was ended`,
+    );
   }
   const done = outcome as AttachOutcome;
   if (done.kind === "detach") client.closeStream(sid, "detach");

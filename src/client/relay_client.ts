@@ -10,27 +10,16 @@ import {
   type Challenge,
   type Control,
   type Exit,
+  type MachineView,
   type Open,
   ProtocolError,
+  type SessionView,
   type Started,
   type WireError,
 } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
 
-/** What `machines` answers with, per machine. */
-export interface MachineView {
-  id: string;
-  name: string;
-  hostname: string;
-  online: boolean;
-  last_seen: string;
-  heartbeat_age_ms: number;
-  labels: Record<string, string>;
-  sessions: number;
-  os: string;
-  arch: string;
-  version: string;
-}
+export type { MachineView, SessionView } from "../protocol/messages.ts";
 
 export interface StreamHandlers {
   onStarted(msg: Started): void;
@@ -50,20 +39,6 @@ export interface StreamAuth {
   answer(ch: Challenge): Promise<string>;
   accepted(token: string, expires: number): void;
   tokenRejected(): void;
-}
-
-/** What `sessions` answers with, per session. */
-export interface SessionView {
-  id: string;
-  machine_id: string;
-  machine: string;
-  created: string;
-  command: string;
-  clients: number;
-  attached: boolean;
-  idle_ms: number;
-  cols: number;
-  rows: number;
 }
 
 export class RelayClient {

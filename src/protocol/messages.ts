@@ -187,6 +187,38 @@ export interface SessionInfo {
   rows: number;
   idle_ms: number;
 }
+/** One machine in the answer to the `machines` request. */
+export interface MachineView {
+  id: string;
+  name: string;
+  hostname: string;
+  online: boolean;
+  /** ISO time of the last message from its agent. */
+  last_seen: string;
+  heartbeat_age_ms: number;
+  labels: Record<string, string>;
+  /** Live PTY sessions on it. */
+  sessions: number;
+  os: string;
+  arch: string;
+  version: string;
+}
+
+/** One session in the answer to the `sessions` request. */
+export interface SessionView {
+  id: string;
+  machine_id: string;
+  machine: string;
+  /** ISO time. */
+  created: string;
+  command: string;
+  clients: number;
+  attached: boolean;
+  idle_ms: number;
+  cols: number;
+  rows: number;
+}
+
 /** Agent → relay: the agent's sessions, sent whenever they change. */
 export interface Sessions {
   t: "sessions";

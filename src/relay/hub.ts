@@ -18,11 +18,13 @@ import {
 import {
   type AgentInfo,
   type Control,
+  type MachineView,
   MAX_STREAMS_PER_CONN,
   type Open,
   ProtocolError,
   type Req,
   type SessionInfo,
+  type SessionView,
   type WireError,
 } from "../protocol/messages.ts";
 import type { MachineRow, Principal, Store } from "./store.ts";
@@ -59,40 +61,11 @@ export interface AgentLink {
   nextReq: number;
 }
 
-/** A session as `tether sessions` shows it. */
-export interface SessionView {
-  id: string;
-  machine_id: string;
-  machine: string;
-  created: string;
-  command: string;
-  clients: number;
-  attached: boolean;
-  idle_ms: number;
-  cols: number;
-  rows: number;
-}
-
 export interface ClientLink {
   conn: Conn;
   principal: Principal;
   workspace: string;
   routes: Map<number, Route>;
-}
-
-/** One machine as `tether machines` shows it. */
-export interface MachineView {
-  id: string;
-  name: string;
-  hostname: string;
-  online: boolean;
-  last_seen: string;
-  heartbeat_age_ms: number;
-  labels: Record<string, string>;
-  sessions: number;
-  os: string;
-  arch: string;
-  version: string;
 }
 
 export class Hub {

@@ -16,7 +16,12 @@ import { TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
-import { AddressThrottle } from "./throttle.ts";
+import { Throttle } from "../common/throttle.ts";
+
+/** Failed key checks per source address before HTTP 429, and the first cool-down. */
+const KEY_FAILURES = 10;
+const KEY_FAILURE_WINDOW_MS = 60_000;
+const KEY_COOLDOWN_MS = 60_000;
 
 export interface RelayOptions {
   hostname: string;
@@ -46,7 +51,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log);
   const tls = !!(opts.tlsCert && opts.tlsKey);
-  const throttle = new AddressThrottle();
+  const throttle = new Throttle(KEY_FAILURES, KEY_FAILURE_WINDOW_MS, KEY_COOLDOWN_MS);
   const handler = (req: Request, info: Deno.ServeHandlerInfo) =>
     handle(req, info, hub, throttle, log);
 
@@ -115,7 +120,7 @@ function handle(
   req: Request,
   info: Deno.ServeHandlerInfo,
   hub: Hub,
-  throttle: AddressThrottle,
+  throttle: Throttle,
   log: (l: string) => void,
 ) {
   const url = new URL(req.url);
