@@ -265,3 +265,57 @@ Deno.test("tether up brings this machine online and writes a client config; a se
     await Deno.remove(home, { recursive: true });
   }
 });
+
+Deno.test("agent failures: no key is not_configured, a bad key is unauthenticated; both exit 1", async () => {
+  await using w = await World.create();
+  const none = await run([
+    "agent",
+    "run",
+    "--relay",
+    w.url,
+    "--state-dir",
+    `${w.home}/a1`,
+    "--json",
+  ], {
+    env: baseEnv(w.home),
+  });
+  assert.equal(none.code, 1);
+  assert.equal(JSON.parse(none.stdout).error.code, "not_configured");
+  const bad = await run(
+    ["agent", "run", "--relay", w.url, "--state-dir", `${w.home}/a2`, "--json"],
+    {
+      env: { ...baseEnv(w.home), TETHER_AGENT_KEY: w.keys.client_key },
+    },
+  );
+  assert.equal(bad.code, 1);
+  assert.equal(JSON.parse(bad.stdout).error.code, "forbidden");
+  const wrong = await run([
+    "agent",
+    "run",
+    "--relay",
+    w.url,
+    "--state-dir",
+    `${w.home}/a3`,
+    "--json",
+  ], {
+    env: { ...baseEnv(w.home), TETHER_AGENT_KEY: "tether_agent_000000000000_" + "0".repeat(40) },
+  });
+  assert.equal(JSON.parse(wrong.stdout).error.code, "unauthenticated");
+});
+
+Deno.test("a relay on a port that is taken says so", async () => {
+  await using w = await World.create();
+  const r = await run([
+    "relay",
+    "serve",
+    "--listen",
+    `127.0.0.1:${w.port}`,
+    "--data-dir",
+    `${w.home}/r2`,
+    "--json",
+  ], {
+    env: baseEnv(w.home),
+  });
+  assert.equal(r.code, 2);
+  assert.match(JSON.parse(r.stdout).error.message, /already in use/);
+});
