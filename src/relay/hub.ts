@@ -68,7 +68,11 @@ export interface ClientLink {
   routes: Map<number, Route>;
 }
 
+/** How often the last-seen times of online machines are written to the store. */
+const LAST_SEEN_FLUSH_MS = 30_000;
+
 export class Hub {
+  private lastFlush = 0;
   readonly agents = new Map<string, AgentLink>();
   readonly clients = new Set<ClientLink>();
 
@@ -416,9 +420,9 @@ export class Hub {
 
   /** Persists heartbeat times and closes connections whose key was revoked. */
   sweep(): void {
-    const seen = new Map<string, number>();
-    for (const a of this.agents.values()) seen.set(a.machineId, a.lastSeen);
-    this.store.touchMachines(seen);
+    // Online machines' heartbeat times live in memory; the store gets them now and then
+    // (and at disconnect), not on every ping.
+    if (Date.now() - this.lastFlush >= LAST_SEEN_FLUSH_MS) this.flushLastSeen();
     const links: { conn: Conn; principal: Principal }[] = [
       ...this.agents.values(),
       ...this.clients,
@@ -431,6 +435,13 @@ export class Hub {
         l.conn.fail(CLOSE_AUTH, { code: "unauthenticated", message: "the key was revoked" });
       }
     }
+  }
+
+  flushLastSeen(): void {
+    this.lastFlush = Date.now();
+    const seen = new Map<string, number>();
+    for (const a of this.agents.values()) seen.set(a.machineId, a.lastSeen);
+    this.store.touchMachines(seen);
   }
 
   closeAll(): void {

@@ -107,7 +107,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
         hub.closeAll();
         await server.shutdown();
         try {
-          hub.sweep();
+          hub.flushLastSeen();
         } catch { /* best effort */ }
         store.close();
       })();
