@@ -49,6 +49,8 @@ export interface AgentOptions {
   sessions?: SessionOptions;
   /** Called whenever sessions or their attached clients change. */
   onSessions?: (sessions: SessionInfo[]) => void;
+  /** Called when a client starts a stream (after any password check). */
+  onStream?: (kind: "exec" | "pty") => void;
 }
 
 const BACKOFF_MIN_MS = 250;
@@ -117,11 +119,22 @@ export class Agent {
     }
   }
 
-  stop(): void {
+  /**
+   * Stops: running commands are ended, sessions are ended so their attached
+   * clients receive an exit status rather than a lost connection, then the
+   * connection closes (the relay shows the machine offline at once).
+   */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
     this.stopped = true;
+    for (const s of this.streams.values()) {
+      if (s instanceof ExecStream) s.abort();
+    }
+    await this.sessions.closeAll();
+    // Let the exit statuses the sessions just sent leave before the socket closes.
+    if (this.conn?.isOpen) await this.conn.drain(0);
     this.conn?.close(1000, "agent stopping");
     for (const s of this.streams.values()) s.abort("lost");
-    this.sessions.closeAll();
     this.wake?.();
   }
 
@@ -314,6 +327,7 @@ export class Agent {
   }
 
   private startStream(conn: Conn, msg: Open): void {
+    this.opts.onStream?.(msg.kind);
     if (msg.kind === "exec") {
       const s = new ExecStream(conn, msg.sid, msg, () => {
         if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);

@@ -14,11 +14,10 @@
  * - **Continue file.** The hold resumes (returns 0) as soon as the file appears. A file
  *   already there at start is *not* deleted (it may be anything the user named); the hold
  *   says so and resumes when it is touched (its mtime or inode changes).
- * - **"Someone attached"** means an interactive session with at least one client
- *   (`tether ci attach`, `tether connect`, `tether exec -t`), seen through the agent's
- *   `onSessions` hook. A plain `tether exec` opens no session and does not count: it
- *   works during the hold, but the connect timeout keeps running. (The agent has no hook
- *   for exec streams; see the report of issue 7.)
+ * - **"Someone attached"** means a client reached the runner: an interactive session with
+ *   at least one client (`tether ci attach`, `tether connect`, `tether exec -t`), seen
+ *   through the agent's `onSessions` hook, or a plain `tether exec` (its `onStream` hook).
+ *   Either stops the connect timeout and starts the session TTL.
  * - **Timeouts.** `--connect-timeout` runs from the start of the hold (connecting to the
  *   relay included) until the first attach. From the first attach, `--session-ttl` caps the
  *   rest of the hold: it is not reset by detaching or re-attaching. So a hold lasts at most
@@ -27,8 +26,9 @@
  *   TTL is shorter than that.
  * - **Ending.** However the hold ends (continue file, timeout, SIGINT/SIGTERM), attached
  *   clients get a notice starting with `HOLD_ENDED_NOTICE`; the hold waits until they have
- *   detached (at most 1 s), then stops the agent — its connection closes, so the relay shows
- *   the machine offline at once — ends the sessions' processes and removes the state dir.
+ *   detached (at most 1 s), then stops the agent — sessions end (clients still attached get
+ *   their exit status) and the connection closes, so the relay shows the machine offline at
+ *   once — and removes the state dir.
  * - Configuration errors (no relay, no key, a key the relay refuses) fail the step (1): they
  *   are not timeouts. An unreachable relay is retried until the connect timeout.
  */
@@ -147,6 +147,12 @@ export async function runHold(
       io.say(`tether: ${timeLeft()}`);
     },
     onSessions: (list: SessionInfo[]) => onSessions(list),
+    onStream: (kind) => {
+      if (kind === "exec" && firstAttach === undefined && !finished) {
+        io.say("tether: a command ran on the runner (tether exec)");
+        startTtl();
+      }
+    },
   });
 
   function timeLeft(): string {
@@ -254,8 +260,7 @@ export async function runHold(
       await within(DETACH_WAIT_MS, new Promise<void>((r) => (noClients = r)));
     }
   }
-  agent.stop();
-  await within(STOP_WAIT_MS, Promise.all([agent.sessions.closeAll(), running]));
+  await within(STOP_WAIT_MS, Promise.all([agent.stop(), running]));
   await Deno.remove(stateDir, { recursive: true }).catch(() => {});
   if (outcome instanceof Error) throw outcome;
   return outcome;

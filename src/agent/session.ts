@@ -118,6 +118,8 @@ export class Session {
   lastActivity = Date.now();
   ended?: PtyExit;
   private graceTimer?: ReturnType<typeof setTimeout>;
+  /** Resolves when the read loop has ended and exit statuses went out. */
+  private finished: Promise<void>;
   private roomWaiter?: () => void;
   private inputTail: Promise<void> = Promise.resolve();
   private terminating = false;
@@ -139,7 +141,7 @@ export class Session {
       cols: this.cols,
       rows: this.rows,
     });
-    this.readLoop();
+    this.finished = this.readLoop();
   }
 
   info(): SessionInfo {
@@ -261,6 +263,12 @@ export class Session {
       }
     }
     this.manager.changed();
+  }
+
+  /** Ends the session and waits until its attached clients were sent the exit status. */
+  async terminateAndWait(): Promise<void> {
+    this.terminate();
+    await this.finished;
   }
 
   /** Ends the process group; attached clients get the exit status. */
@@ -407,8 +415,8 @@ export class SessionManager {
     });
   }
 
-  /** Ends every session (agent shutdown). */
+  /** Ends every session (agent shutdown); resolves once each has sent its exit status. */
   async closeAll(): Promise<void> {
-    await Promise.all([...this.sessions.values()].map((s) => s.pty.terminate().catch(() => {})));
+    await Promise.all([...this.sessions.values()].map((s) => s.terminateAndWait()));
   }
 }

@@ -50,6 +50,6 @@ export function registerAgent(program: Command) {
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);
-      a.stop();
+      await a.stop();
     });
 }

@@ -1,17 +1,18 @@
 /**
  * The interactive attach with its banner (DESIGN "Interactive attach"): `dialing relay …
  * ok`, `auth … ok (session ID, new|joined)`, then `attached — …` once the remote side is
- * ready. Shared by `tether ci attach`; `tether connect` prints the same lines (and can call
- * this instead of its inline copy).
+ * ready. Shared by `tether connect` and `tether ci attach`.
  */
 import { attach, type AttachOutcome, processTerminal, type Terminal } from "../client/attach.ts";
 import type { ClientConfig } from "../client/config.ts";
-import type { RelayClient } from "../client/relay_client.ts";
+import type { RelayClient, StreamAuth } from "../client/relay_client.ts";
 
 export interface BannerAttachOptions {
   /** Join this session; otherwise a new one starts. */
   session?: string;
   readOnly?: boolean;
+  /** Answers the machine's password challenge. */
+  auth?: StreamAuth;
   /** Default: the process's own terminal. */
   term?: Terminal;
   /** Called right after the `attached —` line, before any remote output is shown. */
@@ -35,6 +36,7 @@ export async function attachWithBanner(
       machineName: target.name,
       session: opts.session,
       readOnly: opts.readOnly,
+      auth: opts.auth,
     },
     opts.term ?? processTerminal(),
     {

@@ -1,6 +1,5 @@
 /** `tether connect [MACHINE]`: an interactive shell in a session that outlives the connection. */
 import type { Command } from "@commander-js/extra-typings";
-import { attach, processTerminal } from "../client/attach.ts";
 import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
@@ -10,6 +9,7 @@ import { formatAge } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { collect, globals, parsePairs, state } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
+import { attachWithBanner } from "./attach_banner.ts";
 import { listMachines } from "./machines.ts";
 
 export function registerConnect(program: Command) {
@@ -87,35 +87,10 @@ export function registerConnect(program: Command) {
         if (live.length === 1) session = live[0].id;
         else if (live.length > 1) session = await chooseSession(g, target, live);
       }
-      Deno.stderr.writeSync(new TextEncoder().encode("dialing relay ... "));
-      const term = processTerminal();
-      let announced = false;
-      const outcome = await attach(
-        cfg,
-        client,
-        {
-          machineId: target.id,
-          machineName: target.name,
-          session,
-          readOnly: opts.readOnly,
-          auth: authFor(cfg, client, target, opts.password, g),
-        },
-        term,
-        {
-          onStarted(id) {
-            announced = true;
-            status("ok");
-            status(`auth ... ok (session ${id}${session ? ", joined" : ", new"})`);
-            status(
-              opts.readOnly
-                ? "attached read-only — Ctrl-D to disconnect; your input is not sent"
-                : "attached — Ctrl-D to disconnect, Ctrl-C is sent to the remote",
-            );
-          },
-        },
-      ).catch((e) => {
-        if (!announced) status("failed");
-        throw e;
+      const outcome = await attachWithBanner(cfg, client, target, {
+        session,
+        readOnly: opts.readOnly,
+        auth: authFor(cfg, client, target, opts.password, g),
       });
       client.close();
       if (outcome.kind === "detach") {

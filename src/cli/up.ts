@@ -69,7 +69,7 @@ export function registerUp(program: Command) {
       const stopped = untilSignal();
       const running = agent.run();
       await Promise.race([stopped, running, relay.finished]);
-      agent.stop();
+      await agent.stop();
       await relay.shutdown();
       await running.catch(() => {});
     });

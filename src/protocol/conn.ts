@@ -54,6 +54,7 @@ export class Conn {
   private lastRecv = Date.now();
   private timer?: ReturnType<typeof setTimeout>;
   private ended = false;
+  private ticks = 0;
   private readonly heartbeatMs: number;
   private readonly deadAfterMs: number;
 
@@ -80,7 +81,8 @@ export class Conn {
     this.ws.onmessage = (ev) => this.receive(ev.data);
     this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
     this.ws.onerror = () => {};
-    this.timer = setInterval(() => this.tick(), this.heartbeatMs);
+    // Check for silence twice per heartbeat, so a dead peer is noticed soon after DEAD_AFTER_MS.
+    this.timer = setInterval(() => this.tick(), this.heartbeatMs / 2);
   }
 
   send(msg: Control): void {
@@ -123,7 +125,7 @@ export class Conn {
       this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
       return;
     }
-    this.send({ t: "ping" });
+    if (++this.ticks % 2 === 0) this.send({ t: "ping" });
   }
 
   private end(reason: string): void {
