@@ -44,7 +44,7 @@ interface TetherIdle {
   idleCpu: number;
   loadedCpu: number;
   windowS: number;
-  online: number;
+  online: number | string;
   closed: number;
   loadCpu: number;
 }
@@ -104,9 +104,15 @@ async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<Tether
     const loaded = median(samples);
     const windowS = windowMs / 1000;
     const m = await run(w.argv(["machines", "--json"]), { env: w.env(), timeoutMs: 30_000 });
-    const online = m.code === 0
-      ? (JSON.parse(m.stdout) as { online: boolean }[]).filter((x) => x.online).length
-      : NaN;
+    let online: number | string;
+    try {
+      online = (JSON.parse(m.stdout) as { online: boolean }[]).filter((x) => x.online).length;
+      if (m.code !== 0) throw new Error();
+    } catch {
+      const err = /"message":"([^"]*)"/.exec(m.stdout)?.[1] ?? m.stderr.trim().slice(0, 200);
+      online = err;
+      log(`idle agents: tether machines failed: ${err}`);
+    }
     await load.closeStdin();
     const cm = await load.waitFor(/"closed_while_idle":(\d+)/, "stdout", 20_000);
     return {
@@ -235,14 +241,17 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
       `idling the relay's RSS is sampled every second for ${t.windowS} s (median). ` +
       "Per agent = (loaded − baseline) / N.",
       `- tether: baseline ${fmtBytes(t.base)}, with ${n} more agents ${fmtBytes(t.loaded)} → ` +
-      `${fmtBytes(t.perAgent)} per agent. \`tether machines\` saw ${t.online} online ` +
-      `(expected ${n + t.warm}); ${t.closed} connections dropped while idle.`,
+      `${fmtBytes(t.perAgent)} per agent. ` +
+      (typeof t.online === "number"
+        ? `\`tether machines\` listed ${t.online} online (expected ${n + t.warm}); `
+        : `**\`tether machines --json\` failed with ${n + t.warm} machines: ${t.online}**; `) +
+      `${t.closed} connections dropped while idle.`,
       `- Relay CPU (utime+stime from /proc/PID/stat): ${(t.idleCpu * 100).toFixed(2)}% of a ` +
       `core with the ${t.warm} warm-up agents, ${(t.loadedCpu * 100).toFixed(2)}% with ${
         n + t.warm
       } over ${t.windowS} s → ${cpuText(tCpu)} (${
         (tCpu * HEARTBEAT_S).toFixed(1)
-      } µs per agent per heartbeat period, which includes the relay's 2 s sweep that ` +
+      } µs per agent per heartbeat period, which includes the relay's periodic sweep that ` +
       "persists last-seen times). The load process itself used " +
       `${(t.loadCpu * 100).toFixed(2)}% of a core.`,
       s

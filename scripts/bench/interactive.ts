@@ -148,7 +148,7 @@ export async function turnLatency(ctx: Ctx): Promise<ItemResult> {
       "### 3. Turn latency",
       "",
       `- tether: \`tether exec bench --stream -- ${awkText}\`; OpenSSH: \`ssh -T … 127.0.0.1 ` +
-      `${shq(awkText)}\`. The benchmark writes a ${
+      `"${awkText}"\` (the remote shell runs the same argv). The benchmark writes a ${
         `{"turn":N,"text":"${"x".repeat(40)}"}`.length + 1
       }-byte JSON line to the client's stdin and times until that line is back on its ` +
       `stdout; ${n} turns after ${warm} unrecorded ones, one process for all of them.`,

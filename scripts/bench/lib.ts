@@ -42,6 +42,8 @@ export function log(line: string): void {
 
 /** Every process started here that may still run; stopped by stopAll(). */
 const live = new Set<Proc>();
+/** Set by stopAll(): no new process may start once cleanup has begun. */
+let closing = false;
 
 export interface ProcOptions {
   env?: Record<string, string>;
@@ -71,6 +73,7 @@ export class Proc {
   private ended = false;
 
   constructor(argv: string[], opts: ProcOptions = {}) {
+    if (closing) throw new Error("the benchmark is shutting down");
     this.argv = argv;
     this.child = new Deno.Command(argv[0], {
       args: argv.slice(1),
@@ -210,9 +213,12 @@ function tail(s: string): string {
   return s.length > CAPTURE_LIMIT ? s.slice(s.length - CAPTURE_LIMIT) : s;
 }
 
-/** Stops every process still registered (cleanup on any exit path). */
+/** Stops every process still registered and refuses new ones (cleanup on any exit path). */
 export async function stopAll(): Promise<void> {
-  await Promise.all([...live].map((p) => p.stop(1500)));
+  closing = true;
+  for (let i = 0; i < 3 && live.size > 0; i++) {
+    await Promise.all([...live].map((p) => p.stop(1500)));
+  }
 }
 
 export interface RunResult {
@@ -279,6 +285,8 @@ export interface ProcStat {
   pid: number;
   /** utime + stime in seconds. */
   cpu: number;
+  /** cutime + cstime in seconds: children (and their reaped descendants) that have ended. */
+  childCpu: number;
   rss: number;
 }
 
@@ -302,10 +310,11 @@ export async function procStats(pids: number[]): Promise<ProcStat[]> {
     if (close < 0) continue;
     const pid = Number(line.slice(0, line.indexOf(" ")));
     const f = line.slice(close + 2).split(" ");
-    // f[0] is field 3 (state): utime is field 14, stime 15, rss (pages) 24.
+    // f[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17, rss (pages) 24.
     stats.push({
       pid,
       cpu: (Number(f[11]) + Number(f[12])) / clockTicks,
+      childCpu: (Number(f[13]) + Number(f[14])) / clockTicks,
       rss: Number(f[21]) * 4096,
     });
   }

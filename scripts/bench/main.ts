@@ -117,7 +117,9 @@ async function main(): Promise<number> {
       await stopAll();
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
     })();
+  let interrupted = false;
   const onSignal = () => {
+    interrupted = true;
     log("interrupted; cleaning up");
     cleanup().finally(() => Deno.exit(130));
   };
@@ -163,6 +165,7 @@ async function main(): Promise<number> {
     const results: ItemResult[] = [];
     for (const item of ITEMS) {
       if (only && !only.has(item.n)) continue;
+      if (interrupted) break;
       log(`${item.n}. ${item.name}`);
       const t0 = performance.now();
       try {

@@ -73,7 +73,7 @@ function cell(s: string): string {
 }
 
 export function table(rows: Row[]): string {
-  const head = "| # | figure | tether | OpenSSH | tether/OpenSSH | target | |\n" +
+  const head = "| # | figure | tether | OpenSSH | tether/OpenSSH | target | status |\n" +
     "| --- | --- | ---: | ---: | ---: | --- | --- |\n";
   return head +
     rows.map((r) =>

@@ -20,34 +20,70 @@ import {
 import { type Ctx, type ItemResult, ratio, verdict } from "./report.ts";
 import { TetherWorld } from "./tether.ts";
 
-/** Runs `argv | wc -c`; returns milliseconds, checking that exactly `size` bytes came out. */
-async function timedStdout(
-  argv: string[],
-  env: Record<string, string> | undefined,
-  size: number,
-  timeoutMs: number,
-): Promise<number> {
-  const r = await run(["sh", "-c", '"$@" | wc -c', "sh", ...argv], { env, timeoutMs });
-  const n = Number(r.stdout.trim());
-  if (n !== size) {
-    throw new Error(`expected ${size} bytes on stdout, got ${n}: ${r.stderr.trim().slice(-500)}`);
-  }
-  return r.ms;
+/** One transfer: wall time and the CPU seconds each side spent on it. */
+interface Transfer {
+  ms: number;
+  /** The client process (ssh or tether), from /usr/bin/time; NaN without it. */
+  client: number;
+  /** Server side: relay + agent, or the connection's sshd processes. */
+  server: number;
+  /** The remote command's CPU, when it can be told apart (tether: the agent's children). */
+  remote: number;
 }
 
-/** Runs `head -c size /dev/zero | argv`; returns milliseconds, checking the exit code. */
-async function timedStdin(
+let timeBin: string | undefined | null = null;
+function gnuTime(): string | undefined {
+  if (timeBin === null) {
+    try {
+      timeBin = Deno.statSync("/usr/bin/time").isFile ? "/usr/bin/time" : undefined;
+    } catch {
+      timeBin = undefined;
+    }
+  }
+  return timeBin;
+}
+
+/**
+ * Runs `argv | wc -c` (stdout) or `head -c size /dev/zero | argv` (stdin);
+ * checks the byte count or the exit code, and takes the CPU of the client
+ * (GNU time) and of the server pids: their own time, and for `childrenAreServer`
+ * (sshd, whose per-connection processes are its children) their reaped children's.
+ */
+async function transfer(
+  dir: "stdout" | "stdin",
   argv: string[],
   env: Record<string, string> | undefined,
   size: number,
   timeoutMs: number,
-): Promise<number> {
-  const r = await run(["sh", "-c", `head -c ${size} /dev/zero | "$@"`, "sh", ...argv], {
-    env,
-    timeoutMs,
-  });
-  if (r.code !== 0) throw new Error(`exit ${r.code}: ${r.stderr.trim().slice(-500)}`);
-  return r.ms;
+  serverPids: number[],
+  childrenAreServer: boolean,
+  scratch: string,
+): Promise<Transfer> {
+  const timeFile = `${scratch}/time.txt`;
+  const time = gnuTime();
+  const client = time ? [time, "-f", "%U %S", "-o", timeFile, ...argv] : argv;
+  const script = dir === "stdout" ? '"$@" | wc -c' : `head -c ${size} /dev/zero | "$@"`;
+  const before = await procStats(serverPids);
+  const r = await run(["sh", "-c", script, "sh", ...client], { env, timeoutMs });
+  const after = await procStats(serverPids);
+  if (dir === "stdout") {
+    const n = Number(r.stdout.trim());
+    if (n !== size) {
+      throw new Error(`expected ${size} bytes on stdout, got ${n}: ${r.stderr.trim().slice(-500)}`);
+    }
+  } else if (r.code !== 0) {
+    throw new Error(`exit ${r.code}: ${r.stderr.trim().slice(-500)}`);
+  }
+  const delta = (k: "cpu" | "childCpu") =>
+    after.reduce((a, s) => a + s[k], 0) - before.reduce((a, s) => a + s[k], 0);
+  let clientCpu = NaN;
+  if (time) {
+    const [u, s] = (await Deno.readTextFile(timeFile).catch(() => "")).trim().split(/\s+/);
+    clientCpu = Number(u) + Number(s);
+  }
+  return childrenAreServer
+    ? { ms: r.ms, client: clientCpu, server: delta("childCpu"), remote: NaN }
+    : { ms: r.ms, client: clientCpu, server: delta("cpu"), remote: delta("childCpu") };
 }
 
 function sizeText(n: number): string {
@@ -57,23 +93,40 @@ function sizeText(n: number): string {
 /** Item 1 or 2: `size` bytes through exec, alternating tether and ssh runs. */
 async function throughput(ctx: Ctx, dir: "stdout" | "stdin"): Promise<ItemResult> {
   const size = ctx.quick ? 64 * MiB : GiB;
-  const runs = ctx.quick ? 2 : 3;
+  const runs = ctx.quick ? 2 : 5;
   const timeoutMs = ctx.quick ? 60_000 : 300_000;
   const w = ctx.world;
-  const tMs: number[] = [], sMs: number[] = [];
-  const measure = dir === "stdout" ? timedStdout : timedStdin;
+  const tRuns: Transfer[] = [], sRuns: Transfer[] = [];
   const remoteArgv = dir === "stdout"
     ? ["head", "-c", String(size), "/dev/zero"]
     : ["sh", "-c", "cat >/dev/null"];
   const sshCommand = dir === "stdout" ? `head -c ${size} /dev/zero` : "cat >/dev/null";
+  const servers = [w.relay!.pid, w.agent!.pid];
   for (let i = 0; i < runs; i++) {
-    tMs.push(await measure(w.exec(remoteArgv), w.env(), size, timeoutMs));
-    log(`${dir} throughput run ${i + 1}/${runs}: tether ${fmtRate(size / (tMs[i] / 1000))}`);
+    tRuns.push(
+      await transfer(dir, w.exec(remoteArgv), w.env(), size, timeoutMs, servers, false, ctx.tmp),
+    );
+    log(`${dir} throughput run ${i + 1}/${runs}: tether ${fmtRate(size / (tRuns[i].ms / 1000))}`);
     if (ctx.sshd) {
-      sMs.push(await measure(ctx.sshd.argv(sshCommand), undefined, size, timeoutMs));
-      log(`${dir} throughput run ${i + 1}/${runs}: ssh ${fmtRate(size / (sMs[i] / 1000))}`);
+      const sshdPid = ctx.sshd.proc!.pid;
+      sRuns.push(
+        await transfer(
+          dir,
+          ctx.sshd.argv(sshCommand),
+          undefined,
+          size,
+          timeoutMs,
+          [sshdPid],
+          true,
+          ctx.tmp,
+        ),
+      );
+      log(`${dir} throughput run ${i + 1}/${runs}: ssh ${fmtRate(size / (sRuns[i].ms / 1000))}`);
     }
   }
+  const tMs = tRuns.map((r) => r.ms), sMs = sRuns.map((r) => r.ms);
+  const perGiB = (xs: Transfer[], k: "client" | "server" | "remote") =>
+    (median(xs.map((x) => x[k])) / (size / GiB)).toFixed(2);
   const t = size / (median(tMs) / 1000);
   const s = ctx.sshd ? size / (median(sMs) / 1000) : undefined;
   const n = dir === "stdout" ? 1 : 2;
@@ -90,7 +143,7 @@ async function throughput(ctx: Ctx, dir: "stdout" | "stdin"): Promise<ItemResult
       ratio: ratio(t, s),
       target: "≥ 1.0× OpenSSH",
       verdict: s === undefined ? "skipped" : verdict(t >= s),
-      raw: { size, tether_ms: tMs, ssh_ms: sMs },
+      raw: { size, tether: tRuns, ssh: sRuns },
     }],
     details: [
       `### ${n}. ${dir} throughput`,
@@ -105,6 +158,14 @@ async function throughput(ctx: Ctx, dir: "stdout" | "stdin"): Promise<ItemResult
       `${runs} runs each, alternating, median reported.`,
       `- tether runs: ${runsText(tMs)}`,
       `- OpenSSH runs: ${ctx.sshd ? runsText(sMs) : ctx.sshSkipped}`,
+      "- CPU seconds per GiB (medians; utime+stime of all threads: the client from GNU time, " +
+      "the server side from /proc/PID/stat): tether client " +
+      `${perGiB(tRuns, "client")}, relay + agent ${perGiB(tRuns, "server")}, remote command ` +
+      `${perGiB(tRuns, "remote")}` +
+      (ctx.sshd
+        ? `; OpenSSH ssh ${perGiB(sRuns, "client")}, sshd (its per-connection processes, ` +
+          `including the remote command) ${perGiB(sRuns, "server")}.`
+        : "."),
       "",
     ],
   };
