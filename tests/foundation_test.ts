@@ -319,3 +319,28 @@ Deno.test("a relay on a port that is taken says so", async () => {
   assert.equal(r.code, 2);
   assert.match(JSON.parse(r.stdout).error.message, /already in use/);
 });
+
+Deno.test("machines lists a workspace of 400 machines (answers larger than a client's message limit)", async () => {
+  await using w = await World.create();
+  const { Store } = await import("../src/relay/store.ts");
+  const store = new Store(w.relayDir);
+  try {
+    const key = store.listKeys().find((k) => k.role === "agent")!;
+    for (let i = 0; i < 400; i++) {
+      store.enrollMachine("default", key.id, {
+        name: `bulk-${String(i).padStart(3, "0")}-with-a-longish-name`,
+        hostname: `host-${i}.example.internal`,
+        labels: { env: "bulk", index: String(i) },
+        os: "linux",
+        arch: "x86_64",
+        agent_version: "0.1.0",
+      });
+    }
+  } finally {
+    store.close();
+  }
+  const r = await w.tether(["machines", "--json"]);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.ok(r.stdout.length > 64 * 1024);
+  assert.equal(JSON.parse(r.stdout).length, 400);
+});

@@ -245,7 +245,6 @@ export class ExecStream {
       }
       this.stdinGrant.consumed(chunk.length);
     }
-    this.stdinGrant.flush();
     if (this.stdinEof) {
       this.stdin = undefined;
       w.close().catch(() => {});

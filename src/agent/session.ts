@@ -82,10 +82,7 @@ export class Attachment {
   }
 
   onStdin(payload: Uint8Array): void {
-    this.session.input(this, payload).finally(() => {
-      this.grant.consumed(payload.length);
-      this.grant.flush();
-    });
+    this.session.input(this, payload).finally(() => this.grant.consumed(payload.length));
   }
 
   onEof(): void {}

@@ -3,7 +3,7 @@
  * validated control messages, binary frames, heartbeats both ways, and a
  * bounded send buffer. A malformed message closes this connection only.
  */
-import { type Control, parseControl, ProtocolError } from "./messages.ts";
+import { type Control, MAX_CONTROL_MESSAGE, parseControl, ProtocolError } from "./messages.ts";
 import { decodeFrame, type Frame } from "./frames.ts";
 
 /** How often each side sends a ping. */
@@ -45,6 +45,8 @@ export interface ConnOptions {
   deadAfterMs?: number;
   /** Used in log lines and errors. */
   label?: string;
+  /** Largest control message accepted (default MAX_CONTROL_MESSAGE). */
+  maxControl?: number;
 }
 
 export class Conn {
@@ -57,6 +59,7 @@ export class Conn {
   private ticks = 0;
   private readonly heartbeatMs: number;
   private readonly deadAfterMs: number;
+  private readonly maxControl: number;
 
   constructor(ws: WsLike, opts: ConnOptions = {}) {
     this.ws = ws;
@@ -64,6 +67,7 @@ export class Conn {
     this.label = opts.label ?? "peer";
     this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
     this.deadAfterMs = opts.deadAfterMs ?? DEAD_AFTER_MS;
+    this.maxControl = opts.maxControl ?? MAX_CONTROL_MESSAGE;
   }
 
   get isOpen(): boolean {
@@ -141,7 +145,7 @@ export class Conn {
     const h = this.handlers!;
     try {
       if (typeof data === "string") {
-        h.onControl(parseControl(data));
+        h.onControl(parseControl(data, this.maxControl));
       } else if (data instanceof ArrayBuffer) {
         const raw = new Uint8Array(data);
         h.onFrame(decodeFrame(raw), raw);

@@ -5,7 +5,14 @@
  */
 import { TetherError } from "../common/errors.ts";
 import { Conn, type ConnOptions } from "./conn.ts";
-import { type AgentInfo, type Control, parseControl, type Role, type Welcome } from "./messages.ts";
+import {
+  type AgentInfo,
+  type Control,
+  MAX_RELAY_MESSAGE,
+  parseControl,
+  type Role,
+  type Welcome,
+} from "./messages.ts";
 import { TcpWebSocket, UpgradeRefused } from "./ws_client.ts";
 import { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
@@ -160,7 +167,12 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
       { hint: "run the same tether release on relay, agents and clients" },
     );
   }
-  const conn = new Conn(ws, { ...opts, label: "relay", heartbeatMs: first.heartbeat_ms });
+  const conn = new Conn(ws, {
+    ...opts,
+    label: "relay",
+    heartbeatMs: first.heartbeat_ms,
+    maxControl: MAX_RELAY_MESSAGE,
+  });
   return { conn, welcome: first };
 }
 

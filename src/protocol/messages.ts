@@ -6,8 +6,13 @@
  */
 import { type ErrorCode, isErrorCode } from "../common/errors.ts";
 
-/** Largest JSON control message accepted, in bytes of text. */
+/** Largest JSON control message the relay accepts from agents and clients. */
 export const MAX_CONTROL_MESSAGE = 64 * 1024;
+/**
+ * Largest control message agents and clients accept from the relay: answers
+ * such as `machines` grow with the workspace (~250 bytes a machine).
+ */
+export const MAX_RELAY_MESSAGE = 16 * 1024 * 1024;
 /** Most streams one connection may have open at once. */
 export const MAX_STREAMS_PER_CONN = 256;
 
@@ -428,9 +433,9 @@ function wireError(o: Obj): void {
 }
 
 /** Parses and validates one control message. */
-export function parseControl(text: string): Control {
-  if (text.length > MAX_CONTROL_MESSAGE) {
-    fail(`control message too large (${text.length} > ${MAX_CONTROL_MESSAGE})`);
+export function parseControl(text: string, maxLength = MAX_CONTROL_MESSAGE): Control {
+  if (text.length > maxLength) {
+    fail(`control message too large (${text.length} > ${maxLength})`);
   }
   let o: unknown;
   try {

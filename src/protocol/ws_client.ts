@@ -13,11 +13,12 @@
  * CLI has no such adversary, and a zero key makes masking free.
  */
 import { encodeBase64 } from "../common/base64.ts";
+import { MAX_RELAY_MESSAGE } from "./messages.ts";
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const OP_CONT = 0x0, OP_TEXT = 0x1, OP_BINARY = 0x2, OP_CLOSE = 0x8, OP_PING = 0x9, OP_PONG = 0xa;
-/** Largest message accepted from the relay (our own frames are far smaller). */
-const MAX_MESSAGE = 4 * 1024 * 1024;
+/** Largest message accepted from the relay (see MAX_RELAY_MESSAGE). */
+const MAX_MESSAGE = MAX_RELAY_MESSAGE + 1024;
 const READ_BUFFER = 1024 * 1024;
 const COALESCE_LIMIT = 256 * 1024;
 
