@@ -10,11 +10,16 @@ import {
   CH_STDERR,
   CH_STDIN,
   CH_STDOUT,
+  DATA_FRAME_PREFIX,
+  dataFrameInPlace,
   encodeCredit,
   encodeData,
   MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
 import type { Open } from "../protocol/messages.ts";
+
+/** Bytes per read of the process's output (a Linux pipe holds 64 KiB). */
+const READ_CHUNK = 64 * 1024;
 
 /** Time between SIGTERM and SIGKILL when a process group is ended. */
 export const KILL_GRACE_MS = 2_000;
@@ -71,7 +76,7 @@ export class ExecStream {
   private aborted = false;
   private timedOut = false;
   private timer?: ReturnType<typeof setTimeout>;
-  private readers: ReadableStreamDefaultReader<Uint8Array>[] = [];
+  private readers: ReadableStreamBYOBReader[] = [];
 
   constructor(
     private readonly conn: Conn,
@@ -169,12 +174,20 @@ export class ExecStream {
   }
 
   private async pump(stream: ReadableStream<Uint8Array>, ch: number): Promise<void> {
-    const reader = stream.getReader();
+    // Each read lands in a fresh buffer with room for the DATA and WebSocket headers
+    // in front, so the common case sends it without a copy.
+    const reader = stream.getReader({ mode: "byob" });
     this.readers.push(reader);
     try {
       for (;;) {
-        const { value, done } = await reader.read();
-        if (done) return;
+        const { value, done } = await reader.read(
+          new Uint8Array(
+            new ArrayBuffer(DATA_FRAME_PREFIX + READ_CHUNK),
+            DATA_FRAME_PREFIX,
+            READ_CHUNK,
+          ),
+        );
+        if (done || !value) return;
         let off = 0;
         while (off < value.length) {
           await this.credit.wait();
@@ -182,9 +195,13 @@ export class ExecStream {
           await this.conn.drain();
           const n = Math.min(this.credit.available, value.length - off, MAX_DATA_PAYLOAD);
           this.credit.take(n);
-          this.conn.sendBinary(
-            encodeData(this.sid, ch, this.offsets[ch], value.subarray(off, off + n)),
-          );
+          if (off === 0 && n === value.length) {
+            this.conn.sendFrameInPlace(dataFrameInPlace(value, this.sid, ch, this.offsets[ch]));
+          } else {
+            this.conn.sendBinary(
+              encodeData(this.sid, ch, this.offsets[ch], value.subarray(off, off + n)),
+            );
+          }
           this.offsets[ch] += n;
           off += n;
         }

@@ -17,6 +17,8 @@ const CTRL_D = 0x04;
 
 /** How long a dropped session keeps trying to come back before giving up. */
 export const RECONNECT_DEADLINE_MS = 60_000;
+/** A reattach that gets no answer this long is abandoned and retried on a new connection. */
+const OPEN_TIMEOUT_MS = 10_000;
 
 export interface AttachRequest {
   machineId: string;
@@ -324,12 +326,22 @@ export async function attach(
     let last = "";
     while (Date.now() < deadline && !outcome) {
       try {
-        if (client.conn.isOpen) {
-          // The relay is there but the agent went away: try the same connection.
-        } else {
-          client = await RelayClient.connect(cfg);
+        // The relay may still be there while the agent went away: then the same
+        // connection serves; otherwise dial again.
+        if (!client.conn.isOpen) client = await RelayClient.connect(cfg);
+        const r = await Promise.race([
+          openStream(),
+          new Promise<WireError>((res) =>
+            setTimeout(
+              () => res({ code: "timeout", message: "no answer to the reattach in time" }),
+              OPEN_TIMEOUT_MS,
+            )
+          ),
+        ]);
+        if (r !== "ok" && r.code === "timeout") {
+          client.closeStream(sid, "lost");
+          client.close(); // dial afresh next time
         }
-        const r = await openStream();
         if (r === "ok") return { ok: true };
         if (r.code === "session_not_found") {
           return { ok: false, message: `the session ended while we were away (${r.message})` };

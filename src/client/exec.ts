@@ -10,6 +10,8 @@ import {
   CH_STDERR,
   CH_STDIN,
   CH_STDOUT,
+  DATA_FRAME_PREFIX,
+  dataFrameInPlace,
   encodeCredit,
   encodeData,
   MAX_DATA_PAYLOAD,
@@ -138,10 +140,16 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
   }
 
   async function pumpStdin() {
-    const buf = new Uint8Array(req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD);
+    const size = req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD;
     let offset = 0;
     try {
       for (;;) {
+        // A fresh buffer per read, with room for the headers: sent without a copy.
+        const buf = new Uint8Array(
+          new ArrayBuffer(DATA_FRAME_PREFIX + size),
+          DATA_FRAME_PREFIX,
+          size,
+        );
         const n = await io.stdin.read(buf);
         if (finished) return;
         if (n === null) {
@@ -155,7 +163,13 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
           await client.conn.drain();
           const m = Math.min(credit.available, n - off);
           credit.take(m);
-          client.conn.sendBinary(encodeData(sid, CH_STDIN, offset, buf.subarray(off, off + m)));
+          if (off === 0) {
+            client.conn.sendFrameInPlace(
+              dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, offset),
+            );
+          } else {
+            client.conn.sendBinary(encodeData(sid, CH_STDIN, offset, buf.subarray(off, off + m)));
+          }
           offset += m;
           off += m;
         }

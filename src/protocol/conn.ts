@@ -5,6 +5,7 @@
  */
 import { type Control, MAX_CONTROL_MESSAGE, parseControl, ProtocolError } from "./messages.ts";
 import { decodeFrame, type Frame } from "./frames.ts";
+import { noteStreamBytes } from "../common/gc.ts";
 
 /** How often each side sends a ping. */
 export const HEARTBEAT_MS = 2_000;
@@ -26,6 +27,8 @@ export interface WsLike {
   readonly bufferedAmount: number;
   binaryType: string;
   send(data: string | Uint8Array): void;
+  /** Optional zero-copy send (ws_client.ts); see Conn.sendFrameInPlace. */
+  sendInPlace?(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
@@ -96,7 +99,19 @@ export class Conn {
 
   sendBinary(buf: Uint8Array): void {
     if (this.ws.readyState !== OPEN) return;
+    noteStreamBytes(buf.length);
     this.ws.send(buf);
+  }
+
+  /**
+   * Sends a frame built by `dataFrameInPlace` without copying it where the
+   * socket allows (the client side); otherwise like sendBinary.
+   */
+  sendFrameInPlace(frame: Uint8Array): void {
+    if (this.ws.readyState !== OPEN) return;
+    noteStreamBytes(frame.length);
+    if (this.ws.sendInPlace) this.ws.sendInPlace(frame);
+    else this.ws.send(frame);
   }
 
   /** Resolves once the socket's send queue is at most `highWater` bytes (or the socket ended). */
@@ -148,6 +163,7 @@ export class Conn {
         h.onControl(parseControl(data, this.maxControl));
       } else if (data instanceof ArrayBuffer) {
         const raw = new Uint8Array(data);
+        noteStreamBytes(raw.length);
         h.onFrame(decodeFrame(raw), raw);
       } else {
         throw new ProtocolError("unexpected message kind");

@@ -51,6 +51,38 @@ export function encodeData(
   return out;
 }
 
+/** Room a sender leaves before a DATA frame for the largest client WebSocket header (14 bytes). */
+export const WS_HEADROOM = 14;
+/** Where the payload starts in a buffer meant for `dataFrameInPlace`. */
+export const DATA_FRAME_PREFIX = WS_HEADROOM + DATA_HEADER;
+
+/**
+ * The zero-copy path: `payload` was read straight into a buffer at offset
+ * ≥ DATA_FRAME_PREFIX, whose bytes before it are free. Writes the DATA header
+ * there and returns the frame (still with WS_HEADROOM free bytes before it).
+ */
+export function dataFrameInPlace(
+  payload: Uint8Array,
+  sid: number,
+  channel: number,
+  offset: number,
+): Uint8Array {
+  if (payload.byteOffset < DATA_FRAME_PREFIX) throw new RangeError("no headroom before payload");
+  const frame = new Uint8Array(
+    payload.buffer,
+    payload.byteOffset - DATA_HEADER,
+    DATA_HEADER + payload.length,
+  );
+  const dv = new DataView(frame.buffer, frame.byteOffset, DATA_HEADER);
+  dv.setUint8(0, FRAME_DATA);
+  dv.setUint8(1, channel);
+  dv.setUint16(2, 0);
+  dv.setUint32(4, sid, true);
+  dv.setUint32(8, Math.floor(offset / TWO32), true);
+  dv.setUint32(12, offset % TWO32, true);
+  return frame;
+}
+
 export function encodeCredit(sid: number, channel: number, bytes: number): Uint8Array {
   const out = new Uint8Array(CREDIT_SIZE);
   const dv = new DataView(out.buffer);

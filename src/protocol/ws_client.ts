@@ -120,6 +120,36 @@ export class TcpWebSocket {
     else this.enqueue(OP_BINARY, data);
   }
 
+  /**
+   * Sends a binary message without copying it: the WS_HEADROOM (14) bytes
+   * before `data` in its buffer must be free; the frame header goes there.
+   */
+  sendInPlace(data: Uint8Array): void {
+    if (this.readyState !== OPEN) return;
+    const n = data.length;
+    const h = n < 126 ? 6 : n < 65536 ? 8 : 14;
+    if (data.byteOffset < h) {
+      this.enqueue(OP_BINARY, data);
+      return;
+    }
+    const frame = new Uint8Array(data.buffer, data.byteOffset - h, h + n);
+    frame[0] = 0x80 | OP_BINARY;
+    if (n < 126) {
+      frame[1] = 0x80 | n;
+    } else if (n < 65536) {
+      frame[1] = 0x80 | 126;
+      frame[2] = n >> 8;
+      frame[3] = n & 0xff;
+    } else {
+      frame[1] = 0x80 | 127;
+      new DataView(frame.buffer, frame.byteOffset, 10).setBigUint64(2, BigInt(n));
+    }
+    frame.fill(0, h - 4, h); // the zero mask key
+    this.queue.push(frame);
+    this.queued += frame.length;
+    this.flush();
+  }
+
   close(code = 1000, reason = ""): void {
     if (this.readyState >= CLOSING) return;
     this.readyState = CLOSING;

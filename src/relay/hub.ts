@@ -73,6 +73,8 @@ const LAST_SEEN_FLUSH_MS = 30_000;
 
 export class Hub {
   private lastFlush = 0;
+  /** Set while the relay shuts down: new connections are turned away. */
+  closing = false;
   readonly agents = new Map<string, AgentLink>();
   readonly clients = new Set<ClientLink>();
 

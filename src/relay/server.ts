@@ -104,8 +104,11 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
     shutdown() {
       down ??= (async () => {
         clearInterval(sweep);
+        // Stop accepting first, so nobody reconnects to a relay that is going away.
+        hub.closing = true;
+        const stopped = server.shutdown();
         hub.closeAll();
-        await server.shutdown();
+        await stopped;
         try {
           hub.flushLastSeen();
         } catch { /* best effort */ }
@@ -172,6 +175,10 @@ function handle(
 }
 
 function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l: string) => void) {
+  if (hub.closing) {
+    conn.close(1001, "relay shutting down");
+    return;
+  }
   let link: AgentLink | ClientLink | undefined;
   const helloTimer = setTimeout(() => {
     if (!link) conn.fail(CLOSE_PROTOCOL, { code: "internal", message: "no hello in time" });
