@@ -139,6 +139,31 @@ Targets met: ${met}; missed: ${missed.length}${
     missed.length ? ` (${missed.map((r) => r.key).join(", ")})` : ""
   }.
 
+## What limits the missed targets
+
+Profiles and measurements behind these notes: \`deno run -P scripts/bench/profile.ts
+turns|stdout|stdin|slow\` (CPU profiles of relay, agent and client), \`strace -c\`, \`--trace-gc\`.
+
+- **Throughput (stdout).** The run is CPU-bound on 2 cores, and tether has three processes on
+  the path (client, relay, agent) where OpenSSH has two. Already done: the agent reads the
+  command's output with BYOB reads straight into a buffer that has room for the DATA and
+  WebSocket headers, and sends it without a copy (\`dataFrameInPlace\`, \`sendInPlace\`); the
+  client does the same for stdin. What remains: the agent reads the pipe 64 KiB at a time (a
+  Linux pipe's size), one Deno op per read; the relay receives every frame through Deno's
+  WebSocket (a copy in, a \`MessageEvent\`, a copy out). Next steps: forward frames in the relay
+  on its own WebSocket over \`Deno.listen\` (one read buffer per connection, the stream id
+  rewritten in place), and enlarge the child's pipe (\`F_SETPIPE_SZ\`) for fewer, larger reads.
+- **Turn latency.** Each turn crosses the relay, so two hops and three event loops instead of
+  one hop and two; Deno reads a pipe on stdin through a blocking thread (a futex hand-off per
+  read, ~0.1 ms on its own for a bare Deno echo); the relay's per-message cost is Deno's
+  WebSocket machinery. Already done: TCP_NODELAY on the dialing side (\`ws_client.ts\`; Deno's
+  own \`WebSocket\` waited ~40 ms for delayed ACKs), no credit frame per turn.
+- **Slow reader.** The growth is a plateau, not a leak: flow control holds every hop to its
+  1 MiB window, and the rest is Deno's WebSocket and socket buffers and V8's young generation.
+  Frame buffers live outside V8's heap, so V8 collected them late (+126 MiB before); the
+  processes now collect after every 4 MiB of stream data, at most every 250 ms
+  (\`src/common/gc.ts\`). Each of relay and agent stays near 16 MiB; their sum does not.
+
 ## How each figure is taken
 
 ${details.join("\n")}

@@ -14,7 +14,6 @@ import {
   dataFrameInPlace,
   encodeCredit,
   encodeData,
-  MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
 import type { WireError } from "../protocol/messages.ts";
 import type { RelayClient, StreamAuth } from "./relay_client.ts";
@@ -140,7 +139,7 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
   }
 
   async function pumpStdin() {
-    const size = req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD;
+    const size = req.stream ? 16 * 1024 : 64 * 1024; // a pipe or terminal gives at most 64 KiB a read
     let offset = 0;
     try {
       for (;;) {
