@@ -566,3 +566,27 @@ Deno.test("ci attach: wait rules (old holds ignored, job key, gone, ambiguous)",
     "ambiguous_machine",
   );
 });
+
+Deno.test("ci hold: a plain exec on the runner counts as attaching (the connect timeout stops)", async () => {
+  await using w = await World.create();
+  const h = await startHold(w, [
+    "--name",
+    "exec-counts",
+    "--connect-timeout",
+    "3s",
+    "--session-ttl",
+    "60s",
+    "--on-timeout",
+    "fail",
+  ]);
+  const info = await ready(h);
+  const r = await w.tether(["exec", info.machine_id, "--", "true"]);
+  assert.equal(r.code, 0, r.stderr);
+  await h.proc.waitFor(/a command ran on the runner/);
+  // Past the 3 s connect timeout the hold is still there …
+  await new Promise((res) => setTimeout(res, 3500));
+  assert.doesNotMatch(h.proc.stderr, /nobody attached/);
+  // … until it is resumed.
+  await Deno.writeTextFile(h.continueFile, "");
+  assert.equal((await exited(h.proc)).code, 0, h.proc.stderr);
+});
