@@ -242,3 +242,19 @@ Deno.test({
     assert.doesNotMatch(screen, /at .*\.ts:\d+|Error:/);
   },
 });
+
+Deno.test("sessions kill ends a live session: its client gets the exit status and the list empties", async () => {
+  await using w = await World.create();
+  await w.startAgent("killable");
+  const p = w.spawn(["connect", "killable"], { stdin: true });
+  await p.waitFor(/attached —/);
+  const [s] = await sessions(w);
+  assert.equal(s.clients, 1);
+  const k = await w.tether(["sessions", "kill", s.id.slice(0, 6), "--json"]);
+  assert.equal(k.code, 0, k.stdout + k.stderr);
+  assert.deepEqual(JSON.parse(k.stdout), { killed: s.id, machine: "killable" });
+  const st = await p.status;
+  assert.match(p.stderr, new RegExp(`session ${s.id} on killable ended \\(exit \\d+\\)`));
+  assert.notEqual(st.code, 255, "an exit status arrived; nothing was lost");
+  assert.deepEqual(await sessions(w), []);
+});
