@@ -126,28 +126,14 @@ export class TcpWebSocket {
    */
   sendInPlace(data: Uint8Array): void {
     if (this.readyState !== OPEN) return;
-    const n = data.length;
-    const h = n < 126 ? 6 : n < 65536 ? 8 : 14;
+    const h = headerLength(data.length);
     if (data.byteOffset < h) {
       this.enqueue(OP_BINARY, data);
       return;
     }
-    const frame = new Uint8Array(data.buffer, data.byteOffset - h, h + n);
-    frame[0] = 0x80 | OP_BINARY;
-    if (n < 126) {
-      frame[1] = 0x80 | n;
-    } else if (n < 65536) {
-      frame[1] = 0x80 | 126;
-      frame[2] = n >> 8;
-      frame[3] = n & 0xff;
-    } else {
-      frame[1] = 0x80 | 127;
-      new DataView(frame.buffer, frame.byteOffset, 10).setBigUint64(2, BigInt(n));
-    }
-    frame.fill(0, h - 4, h); // the zero mask key
-    this.queue.push(frame);
-    this.queued += frame.length;
-    this.flush();
+    const frame = new Uint8Array(data.buffer, data.byteOffset - h, h + data.length);
+    writeHeader(frame, OP_BINARY, data.length);
+    this.push(frame);
   }
 
   close(code = 1000, reason = ""): void {
@@ -171,22 +157,14 @@ export class TcpWebSocket {
 
   private enqueue(opcode: number, payload: Uint8Array, force = false): void {
     if (this.readyState !== OPEN && !force) return;
-    const n = payload.length;
-    const headerLen = n < 126 ? 6 : n < 65536 ? 8 : 14;
-    const frame = new Uint8Array(headerLen + n);
-    frame[0] = 0x80 | opcode;
-    if (n < 126) {
-      frame[1] = 0x80 | n;
-    } else if (n < 65536) {
-      frame[1] = 0x80 | 126;
-      frame[2] = n >> 8;
-      frame[3] = n & 0xff;
-    } else {
-      frame[1] = 0x80 | 127;
-      new DataView(frame.buffer).setBigUint64(2, BigInt(n));
-    }
-    // The 4 mask-key bytes stay zero, so the payload is sent as is.
-    frame.set(payload, headerLen);
+    const h = headerLength(payload.length);
+    const frame = new Uint8Array(h + payload.length);
+    writeHeader(frame, opcode, payload.length);
+    frame.set(payload, h);
+    this.push(frame);
+  }
+
+  private push(frame: Uint8Array): void {
     this.queue.push(frame);
     this.queued += frame.length;
     this.flush();
@@ -350,6 +328,28 @@ export class TcpWebSocket {
     const ev = this.closeEvent ?? { code, reason };
     this.onclose?.(ev);
   }
+}
+
+/** Bytes of a client frame header (with its 4-byte mask key) for a payload of `n` bytes. */
+function headerLength(n: number): number {
+  return n < 126 ? 6 : n < 65536 ? 8 : 14;
+}
+
+/** Writes a final-fragment client header at the start of `frame`; the mask key is all zero. */
+function writeHeader(frame: Uint8Array, opcode: number, n: number): void {
+  const h = headerLength(n);
+  frame[0] = 0x80 | opcode;
+  if (n < 126) {
+    frame[1] = 0x80 | n;
+  } else if (n < 65536) {
+    frame[1] = 0x80 | 126;
+    frame[2] = n >> 8;
+    frame[3] = n & 0xff;
+  } else {
+    frame[1] = 0x80 | 127;
+    new DataView(frame.buffer, frame.byteOffset, 10).setBigUint64(2, BigInt(n));
+  }
+  frame.fill(0, h - 4, h);
 }
 
 async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
