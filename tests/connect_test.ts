@@ -258,3 +258,25 @@ Deno.test("sessions kill ends a live session: its client gets the exit status an
   assert.notEqual(st.code, 255, "an exit status arrived; nothing was lost");
   assert.deepEqual(await sessions(w), []);
 });
+
+Deno.test({
+  name: "connect: SIGTERM to the client restores the terminal and leaves the session running",
+  ignore,
+  async fn() {
+    await using w = await World.create();
+    await w.startAgent("sturdy");
+    await using t = await Tmux.start(tetherArgv(["connect", "sturdy"]), {
+      env: w.env({ TERM: "xterm-256color" }),
+      after: "stty -a | grep -q -- ' icanon' && echo TTY-RESTORED || echo TTY-STILL-RAW;",
+    });
+    await t.waitFor(/attached —/);
+    await t.line("echo alive");
+    await t.waitFor(/^alive$/m);
+    Deno.kill(await t.commandPid(), "SIGTERM");
+    await t.waitFor(
+      /SIGTERM: detached from session [0-9a-f]+ on sturdy[\s\S]*\[exited 143\]\s*TTY-RESTORED/,
+    );
+    const [s] = await sessions(w);
+    assert.ok(s, "the session keeps running");
+  },
+});

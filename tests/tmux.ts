@@ -19,7 +19,7 @@ export class Tmux {
 
   static async start(
     command: string[],
-    opts: { env?: Record<string, string>; cols?: number; rows?: number } = {},
+    opts: { env?: Record<string, string>; cols?: number; rows?: number; after?: string } = {},
   ): Promise<Tmux> {
     const t = new Tmux("main");
     const envArgs = Object.entries(opts.env ?? {}).flatMap(([k, v]) => ["-e", `${k}=${v}`]);
@@ -35,7 +35,7 @@ export class Tmux {
       "-y",
       String(opts.rows ?? 30),
       ...envArgs,
-      `${quoted}; echo "[exited $?]"; sleep 600`,
+      `${quoted}; echo "[exited $?]"; ${opts.after ?? ""} sleep 600`,
     );
     return t;
   }
@@ -50,6 +50,13 @@ export class Tmux {
       throw new Error(`tmux ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`);
     }
     return new TextDecoder().decode(out.stdout);
+  }
+
+  /** Pid of the command the pane runs (the child of the pane's shell). */
+  async commandPid(): Promise<number> {
+    const shell = (await this.tmux("display-message", "-p", "-t", this.name, "#{pane_pid}")).trim();
+    const out = await new Deno.Command("pgrep", { args: ["-P", shell] }).output();
+    return Number(new TextDecoder().decode(out.stdout).trim().split("\n")[0]);
   }
 
   /** Types text literally (no key-name interpretation). */

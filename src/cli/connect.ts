@@ -93,7 +93,13 @@ export function registerConnect(program: Command) {
         auth: authFor(cfg, client, target, opts.password, g),
       });
       client.close();
-      if (outcome.kind === "detach") {
+      if (outcome.signal) {
+        status(
+          `\n${outcome.signal}: detached from session ${outcome.session} on ${target.name}; ` +
+            `it keeps running. Reattach: tether connect ${target.name} --session ${outcome.session}`,
+        );
+        state.exitCode = outcome.code;
+      } else if (outcome.kind === "detach") {
         status(
           `\ndetached from session ${outcome.session} on ${target.name}; it keeps running ` +
             `for the agent's grace window. Reattach: tether connect ${target.name} --session ${outcome.session}`,

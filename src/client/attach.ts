@@ -43,7 +43,12 @@ export interface AttachOutcome {
   kind: "exit" | "detach";
   code: number;
   session: string;
+  /** Set when a signal to this process made us detach (then `code` is 128+n). */
+  signal?: Deno.Signal;
 }
+
+/** Signals that end an attach cleanly (terminal restored, session left running). */
+const DETACH_SIGNALS: [Deno.Signal, number][] = [["SIGTERM", 15], ["SIGHUP", 1], ["SIGINT", 2]];
 
 export interface Terminal {
   read(buf: Uint8Array): Promise<number | null>;
@@ -221,6 +226,23 @@ export async function attach(
     client.conn.send({ t: "resize", sid, cols, rows });
   };
   const offResize = term.onResize(sendResize);
+  // Killed from outside (or Ctrl-C on a non-raw stdin): leave like a detach, so the
+  // terminal is restored and the session keeps running.
+  const signalHandlers = DETACH_SIGNALS.map(([sig, n]) => {
+    const handler = () => {
+      if (outcome) return;
+      outcome = { kind: "detach", code: 128 + n, session: session ?? "", signal: sig };
+      finish();
+    };
+    try {
+      Deno.addSignalListener(sig, handler);
+    } catch { /* not supported here */ }
+    return () => {
+      try {
+        Deno.removeSignalListener(sig, handler);
+      } catch { /* ignore */ }
+    };
+  });
 
   // Input: one reader for the whole attach; bytes typed while reconnecting are dropped.
   const pumpInput = async () => {
@@ -307,6 +329,7 @@ export async function attach(
   } finally {
     clearTimeout(timer);
     offResize();
+    for (const off of signalHandlers) off();
     if (rawSet) term.setRaw(false);
   }
   if (timedOut) {
