@@ -11,7 +11,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fmtBytes, MiB, Proc, procStats, readWithin, run, sleep, stopAll } from "./lib.ts";
-import { baseEnv, buildBundle, loginAccount, TetherWorld } from "./tether.ts";
+import { buildBundle, TetherWorld } from "./tether.ts";
 
 interface CpuProfile {
   nodes: {
@@ -183,30 +183,9 @@ async function createProfiled(
   relayFlags: string[],
   agentFlags: string[],
 ): Promise<TetherWorld> {
-  // The relay gets relayFlags through TetherWorld; the agent is started here with its own.
+  // The relay gets relayFlags through TetherWorld; the agent is started with its own.
   const w = await TetherWorld.create(bundle, tmp, false, relayFlags);
-  const acct = await loginAccount();
-  w.agent = new Proc(
-    w.argv([
-      "agent",
-      "run",
-      "--relay",
-      w.url,
-      "--name",
-      w.machine,
-      "--state-dir",
-      join(w.home, "agent"),
-    ], agentFlags),
-    {
-      env: {
-        ...baseEnv(w.home),
-        HOME: acct.home,
-        SHELL: acct.shell,
-        TETHER_AGENT_KEY: w.keys.agent_key,
-      },
-    },
-  );
-  await w.agent.waitFor(/online as /, "stderr", 30_000);
+  await w.startAgent(agentFlags);
   return w;
 }
 

@@ -97,36 +97,39 @@ export class TetherWorld {
       );
       const m = await w.relay.waitFor(/relay listening on (ws:\/\/\S+)/, "stdout", 30_000);
       w.url = m[1];
-      if (withAgent) {
-        const acct = await loginAccount();
-        w.agent = new Proc(
-          w.argv([
-            "agent",
-            "run",
-            "--relay",
-            w.url,
-            "--name",
-            w.machine,
-            "--state-dir",
-            join(w.home, "agent"),
-          ], serverFlags),
-          {
-            env: {
-              ...baseEnv(w.home),
-              HOME: acct.home,
-              SHELL: acct.shell,
-              TETHER_AGENT_KEY: w.keys.agent_key,
-              ...serverEnv,
-            },
-          },
-        );
-        await w.agent.waitFor(/online as /, "stderr", 30_000);
-      }
+      if (withAgent) await w.startAgent(serverFlags, serverEnv);
       return w;
     } catch (e) {
       await w.dispose();
       throw e;
     }
+  }
+
+  /** Starts the agent (with the login account's HOME and shell) and waits until it is online. */
+  async startAgent(denoFlags: string[] = [], env: Record<string, string> = {}): Promise<void> {
+    const acct = await loginAccount();
+    this.agent = new Proc(
+      this.argv([
+        "agent",
+        "run",
+        "--relay",
+        this.url,
+        "--name",
+        this.machine,
+        "--state-dir",
+        join(this.home, "agent"),
+      ], denoFlags),
+      {
+        env: {
+          ...baseEnv(this.home),
+          HOME: acct.home,
+          SHELL: acct.shell,
+          TETHER_AGENT_KEY: this.keys.agent_key,
+          ...env,
+        },
+      },
+    );
+    await this.agent.waitFor(/online as /, "stderr", 30_000);
   }
 
   /** argv running the CLI under test. */
