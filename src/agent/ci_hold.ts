@@ -49,6 +49,8 @@ export interface HoldConfig {
   relay: string;
   enrollKey?: string;
   caFile?: string;
+  /** Allow plain ws:// to a relay that is not on loopback. */
+  insecure?: boolean;
   name: string;
   labels: Record<string, string>;
   continueFile: string;
@@ -128,6 +130,7 @@ export async function runHold(
     name: cfg.name,
     labels: { ...cfg.labels, [HOLD_LABEL]: HOLD_LABEL_VALUE, [CONTINUE_FILE_LABEL]: file },
     caFile: cfg.caFile,
+    insecure: cfg.insecure,
     log: (line) => io.say(`tether: ${line}`),
     sessions: cfg.sessionGraceMs !== undefined ? { graceMs: cfg.sessionGraceMs } : {},
     onOnline: (m) => {

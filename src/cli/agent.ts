@@ -1,13 +1,12 @@
 /** `tether agent run`: make this machine reachable through a relay. */
 import type { Command } from "@commander-js/extra-typings";
 import { Agent } from "../agent/agent.ts";
-import { checkTransport } from "../protocol/dial.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
 import { readStoredConfig } from "../client/config.ts";
 import { defaultConfigDir } from "../common/paths.ts";
-import { collect, globals, parsePairs, untilSignal } from "./context.ts";
+import { collect, globals, parsePairs, untilSignal, warnTransport } from "./context.ts";
 
 function parseSize(text: string): number {
   const n = Number(text);
@@ -36,8 +35,7 @@ export function registerAgent(program: Command) {
           hint: "pass --relay URL or set TETHER_RELAY",
         });
       }
-      const warning = checkTransport(relay, g.insecure);
-      if (warning) console.error(`tether: ${warning}`);
+      warnTransport(relay, g.insecure);
       const a = new Agent({
         insecure: g.insecure,
         relay,

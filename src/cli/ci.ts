@@ -35,13 +35,21 @@ import {
   parseAfterStep,
 } from "../client/ci_inject.ts";
 import { gone, waitForHold, type WaitProgress } from "../client/ci_wait.ts";
-import { readStoredConfig, resolveClientConfig } from "../client/config.ts";
+import { type ClientConfig, readStoredConfig } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultConfigDir } from "../common/paths.ts";
 import { attachWithBanner } from "./attach_banner.ts";
-import { collect, globals, parsePairs, state, untilSignal } from "./context.ts";
+import {
+  clientConfig,
+  collect,
+  globals,
+  parsePairs,
+  state,
+  untilSignal,
+  warnTransport,
+} from "./context.ts";
 import { printJson, writeAll } from "./output.ts";
 
 const enc = new TextEncoder();
@@ -124,6 +132,7 @@ function registerHold(ci: Command) {
           hint: "set TETHER_RELAY (on GitHub Actions: from the repository secret TETHER_RELAY)",
         });
       }
+      warnTransport(relay, g.insecure);
       const enrollKey = Deno.env.get("TETHER_AGENT_KEY");
       // The attached shells inherit this process's environment: keep the enrollment key out.
       Deno.env.delete("TETHER_AGENT_KEY");
@@ -140,6 +149,7 @@ function registerHold(ci: Command) {
         relay,
         enrollKey,
         caFile: g.caFile || Deno.env.get("TETHER_CA_FILE") || undefined,
+        insecure: g.insecure,
         name,
         labels: { ...id.labels, ...extra },
         continueFile: opts.continueFile,
@@ -187,7 +197,7 @@ function registerAttach(ci: Command) {
     .action(async (query, opts, cmd) => {
       const g = globals(cmd);
       const waitMs = parseDuration(opts.wait, "--wait");
-      const cfg = resolveClientConfig(g);
+      const cfg = clientConfig(g);
       // Attach only when a person is there: stdin, stdout and stderr on a terminal.
       const interactive = g.interactive && Deno.stdout.isTerminal();
       let client = await RelayClient.connect(cfg);
@@ -229,7 +239,7 @@ function registerAttach(ci: Command) {
 }
 
 async function attachToHold(
-  cfg: ReturnType<typeof resolveClientConfig>,
+  cfg: ClientConfig,
   client: RelayClient,
   target: MachineView,
   fresh: boolean,

@@ -1,13 +1,12 @@
 /** `tether connect [MACHINE]`: an interactive shell in a session that outlives the connection. */
 import type { Command } from "@commander-js/extra-typings";
-import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
 import { machineLabel } from "../client/prompt_picker.ts";
 import { loadPrompts } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
-import { collect, globals, parsePairs, state } from "./context.ts";
+import { clientConfig, collect, globals, parsePairs, state } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import { listMachines } from "./machines.ts";
@@ -49,7 +48,7 @@ export function registerConnect(program: Command) {
       }
       // Fail before dialing when a picker would be needed and cannot be shown.
       if (!machine && opts.selector.length === 0) requirePrompt(g, noMachineGiven());
-      const cfg = resolveClientConfig(g);
+      const cfg = clientConfig(g);
       const status = (line: string) => console.error(line);
       const client = await RelayClient.connect(cfg);
       const chosen = await chooseMachine(client, g, machine, opts);

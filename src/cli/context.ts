@@ -1,7 +1,8 @@
 /** What every command shares: global flags, the exit code, and the failure code. */
 import type { Command } from "@commander-js/extra-typings";
 import { usage } from "../common/errors.ts";
-import type { GlobalFlags } from "../client/config.ts";
+import { type ClientConfig, type GlobalFlags, resolveClientConfig } from "../client/config.ts";
+import { checkTransport } from "../protocol/dial.ts";
 
 export const state = {
   /** Exit code when the command returns normally. */
@@ -34,6 +35,22 @@ export function globals(cmd: Command<any, any, any>): Globals {
     interactive: o.interactive !== false && !json && Deno.stdin.isTerminal() &&
       Deno.stderr.isTerminal(),
   };
+}
+
+/**
+ * Refuses plain ws:// to a host that is not loopback unless --insecure, and
+ * prints the loud warning when --insecure allows it.
+ */
+export function warnTransport(relay: string, insecure: boolean | undefined): void {
+  const warning = checkTransport(relay, insecure);
+  if (warning) console.error(`tether: ${warning}`);
+}
+
+/** The client configuration for a command, with the transport policy applied. */
+export function clientConfig(g: Globals): ClientConfig {
+  const cfg = resolveClientConfig(g);
+  warnTransport(cfg.relay, g.insecure);
+  return cfg;
 }
 
 /** Collects a repeatable option into an array. */

@@ -2,14 +2,13 @@
 import type { Command } from "@commander-js/extra-typings";
 import { encodeBase64 } from "../common/base64.ts";
 import { attach, processTerminal } from "../client/attach.ts";
-import { resolveClientConfig } from "../client/config.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { authFor, chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
-import { collect, globals, parsePairs, state } from "./context.ts";
+import { clientConfig, collect, globals, parsePairs, state } from "./context.ts";
 import { asTetherError, writeAll } from "./output.ts";
 
 export function registerExec(program: Command) {
@@ -50,7 +49,7 @@ export function registerExec(program: Command) {
       if (opts.stream && opts.tty) throw usage("--stream never uses a PTY; drop -t");
       const timeoutMs = opts.timeout ? parseDuration(opts.timeout, "--timeout") : undefined;
       const env = parsePairs(opts.env, "--env");
-      const cfg = resolveClientConfig(g);
+      const cfg = clientConfig(g);
       const client = await RelayClient.connect(cfg);
       const target = (await chooseMachine(client, g, machine, opts)).machine;
       if (!target.online) {
@@ -93,6 +92,7 @@ export function registerExec(program: Command) {
         auth,
       }, {
         stdin: Deno.stdin,
+        warn: (line) => console.error(`tether: ${line}`),
         started: (pid) => events?.emit({ type: "started", pid: pid ?? null }),
         async output(ch, chunk) {
           if (brokenPipe) return;

@@ -3,8 +3,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { join } from "node:path";
 import { CONFIG_FILE, configDir, writeStoredConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { globals } from "./context.ts";
-import { checkTransport } from "../protocol/dial.ts";
+import { globals, warnTransport } from "./context.ts";
 import { interactiveRequired } from "../client/prompt_gate.ts";
 import { loadPrompts } from "../client/select.ts";
 import { printJson } from "./output.ts";
@@ -30,8 +29,7 @@ export function registerLogin(program: Command) {
         apiKey ||= await promptPassword("API key", { env: g, refusal });
       }
       const caFile = g.caFile || Deno.env.get("TETHER_CA_FILE") || undefined;
-      const warning = checkTransport(relay, g.insecure);
-      if (warning) console.error(`tether: ${warning}`);
+      warnTransport(relay, g.insecure);
       const client = await RelayClient.connect({
         relay,
         apiKey,

@@ -1,10 +1,9 @@
 /** `tether machines`: the workspace's machines, as a table or JSON. */
 import type { Command } from "@commander-js/extra-typings";
-import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { matchesSelector } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
-import { collect, type Globals, globals, parsePairs } from "./context.ts";
+import { clientConfig, collect, type Globals, globals, parsePairs } from "./context.ts";
 import { printJson, table } from "./output.ts";
 
 export function registerMachines(program: Command) {
@@ -23,7 +22,7 @@ export function registerMachines(program: Command) {
 
 /** Prints the machines (table or JSON); shared by `machines` and `connect --list`. */
 export async function listMachines(g: Globals, selector: Record<string, string>): Promise<void> {
-  const client = await RelayClient.connect(resolveClientConfig(g));
+  const client = await RelayClient.connect(clientConfig(g));
   const all = await client.machines();
   client.close();
   const ms = all.filter((m) => matchesSelector(m, selector));

@@ -16,10 +16,6 @@ export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
 }
 
-export function info(line: string): void {
-  console.error(line);
-}
-
 /** Renders rows as aligned columns with a header line. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));

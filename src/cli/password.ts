@@ -1,7 +1,6 @@
 /** `tether password set` (on the agent's host) and `tether password save MACHINE` (client). */
 import type { Command } from "@commander-js/extra-typings";
 import { clearPassword, setPassword } from "../agent/password.ts";
-import { resolveClientConfig } from "../client/config.ts";
 import { savePassword } from "../client/machine_auth.ts";
 import { passwordRequired } from "../client/prompt_gate.ts";
 import { RelayClient } from "../client/relay_client.ts";
@@ -9,7 +8,7 @@ import { resolveMachine } from "../client/resolve.ts";
 import { loadPrompts } from "../client/select.ts";
 import { TetherError } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
-import { type Globals, globals } from "./context.ts";
+import { clientConfig, type Globals, globals } from "./context.ts";
 import { printJson } from "./output.ts";
 
 /** A password from a terminal prompt (asked twice when `confirm`), or from piped stdin. */
@@ -63,7 +62,7 @@ export function registerPassword(program: Command) {
     .option("--clear", "forget the stored password")
     .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
-      const cfg = resolveClientConfig(g);
+      const cfg = clientConfig(g);
       const client = await RelayClient.connect(cfg);
       const target = resolveMachine(await client.machines(), machine);
       client.close();

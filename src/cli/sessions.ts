@@ -1,11 +1,10 @@
 /** `tether sessions [MACHINE]` and `tether sessions kill ID`. */
 import type { Command } from "@commander-js/extra-typings";
-import { resolveClientConfig } from "../client/config.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
-import { collect, globals, parsePairs } from "./context.ts";
+import { clientConfig, collect, globals, parsePairs } from "./context.ts";
 import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 
@@ -22,7 +21,7 @@ export function registerSessions(program: Command) {
     .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
       const selector = parsePairs(opts.selector, "--selector");
-      const client = await RelayClient.connect(resolveClientConfig(g));
+      const client = await RelayClient.connect(clientConfig(g));
       const machines = (await client.machines()).filter((m) => matchesSelector(m, selector));
       const machineId = machine ? resolveMachine(machines, machine).id : undefined;
       const wanted = new Set(machines.map((m) => m.id));
@@ -56,7 +55,7 @@ export function registerSessions(program: Command) {
     .argument("<id>", "session id (or a unique prefix)")
     .action(async (id, _opts, cmd) => {
       const g = globals(cmd);
-      const client = await RelayClient.connect(resolveClientConfig(g));
+      const client = await RelayClient.connect(clientConfig(g));
       const hits = (await client.sessions()).filter((s) => s.id === id || s.id.startsWith(id));
       if (hits.length !== 1) {
         client.close();

@@ -6,7 +6,6 @@ import { join } from "node:path";
 import { TetherError } from "../common/errors.ts";
 import { writePrivate } from "../common/files.ts";
 import { defaultConfigDir } from "../common/paths.ts";
-import { checkTransport } from "../protocol/dial.ts";
 
 export const CONFIG_FILE = "config.json";
 
@@ -78,7 +77,5 @@ export function resolveClientConfig(flags: GlobalFlags): ClientConfig {
         "(or set TETHER_RELAY and TETHER_API_KEY)",
     });
   }
-  const warning = checkTransport(relay, flags.insecure);
-  if (warning) console.error(`tether: ${warning}`);
   return { relay, apiKey, caFile: caFile || undefined, configDir: dir, insecure: flags.insecure };
 }

@@ -37,6 +37,8 @@ export interface ExecIO {
   /** Called with each output chunk; resolves once it is written. */
   output(channel: number, chunk: Uint8Array): Promise<void>;
   started?(pid: number | undefined): void;
+  /** A problem worth telling the user that does not end the command. */
+  warn?(line: string): void;
 }
 
 export interface ExecResult {
@@ -176,7 +178,7 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
     } catch (e) {
       if (finished) return;
       // Our stdin failed (closed terminal, EIO): treat as end of input.
-      console.error(`tether: stdin: ${(e as Error).message}`);
+      io.warn?.(`stdin: ${(e as Error).message}; treating it as end of input`);
       client.conn.send({ t: "eof", sid });
     }
   }
