@@ -5,6 +5,9 @@
  *
  *   deno run -P scripts/bench/profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR]
  *
+ * --no-profile runs the scenario without the profiler and prints only the
+ * time and the relay's and agent's CPU during it.
+ *
  * The .cpuprofile files open in Chrome DevTools (Performance → Load profile);
  * pass --keep DIR to keep them.
  */
@@ -66,6 +69,7 @@ async function main() {
       turns: { type: "string", default: "2000" },
       keep: { type: "string" },
       top: { type: "string", default: "15" },
+      "no-profile": { type: "boolean", default: false },
     },
   });
   const scenario = positionals[0] ?? "turns";
@@ -76,7 +80,9 @@ async function main() {
   const tmp = await Deno.makeTempDir({ prefix: "tether-prof-" });
   const dir = values.keep ?? join(tmp, "prof");
   await Deno.mkdir(dir, { recursive: true });
-  const flag = (name: string) => [`--cpu-prof`, `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}`];
+  const profile = !values["no-profile"];
+  const flag = (name: string) =>
+    profile ? [`--cpu-prof`, `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}`] : [];
   let w: TetherWorld | undefined;
   try {
     const bundle = join(tmp, "tether.js");
@@ -84,6 +90,7 @@ async function main() {
     w = await createProfiled(bundle, tmp, flag("relay.cpuprofile"), flag("agent.cpuprofile"));
     const clientFlags = flag("client.cpuprofile");
     const size = Number(values.size ?? (scenario === "slow" ? 64 : 512)) * MiB;
+    const cpu0 = await procStats([w.relay!.pid, w.agent!.pid]);
     const t0 = performance.now();
     if (scenario === "turns") {
       const awk = ["awk", "-W", "interactive", "{print; fflush()}"];
@@ -154,8 +161,8 @@ async function main() {
     }
     const cpu = await procStats([w.relay!.pid, w.agent!.pid]);
     console.log(
-      `CPU: relay ${cpu[0]?.cpu.toFixed(2)} s, agent ${
-        cpu[1]?.cpu.toFixed(2)
+      `CPU during the scenario: relay ${(cpu[0]?.cpu - cpu0[0]?.cpu).toFixed(2)} s, agent ${
+        (cpu[1]?.cpu - cpu0[1]?.cpu).toFixed(2)
       } s (whole process, all threads)`,
     );
   } finally {
@@ -164,6 +171,7 @@ async function main() {
     await stopAll();
   }
   const top = Number(values.top);
+  if (!profile) return;
   for (const name of ["client", "relay", "agent"]) {
     const f = join(dir, `${name}.cpuprofile`);
     try {

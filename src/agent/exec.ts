@@ -174,20 +174,17 @@ export class ExecStream {
   }
 
   private async pump(stream: ReadableStream<Uint8Array>, ch: number): Promise<void> {
-    // Each read lands in a fresh buffer with room for the DATA and WebSocket headers
-    // in front, so the common case sends it without a copy.
+    // Reads land in one buffer, after room for the DATA header; the socket copies each
+    // frame into its write buffer, so the same memory takes the next read (BYOB hands
+    // it back as `value`) and streaming makes no garbage.
     const reader = stream.getReader({ mode: "byob" });
     this.readers.push(reader);
+    let buf = new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + READ_CHUNK), DATA_FRAME_PREFIX);
     try {
       for (;;) {
-        const { value, done } = await reader.read(
-          new Uint8Array(
-            new ArrayBuffer(DATA_FRAME_PREFIX + READ_CHUNK),
-            DATA_FRAME_PREFIX,
-            READ_CHUNK,
-          ),
-        );
+        const { value, done } = await reader.read(buf);
         if (done || !value) return;
+        buf = new Uint8Array(value.buffer, DATA_FRAME_PREFIX);
         let off = 0;
         while (off < value.length) {
           await this.credit.wait();
@@ -196,7 +193,7 @@ export class ExecStream {
           const n = Math.min(this.credit.available, value.length - off, MAX_DATA_PAYLOAD);
           this.credit.take(n);
           if (off === 0 && n === value.length) {
-            this.conn.sendFrameInPlace(dataFrameInPlace(value, this.sid, ch, this.offsets[ch]));
+            this.conn.sendBinary(dataFrameInPlace(value, this.sid, ch, this.offsets[ch]));
           } else {
             this.conn.sendBinary(
               encodeData(this.sid, ch, this.offsets[ch], value.subarray(off, off + n)),

@@ -32,7 +32,7 @@ export function registerRelay(program: Command) {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
       const { hostname, port } = parseListen(opts.listen);
-      const r = await startRelay({
+      const r = startRelay({
         hostname,
         port,
         dataDir: opts.dataDir || defaultRelayDataDir(),

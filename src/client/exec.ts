@@ -143,14 +143,11 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
   async function pumpStdin() {
     const size = req.stream ? 16 * 1024 : 64 * 1024; // a pipe or terminal gives at most 64 KiB a read
     let offset = 0;
+    // One buffer, with room for the DATA header before what is read; the socket copies
+    // each frame, so the buffer takes the next read at once.
+    const buf = new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + size), DATA_FRAME_PREFIX, size);
     try {
       for (;;) {
-        // A fresh buffer per read, with room for the headers: sent without a copy.
-        const buf = new Uint8Array(
-          new ArrayBuffer(DATA_FRAME_PREFIX + size),
-          DATA_FRAME_PREFIX,
-          size,
-        );
         const n = await io.stdin.read(buf);
         if (finished) return;
         if (n === null) {
@@ -165,7 +162,7 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
           const m = Math.min(credit.available, n - off);
           credit.take(m);
           if (off === 0) {
-            client.conn.sendFrameInPlace(
+            client.conn.sendBinary(
               dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, offset),
             );
           } else {

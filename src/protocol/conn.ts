@@ -21,15 +21,20 @@ export const CLOSE_VERSION = 4409;
 export const CLOSE_DEAD = 4408;
 export const CLOSE_REPLACED = 4410;
 
-/** What Conn needs of a socket: the browser WebSocket API, as Deno's server side and ws_client.ts offer it. */
+/**
+ * What Conn needs of a socket: the browser WebSocket API's subset that
+ * ws_socket.ts offers. Binary messages arrive as Uint8Array (or ArrayBuffer);
+ * a Uint8Array may be borrowed, valid only during onmessage.
+ */
 export interface WsLike {
   readonly readyState: number;
   readonly bufferedAmount: number;
   binaryType: string;
+  /** Sends a message; the socket copies `data`, which the caller may reuse at once. */
   send(data: string | Uint8Array): void;
-  /** Optional zero-copy send (ws_client.ts); see Conn.sendFrameInPlace. */
-  sendInPlace?(data: Uint8Array): void;
   close(code?: number, reason?: string): void;
+  /** Called once a second: a socket may give back idle buffers. */
+  trim?(): void;
   onmessage: ((ev: { data: unknown }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
@@ -103,17 +108,6 @@ export class Conn {
     this.ws.send(buf);
   }
 
-  /**
-   * Sends a frame built by `dataFrameInPlace` without copying it where the
-   * socket allows (the client side); otherwise like sendBinary.
-   */
-  sendFrameInPlace(frame: Uint8Array): void {
-    if (this.ws.readyState !== OPEN) return;
-    noteStreamBytes(frame.length);
-    if (this.ws.sendInPlace) this.ws.sendInPlace(frame);
-    else this.ws.send(frame);
-  }
-
   /** Resolves once the socket's send queue is at most `highWater` bytes (or the socket ended). */
   async drain(highWater = SEND_HIGH_WATER): Promise<void> {
     let delay = 1;
@@ -140,6 +134,7 @@ export class Conn {
   }
 
   private tick(): void {
+    this.ws.trim?.();
     if (Date.now() - this.lastRecv > this.deadAfterMs) {
       this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
       return;
@@ -161,8 +156,8 @@ export class Conn {
     try {
       if (typeof data === "string") {
         h.onControl(parseControl(data, this.maxControl));
-      } else if (data instanceof ArrayBuffer) {
-        const raw = new Uint8Array(data);
+      } else if (data instanceof Uint8Array || data instanceof ArrayBuffer) {
+        const raw = data instanceof Uint8Array ? data : new Uint8Array(data);
         noteStreamBytes(raw.length);
         h.onFrame(decodeFrame(raw), raw);
       } else {

@@ -13,7 +13,8 @@ import {
   type Role,
   type Welcome,
 } from "./messages.ts";
-import { TcpWebSocket, UpgradeRefused } from "./ws_client.ts";
+import { connectWebSocket, UpgradeRefused } from "./ws_client.ts";
+import type { WsSocket } from "./ws_socket.ts";
 import { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
 export interface DialOptions extends ConnOptions {
@@ -98,9 +99,9 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
   checkTransport(opts.relay, opts.insecure);
   const url = endpointUrl(opts.relay, opts.role);
   const timeoutMs = opts.timeoutMs ?? 10_000;
-  let ws: TcpWebSocket;
+  let ws: WsSocket;
   try {
-    ws = await TcpWebSocket.connect(url, {
+    ws = await connectWebSocket(url, {
       headers: { Authorization: `Bearer ${opts.key}` },
       caCerts: caCerts(opts.caFile),
       timeoutMs,

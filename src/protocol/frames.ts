@@ -51,15 +51,13 @@ export function encodeData(
   return out;
 }
 
-/** Room a sender leaves before a DATA frame for the largest client WebSocket header (14 bytes). */
-export const WS_HEADROOM = 14;
 /** Where the payload starts in a buffer meant for `dataFrameInPlace`. */
-export const DATA_FRAME_PREFIX = WS_HEADROOM + DATA_HEADER;
+export const DATA_FRAME_PREFIX = DATA_HEADER;
 
 /**
- * The zero-copy path: `payload` was read straight into a buffer at offset
+ * The no-copy path: `payload` was read straight into a buffer at offset
  * ≥ DATA_FRAME_PREFIX, whose bytes before it are free. Writes the DATA header
- * there and returns the frame (still with WS_HEADROOM free bytes before it).
+ * there and returns the whole frame, a view of the same buffer.
  */
 export function dataFrameInPlace(
   payload: Uint8Array,

@@ -17,6 +17,9 @@ import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
 import { Throttle } from "../common/throttle.ts";
+import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
+import { MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
+import { MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
 
 /** Failed key checks per source address before HTTP 429, and the first cool-down. */
 const KEY_FAILURES = 10;
@@ -46,35 +49,22 @@ export interface Relay {
 const HELLO_TIMEOUT_MS = 10_000;
 const SWEEP_MS = 2_000;
 
-export async function startRelay(opts: RelayOptions): Promise<Relay> {
+export function startRelay(opts: RelayOptions): Relay {
   const log = opts.log ?? ((line: string) => console.error(`relay: ${line}`));
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log);
   const tls = !!(opts.tlsCert && opts.tlsKey);
   const throttle = new Throttle(KEY_FAILURES, KEY_FAILURE_WINDOW_MS, KEY_COOLDOWN_MS);
-  const handler = (req: Request, info: Deno.ServeHandlerInfo) =>
-    handle(req, info, hub, throttle, log);
-
-  let listening!: (addr: Deno.NetAddr) => void;
-  const addrReady = new Promise<Deno.NetAddr>((r) => (listening = r));
-  let server: Deno.HttpServer<Deno.NetAddr>;
+  let server: HttpServer;
   try {
-    const base = {
+    server = serveHttp({
       hostname: opts.hostname,
       port: opts.port,
-      onListen: (a: Deno.NetAddr) => listening(a),
-      onError: (e: unknown) => {
-        log(`request failed: ${(e as Error)?.message ?? e}`);
-        return new Response("internal error\n", { status: 500 });
-      },
-    };
-    server = tls
-      ? Deno.serve({
-        ...base,
-        cert: Deno.readTextFileSync(opts.tlsCert!),
-        key: Deno.readTextFileSync(opts.tlsKey!),
-      }, handler)
-      : Deno.serve(base, handler);
+      cert: tls ? Deno.readTextFileSync(opts.tlsCert!) : undefined,
+      key: tls ? Deno.readTextFileSync(opts.tlsKey!) : undefined,
+      maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE),
+      log,
+    }, (req) => handle(req, hub, throttle, log));
   } catch (e) {
     store.close();
     if (e instanceof Deno.errors.AddrInUse) {
@@ -84,7 +74,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
     }
     throw e;
   }
-  const addr = await addrReady;
+  const addr = server.addr;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   const sweep = setInterval(() => {
     try {
@@ -120,30 +110,27 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
 }
 
 function handle(
-  req: Request,
-  info: Deno.ServeHandlerInfo,
+  req: HttpRequest,
   hub: Hub,
   throttle: Throttle,
   log: (l: string) => void,
-) {
-  const url = new URL(req.url);
-  if (url.pathname === "/healthz") {
-    return new Response("ok\n", { status: 200 });
-  }
-  const role: Role | undefined = url.pathname === "/v1/agent"
+): HttpAnswer {
+  if (req.path === "/healthz") return { status: 200, body: "ok\n" };
+  const role: Role | undefined = req.path === "/v1/agent"
     ? "agent"
-    : url.pathname === "/v1/client"
+    : req.path === "/v1/client"
     ? "client"
     : undefined;
-  if (!role) return new Response("not found\n", { status: 404 });
+  if (!role) return { status: 404, body: "not found\n" };
 
-  const addr = info.remoteAddr as Deno.NetAddr;
+  const addr = req.remote;
   const wait = throttle.blockedFor(addr.hostname);
   if (wait > 0) {
-    return new Response("too many failed attempts\n", {
+    return {
       status: 429,
+      body: "too many failed attempts\n",
       headers: { "retry-after": String(wait) },
-    });
+    };
   }
   const auth = req.headers.get("authorization") ?? "";
   const m = /^Bearer\s+(\S+)$/i.exec(auth);
@@ -154,24 +141,24 @@ function handle(
     if (throttle.blockedFor(addr.hostname) > 0) {
       log(`throttling ${addr.hostname}: too many failed key checks`);
     }
-    return new Response("unauthenticated: missing or invalid key\n", {
+    return {
       status: 401,
+      body: "unauthenticated: missing or invalid key\n",
       headers: { "www-authenticate": "Bearer" },
-    });
+    };
   }
   throttle.succeed(addr.hostname);
   const allowed = role === "client" ? principal.kind === "client" : principal.kind !== "client";
   if (!allowed) {
-    return new Response(`forbidden: this key cannot be used on /v1/${role}\n`, { status: 403 });
+    return { status: 403, body: `forbidden: this key cannot be used on /v1/${role}\n` };
   }
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
-    return new Response("upgrade required\n", { status: 426, headers: { upgrade: "websocket" } });
+    return { status: 426, body: "upgrade required\n", headers: { upgrade: "websocket" } };
   }
   const peer = `${role} ${addr.hostname}:${addr.port}`;
-  const { socket, response } = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
-  socket.onopen = () =>
-    accept(new Conn(socket as unknown as WsLike, { label: peer }), role, principal, hub, log);
-  return response;
+  return {
+    upgrade: (ws) => accept(new Conn(ws as WsLike, { label: peer }), role, principal, hub, log),
+  };
 }
 
 function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l: string) => void) {

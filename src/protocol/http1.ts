@@ -1,0 +1,53 @@
+/**
+ * The little HTTP/1.1 both ends of a WebSocket upgrade need: reading a
+ * message head (start line and headers) off a raw connection, and writing
+ * all of a buffer.
+ */
+
+/** Largest head accepted: a start line and headers, like most servers' 16 KiB. */
+export const MAX_HEAD = 16 * 1024;
+
+export class HeadError extends Error {}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/**
+ * Reads up to the blank line that ends a head. `rest` is whatever followed
+ * it in the same reads (the first WebSocket bytes, or a body). Throws
+ * HeadError for a closed connection, an oversized head, or garbage.
+ */
+export async function readHead(
+  conn: Deno.Conn,
+): Promise<{ line: string; headers: Headers; rest: Uint8Array }> {
+  const buf = new Uint8Array(MAX_HEAD);
+  let len = 0;
+  for (;;) {
+    const n = await conn.read(buf.subarray(len));
+    if (n === null) throw new HeadError("connection closed before the end of the HTTP head");
+    len += n;
+    const text = dec.decode(buf.subarray(0, len));
+    const at = text.indexOf("\r\n\r\n");
+    if (at >= 0) {
+      const headEnd = enc.encode(text.slice(0, at + 4)).length;
+      const [line, ...lines] = text.slice(0, at).split("\r\n");
+      const headers = new Headers();
+      for (const l of lines) {
+        const i = l.indexOf(":");
+        if (i <= 0) throw new HeadError(`malformed header line: ${l.slice(0, 80)}`);
+        try {
+          headers.append(l.slice(0, i).trim(), l.slice(i + 1).trim());
+        } catch {
+          throw new HeadError(`malformed header line: ${l.slice(0, 80)}`);
+        }
+      }
+      return { line, headers, rest: buf.slice(headEnd, len) };
+    }
+    if (len === buf.length) throw new HeadError("HTTP head too large");
+  }
+}
+
+export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
+  let off = 0;
+  while (off < data.length) off += await conn.write(data.subarray(off));
+}

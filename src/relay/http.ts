@@ -1,0 +1,211 @@
+/**
+ * The relay's HTTP/1.1 front: a TCP or TLS listener that reads one request
+ * head per connection and either answers it and closes, or upgrades it to a
+ * WebSocket (protocol/ws_socket.ts). The relay serves nothing else: /healthz
+ * and its two WebSocket endpoints, so a full HTTP server is not needed, and
+ * owning the socket lets the relay forward frames from one read buffer into
+ * another connection's write buffer with no allocation per frame, and set
+ * TCP_NODELAY on every accepted connection.
+ */
+import { HeadError, readHead, writeAll } from "../protocol/http1.ts";
+import { acceptKey } from "../protocol/ws_client.ts";
+import { WsSocket } from "../protocol/ws_socket.ts";
+
+/** A client must finish its request head (and TLS handshake) within this. */
+const HEAD_TIMEOUT_MS = 10_000;
+
+export interface HttpRequest {
+  method: string;
+  /** The path, without the query. */
+  path: string;
+  headers: Headers;
+  remote: Deno.NetAddr;
+}
+
+export type HttpAnswer =
+  | { status: number; body: string; headers?: Record<string, string> }
+  /** Upgrade to a WebSocket; `accept` gets the open socket. */
+  | { upgrade: (ws: WsSocket) => void };
+
+export interface HttpServerOptions {
+  hostname: string;
+  port: number;
+  /** PEM certificate chain and key: serve TLS. */
+  cert?: string;
+  key?: string;
+  /** Largest WebSocket message accepted from a peer. */
+  maxMessage: number;
+  /** Time allowed for the request head (default HEAD_TIMEOUT_MS). */
+  headTimeoutMs?: number;
+  log: (line: string) => void;
+}
+
+export interface HttpServer {
+  addr: Deno.NetAddr;
+  /** Resolves once the listener is closed. */
+  finished: Promise<void>;
+  /** Stops accepting and drops connections still sending their head. */
+  shutdown(): Promise<void>;
+}
+
+const REASONS: Record<number, string> = {
+  200: "OK",
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+};
+
+const enc = new TextEncoder();
+
+/** Listens at once (throws Deno.errors.AddrInUse and the like synchronously). */
+export function serveHttp(
+  opts: HttpServerOptions,
+  handler: (req: HttpRequest) => HttpAnswer,
+): HttpServer {
+  const listener: Deno.Listener = opts.cert && opts.key
+    ? Deno.listenTls({ hostname: opts.hostname, port: opts.port, cert: opts.cert, key: opts.key })
+    : Deno.listen({ hostname: opts.hostname, port: opts.port });
+  const inHead = new Set<Deno.Conn>();
+  let closing = false;
+
+  const finished = (async () => {
+    for (;;) {
+      let conn: Deno.Conn;
+      try {
+        conn = await listener.accept();
+      } catch (e) {
+        if (closing || e instanceof Deno.errors.BadResource) return;
+        // Out of file descriptors and the like: say so, wait a little, go on.
+        opts.log(`accept failed: ${(e as Error).message}`);
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      serveConn(conn);
+    }
+  })();
+
+  async function serveConn(conn: Deno.Conn): Promise<void> {
+    // TCP_NODELAY: small frames (a turn of `exec --stream`) leave at once. A TLS
+    // connection does not offer the switch in Deno.
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    inHead.add(conn);
+    const timer = setTimeout(() => closeQuietly(conn), opts.headTimeoutMs ?? HEAD_TIMEOUT_MS);
+    let head;
+    try {
+      head = await readHead(conn);
+    } catch (e) {
+      // A malformed head gets a 400; a peer that went away (or failed TLS) gets nothing.
+      if (e instanceof HeadError && !/closed/.test(e.message)) {
+        await respond(conn, { status: 400, body: `bad request: ${e.message}\n` });
+      }
+      closeQuietly(conn);
+      return;
+    } finally {
+      clearTimeout(timer);
+      inHead.delete(conn);
+    }
+    const m = /^([A-Z]+) (\S+) HTTP\/1\.[01]$/.exec(head.line);
+    if (!m) {
+      await respond(conn, { status: 400, body: "bad request line\n" });
+      closeQuietly(conn);
+      return;
+    }
+    let answer: HttpAnswer;
+    try {
+      answer = handler({
+        method: m[1],
+        path: new URL(m[2], "http://relay").pathname,
+        headers: head.headers,
+        remote: conn.remoteAddr as Deno.NetAddr,
+      });
+    } catch (e) {
+      opts.log(`request failed: ${(e as Error)?.message ?? e}`);
+      answer = { status: 500, body: "internal error\n" };
+    }
+    if (!("upgrade" in answer)) {
+      await respond(conn, answer);
+      closeQuietly(conn);
+      return;
+    }
+    const key = head.headers.get("sec-websocket-key") ?? "";
+    const version = head.headers.get("sec-websocket-version");
+    const problem = m[1] !== "GET"
+      ? "a WebSocket upgrade must be a GET"
+      : !/\bupgrade\b/i.test(head.headers.get("connection") ?? "")
+      ? "missing Connection: Upgrade"
+      : version !== "13"
+      ? "unsupported Sec-WebSocket-Version (want 13)"
+      : !/^[A-Za-z0-9+/]{22}==$/.test(key)
+      ? "missing or malformed Sec-WebSocket-Key"
+      : undefined;
+    if (problem) {
+      await respond(conn, {
+        status: 400,
+        body: `bad request: ${problem}\n`,
+        headers: { "sec-websocket-version": "13" },
+      });
+      closeQuietly(conn);
+      return;
+    }
+    try {
+      await writeAll(
+        conn,
+        enc.encode(
+          "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+            `Sec-WebSocket-Accept: ${await acceptKey(key)}\r\n\r\n`,
+        ),
+      );
+    } catch {
+      closeQuietly(conn);
+      return;
+    }
+    answer.upgrade(
+      new WsSocket(conn, head.rest, {
+        role: "server",
+        maxMessage: opts.maxMessage,
+        borrowBinary: true,
+      }),
+    );
+  }
+
+  return {
+    addr: listener.addr as Deno.NetAddr,
+    finished,
+    async shutdown() {
+      closing = true;
+      closeQuietly(listener);
+      for (const c of inHead) closeQuietly(c);
+      inHead.clear();
+      await finished;
+    },
+  };
+}
+
+async function respond(
+  conn: Deno.Conn,
+  a: { status: number; body: string; headers?: Record<string, string> },
+): Promise<void> {
+  const body = enc.encode(a.body);
+  const extra = Object.entries(a.headers ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+  const head = enc.encode(
+    `HTTP/1.1 ${a.status} ${REASONS[a.status] ?? "Status"}\r\n` +
+      "Content-Type: text/plain; charset=utf-8\r\n" +
+      `Content-Length: ${body.length}\r\nConnection: close\r\n${extra}\r\n`,
+  );
+  const bytes = new Uint8Array(head.length + body.length);
+  bytes.set(head);
+  bytes.set(body, head.length);
+  try {
+    await writeAll(conn, bytes);
+  } catch { /* the client went away */ }
+}
+
+function closeQuietly(c: { close(): void }): void {
+  try {
+    c.close();
+  } catch { /* already closed */ }
+}
