@@ -1,7 +1,7 @@
 /** Issue 3: `tether exec` and `exec --stream` through a real relay and agent. */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { awkEchoArgv, rss, tetherArgv, World } from "./helpers.ts";
+import { awkEchoArgv, Proc, rss, tetherArgv, World } from "./helpers.ts";
 
 async function worldWithAgent(name = "box"): Promise<World> {
   const w = await World.create();
@@ -89,6 +89,35 @@ Deno.test("exec --stream drives a process turn by turn (200 round trips)", async
   const st = await p.status;
   assert.equal(st.code, 0, p.stderr);
   assert.equal(p.stdout.trim().split("\n").length, 200);
+});
+
+Deno.test("exec --stream leaves a shared stdin pipe blocking for the next command", async () => {
+  // --stream reads a piped stdin from the event loop (non-blocking). The pipe's flags are
+  // shared: a script's next command must not find it non-blocking (a read would fail EAGAIN
+  // instead of waiting). The flags are read from /proc, as the next command sees them.
+  await using w = await worldWithAgent();
+  const p = new Proc(
+    [
+      "sh",
+      "-c",
+      '"$@"; echo "tether exited $?"; grep flags /proc/self/fdinfo/0; cat; echo "cat exited $?"',
+      "sh",
+      ...tetherArgv(["exec", "box", "--stream", "--", "head", "-n", "1"]),
+    ],
+    { stdin: true, env: w.env() },
+  );
+  await p.write("first\n");
+  await p.waitFor(/tether exited 0/, "stdout");
+  await p.write("second\n");
+  await p.closeStdin();
+  assert.equal((await p.status).code, 0, p.stderr);
+  const flags = /flags:\s+([0-7]+)/.exec(p.stdout);
+  assert.ok(flags, p.stdout);
+  assert.equal(parseInt(flags[1], 8) & 0o4000, 0, "O_NONBLOCK is left set on stdin");
+  assert.equal(
+    p.stdout.replace(/flags:.*\n/, ""),
+    "first\ntether exited 0\nsecond\ncat exited 0\n",
+  );
 });
 
 Deno.test("--stream with -t is a usage error; a missing command is a usage error", async () => {

@@ -1,4 +1,5 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
+import { openStreamStdin } from "../client/stdin.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { encodeBase64 } from "../common/base64.ts";
 import { attach, processTerminal } from "../client/attach.ts";
@@ -91,7 +92,7 @@ export function registerExec(program: Command) {
         stream: !!opts.stream,
         auth,
       }, {
-        stdin: Deno.stdin,
+        stdin: opts.stream && opts.stdin !== false ? openStreamStdin() : Deno.stdin,
         warn: (line) => console.error(`tether: ${line}`),
         started: (pid) => events?.emit({ type: "started", pid: pid ?? null }),
         async output(ch, chunk) {
