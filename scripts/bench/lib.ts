@@ -288,6 +288,8 @@ export interface ProcStat {
   /** cutime + cstime in seconds: children (and their reaped descendants) that have ended. */
   childCpu: number;
   rss: number;
+  /** The anonymous (private) part of rss, from RssAnon in /proc/PID/status; the rest is file pages, mostly the program's code. */
+  anon: number;
 }
 
 let clockTicks = 100;
@@ -301,11 +303,22 @@ export async function initClock(): Promise<void> {
 export async function procStats(pids: number[]): Promise<ProcStat[]> {
   if (pids.length === 0) return [];
   const out = await output(
-    ["sh", "-c", 'for p; do cat "/proc/$p/stat" 2>/dev/null; done', "sh", ...pids.map(String)],
+    [
+      "sh",
+      "-c",
+      'for p; do cat "/proc/$p/stat" 2>/dev/null && grep -h "^RssAnon:" "/proc/$p/status"; done',
+      "sh",
+      ...pids.map(String),
+    ],
     10_000,
   ) ?? "";
   const stats: ProcStat[] = [];
   for (const line of out.split("\n")) {
+    const anon = /^RssAnon:\s+(\d+) kB/.exec(line);
+    if (anon) {
+      if (stats.length) stats[stats.length - 1].anon = Number(anon[1]) * 1024;
+      continue;
+    }
     const close = line.lastIndexOf(")");
     if (close < 0) continue;
     const pid = Number(line.slice(0, line.indexOf(" ")));
@@ -316,6 +329,7 @@ export async function procStats(pids: number[]): Promise<ProcStat[]> {
       cpu: (Number(f[11]) + Number(f[12])) / clockTicks,
       childCpu: (Number(f[13]) + Number(f[14])) / clockTicks,
       rss: Number(f[21]) * 4096,
+      anon: NaN,
     });
   }
   return stats;

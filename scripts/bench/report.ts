@@ -139,30 +139,42 @@ Targets met: ${met}; missed: ${missed.length}${
     missed.length ? ` (${missed.map((r) => r.key).join(", ")})` : ""
   }.
 
-## What limits the missed targets
+## Where the time and memory go
 
 Profiles and measurements behind these notes: \`deno run -P scripts/bench/profile.ts
-turns|stdout|stdin|slow\` (CPU profiles of relay, agent and client), \`strace -c\`, \`--trace-gc\`.
+turns|stdout|stdin|slow\` (CPU profiles of relay, agent and client; \`--no-profile\` for plain
+timings and the relay's and agent's CPU), \`strace -c -f\`, and \`Deno.memoryUsage()\` sampled
+during a slow read.
 
-- **Throughput (stdout).** The run is CPU-bound on 2 cores, and tether has three processes on
-  the path (client, relay, agent) where OpenSSH has two. Already done: the agent reads the
-  command's output with BYOB reads straight into a buffer that has room for the DATA and
-  WebSocket headers, and sends it without a copy (\`dataFrameInPlace\`, \`sendInPlace\`); the
-  client does the same for stdin. What remains: the agent reads the pipe 64 KiB at a time (a
-  Linux pipe's size), one Deno op per read; the relay receives every frame through Deno's
-  WebSocket (a copy in, a \`MessageEvent\`, a copy out). Next steps: forward frames in the relay
-  on its own WebSocket over \`Deno.listen\` (one read buffer per connection, the stream id
-  rewritten in place), and enlarge the child's pipe (\`F_SETPIPE_SZ\`) for fewer, larger reads.
-- **Turn latency.** Each turn crosses the relay, so two hops and three event loops instead of
-  one hop and two; Deno reads a pipe on stdin through a blocking thread (a futex hand-off per
-  read, ~0.1 ms on its own for a bare Deno echo); the relay's per-message cost is Deno's
-  WebSocket machinery. Already done: TCP_NODELAY on the dialing side (\`ws_client.ts\`; Deno's
-  own \`WebSocket\` waited ~40 ms for delayed ACKs), no credit frame per turn.
-- **Slow reader.** The growth is a plateau, not a leak: flow control holds every hop to its
-  1 MiB window, and the rest is Deno's WebSocket and socket buffers and V8's young generation.
-  Frame buffers live outside V8's heap, so V8 collected them late (+126 MiB before); the
-  processes now collect after every 4 MiB of stream data, at most every 250 ms
-  (\`src/common/gc.ts\`). Each of relay and agent stays near 16 MiB; their sum does not.
+- **Throughput.** CPU-bound on 2 cores: tether has three processes on the path (client, relay,
+  agent) where OpenSSH has two, and each 64 KiB frame costs a read and a write syscall in each.
+  Done: every connection, the relay's included, runs on one WebSocket module over a plain
+  \`Deno.Conn\` (\`src/protocol/ws_socket.ts\`) with one reused read buffer and one write buffer;
+  the relay forwards a frame as a view into its read buffer, with the stream id rewritten in
+  place, copied once into the other connection's write buffer (Deno's \`WebSocket\` server made
+  a new ArrayBuffer, a \`MessageEvent\` and another copy per frame: ~1.9 CPU-s per GiB in the
+  relay, now ~1.6); the agent reads the command's output with BYOB reads into one buffer. What
+  remains is the syscalls themselves and one memcpy per hop; a Linux pipe gives at most 64 KiB
+  per read, so the agent cannot make fewer, larger frames without enlarging the child's pipe
+  (\`F_SETPIPE_SZ\`, which \`Deno.Command\` does not expose).
+- **Turn latency.** Each turn crosses the relay: two TCP hops and three event loops on each way
+  where OpenSSH has one hop and two. On this VM every wake-up of a sleeping process costs tens
+  of microseconds of CPU even for a trivial echo server (measured the same for Deno's WebSocket
+  server, our own, and a Python socket loop: ~60–80 µs CPU per message), so the relay's hop is
+  a fixed cost of the architecture, not of its code: \`strace\` shows it does one \`recvfrom\`,
+  one \`sendto\` and one \`epoll_wait\` per message. Done: TCP_NODELAY on every connection
+  (Deno's \`WebSocket\` client waited ~40 ms for delayed ACKs), no credit frame per turn, and
+  \`exec --stream\` reads a piped stdin on the event loop (node:net, non-blocking) instead of
+  Deno's blocking stdin thread, which cost four futex hand-offs plus a dup and a close per
+  read (\`src/client/stdin.ts\`; ~10% off the median turn). The agent already reads and writes
+  the command's pipes through epoll.
+- **Slow reader.** Flow control holds every hop to its 1 MiB window. With the reused socket
+  buffers, the relay allocates nothing per frame and the agent reads into one buffer, so V8's
+  external memory stays flat (~2 MiB) over the whole 2 GiB; private memory grows by a few MiB
+  while the first back-pressured stream warms up and then stays flat. The remaining RSS growth
+  is file pages of the \`deno\` executable (code run for the first time), shared and
+  reclaimable. Frame buffers that are still allocated per message (the client's received
+  frames) are collected every 4 MiB of stream data (\`src/common/gc.ts\`).
 
 ## How each figure is taken
 
