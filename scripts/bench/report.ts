@@ -153,7 +153,7 @@ during a slow read.
   the relay forwards a frame as a view into its read buffer, with the stream id rewritten in
   place, copied once into the other connection's write buffer (Deno's \`WebSocket\` server made
   a new ArrayBuffer, a \`MessageEvent\` and another copy per frame: ~1.9 CPU-s per GiB in the
-  relay, now ~1.6); the agent reads the command's output with BYOB reads into one buffer. What
+  relay, now ~1.4); the agent reads the command's output with BYOB reads into one buffer. What
   remains is the syscalls themselves and one memcpy per hop; a Linux pipe gives at most 64 KiB
   per read, so the agent cannot make fewer, larger frames without enlarging the child's pipe
   (\`F_SETPIPE_SZ\`, which \`Deno.Command\` does not expose).

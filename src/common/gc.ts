@@ -1,11 +1,14 @@
 /**
  * Keeps short-lived stream buffers from piling up. Frame buffers live
  * outside V8's heap, so V8 feels little pressure and collects them late:
- * streaming 2 GiB at 10 MiB/s grew a relay and an agent by ~60 MiB each of
- * dead buffers. So every GC_EVERY_BYTES of stream data moved, a collection
- * is run — but never more often than keeps its cost under ~2% of the time
- * (V8's `gc()` here is a full collection, a few ms). `node:v8` exposes the
- * collector without a command-line flag.
+ * streaming 2 GiB at 10 MiB/s once grew a relay and an agent by ~60 MiB
+ * each of dead buffers. The bulk paths no longer allocate per frame (see
+ * protocol/ws_socket.ts); the places that still do (a received frame an
+ * agent or client keeps, an encoded DATA frame) report their bytes here, and
+ * every GC_EVERY_BYTES of them a collection is run — but never more often
+ * than keeps its cost under ~2% of the time (V8's `gc()` here is a full
+ * collection, a few ms). `node:v8` exposes the collector without a
+ * command-line flag.
  */
 import v8 from "node:v8";
 import vm from "node:vm";
@@ -31,7 +34,7 @@ function collector(): GcFn | null {
   return gc;
 }
 
-/** Counts stream bytes that are about to become garbage; collects now and then. */
+/** Counts bytes just allocated for one frame, soon garbage; collects now and then. */
 export function noteStreamBytes(n: number): void {
   moved += n;
   if (moved < GC_EVERY_BYTES) return;

@@ -5,7 +5,6 @@
  */
 import { type Control, MAX_CONTROL_MESSAGE, parseControl, ProtocolError } from "./messages.ts";
 import { decodeFrame, type Frame } from "./frames.ts";
-import { noteStreamBytes } from "../common/gc.ts";
 
 /** How often each side sends a ping. */
 export const HEARTBEAT_MS = 2_000;
@@ -104,7 +103,6 @@ export class Conn {
 
   sendBinary(buf: Uint8Array): void {
     if (this.ws.readyState !== OPEN) return;
-    noteStreamBytes(buf.length);
     this.ws.send(buf);
   }
 
@@ -158,7 +156,6 @@ export class Conn {
         h.onControl(parseControl(data, this.maxControl));
       } else if (data instanceof Uint8Array || data instanceof ArrayBuffer) {
         const raw = data instanceof Uint8Array ? data : new Uint8Array(data);
-        noteStreamBytes(raw.length);
         h.onFrame(decodeFrame(raw), raw);
       } else {
         throw new ProtocolError("unexpected message kind");

@@ -10,6 +10,7 @@
  * channel, so a reader that reconnects can ask for "everything after N".
  */
 import { ProtocolError } from "./messages.ts";
+import { noteStreamBytes } from "../common/gc.ts";
 
 export const FRAME_DATA = 1;
 export const FRAME_CREDIT = 2;
@@ -33,7 +34,7 @@ export type Frame =
   | { type: typeof FRAME_DATA; channel: number; sid: number; offset: number; payload: Uint8Array }
   | { type: typeof FRAME_CREDIT; channel: number; sid: number; bytes: number };
 
-/** Builds a DATA frame; copies `payload` once, behind the header. */
+/** Builds a DATA frame in a new buffer; copies `payload` once, behind the header. */
 export function encodeData(
   sid: number,
   channel: number,
@@ -48,6 +49,7 @@ export function encodeData(
   dv.setUint32(8, Math.floor(offset / TWO32), true);
   dv.setUint32(12, offset % TWO32, true);
   out.set(payload, DATA_HEADER);
+  noteStreamBytes(out.length);
   return out;
 }
 

@@ -25,6 +25,8 @@
  * whatever key the peer chose, and refuse unmasked frames.
  */
 
+import { noteStreamBytes } from "../common/gc.ts";
+
 export const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
 
 const OP_CONT = 0x0, OP_TEXT = 0x1, OP_BINARY = 0x2, OP_CLOSE = 0x8, OP_PING = 0x9, OP_PONG = 0xa;
@@ -73,6 +75,7 @@ export class WsSocket {
   #queued = 0;
   #closeSent = false;
   #closeEvent?: { code: number; reason: string };
+  #closeTimer?: ReturnType<typeof setTimeout>;
   /** Bytes moved since the last trim(); a connection with none is idle. */
   #activity = 0;
   #shrinkRead = false;
@@ -102,7 +105,7 @@ export class WsSocket {
     this.readyState = CLOSING;
     this.#sendClose(code, reason);
     this.#closeEvent = { code, reason };
-    setTimeout(() => this.#shutdown(), CLOSE_WAIT_MS);
+    this.#closeTimer = setTimeout(() => this.#shutdown(), CLOSE_WAIT_MS);
   }
 
   /** Gives back large buffers of a connection that moved nothing since the last call. */
@@ -334,7 +337,10 @@ export class WsSocket {
     let data: unknown;
     if (opcode === OP_TEXT) data = decodeText(buf.subarray(p0, p1));
     else if (owned || this.#borrow) data = buf.subarray(p0, p1);
-    else data = buf.slice(p0, p1);
+    else {
+      data = buf.slice(p0, p1);
+      noteStreamBytes(p1 - p0);
+    }
     this.onmessage?.({ data });
   }
 
@@ -347,6 +353,7 @@ export class WsSocket {
   #shutdown(code = 1006, reason = ""): void {
     if (this.readyState === CLOSED) return;
     this.readyState = CLOSED;
+    clearTimeout(this.#closeTimer);
     try {
       this.#conn.close();
     } catch { /* already closed */ }
