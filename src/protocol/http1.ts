@@ -1,8 +1,9 @@
 /**
  * The little HTTP/1.1 both ends of a WebSocket upgrade need: reading a
- * message head (start line and headers) off a raw connection, and writing
- * all of a buffer.
+ * message head (start line and headers) off a raw connection, writing all
+ * of a buffer, and the Sec-WebSocket-Accept hash.
  */
+import { encodeBase64 } from "../common/base64.ts";
 
 /** Largest head accepted: a start line and headers, like most servers' 16 KiB. */
 export const MAX_HEAD = 16 * 1024;
@@ -45,6 +46,13 @@ export async function readHead(
     }
     if (len === buf.length) throw new HeadError("HTTP head too large");
   }
+}
+
+const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/** The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 §4.2.2). */
+export async function acceptKey(key: string): Promise<string> {
+  return encodeBase64(new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(key + GUID))));
 }
 
 export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {

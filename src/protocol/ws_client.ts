@@ -12,9 +12,8 @@
 import { encodeBase64 } from "../common/base64.ts";
 import { MAX_RELAY_MESSAGE } from "./messages.ts";
 import { WsSocket } from "./ws_socket.ts";
-import { readHead, writeAll } from "./http1.ts";
+import { acceptKey, readHead, writeAll } from "./http1.ts";
 
-const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /** Largest message accepted from the relay (see MAX_RELAY_MESSAGE). */
 const MAX_MESSAGE = MAX_RELAY_MESSAGE + 1024;
 
@@ -32,11 +31,6 @@ export class UpgradeRefused extends Error {
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** The Sec-WebSocket-Accept value for a Sec-WebSocket-Key. */
-export async function acceptKey(key: string): Promise<string> {
-  return encodeBase64(new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(key + GUID))));
-}
 
 /**
  * Connects and upgrades. Throws UpgradeRefused for a non-101 answer, and
