@@ -4,7 +4,8 @@
  * timeout on every run (a prompt that waited would fail the test).
  */
 import assert from "node:assert/strict";
-import { baseEnv, run, World } from "./helpers.ts";
+import { baseEnv, run, tetherArgv, World } from "./helpers.ts";
+import { hasTmux, Tmux } from "./tmux.ts";
 
 /** Asserts the DESIGN error shape: one JSON object on stdout, nothing else there. */
 function jsonError(r: { stdout: string; code: number }, code: string, exit: number) {
@@ -178,4 +179,31 @@ Deno.test("JSON on every command: success payloads and failures", async () => {
     "usage",
     2,
   );
+});
+
+Deno.test({
+  name: "login on a terminal asks for the relay URL and the key (hidden), then works from the file",
+  ignore: !hasTmux(),
+  async fn() {
+    await using w = await World.create();
+    await w.startAgent("prompted");
+    const cfgDir = `${w.home}/cfg-prompted`;
+    // No relay or key in the environment: login must ask.
+    await using t = await Tmux.start(tetherArgv(["login", "--config-dir", cfgDir]), {
+      env: baseEnv(w.home),
+    });
+    await t.waitFor(/Relay URL/);
+    await t.line(w.url);
+    await t.waitFor(/API key/);
+    await t.line(w.keys.client_key);
+    await t.waitFor(/\[exited 0\]/);
+    const screen = await t.screen();
+    assert.match(screen, /logged in to ws:\/\/127\.0\.0\.1:\d+ \(workspace default\)/);
+    assert.ok(!screen.includes(w.keys.client_key), "the key is not echoed");
+    const stored = await run(["machines", "--json", "--config-dir", cfgDir], {
+      env: baseEnv(w.home),
+    });
+    assert.equal(JSON.parse(stored.stdout)[0].name, "prompted");
+    assert.equal((await Deno.stat(`${cfgDir}/config.json`)).mode! & 0o777, 0o600);
+  },
 });

@@ -102,7 +102,8 @@ Deno.test({
     await t.line("vi -u NONE /tmp/tether-vi-test.txt");
     await t.waitFor(/tether-vi-test\.txt/);
     await t.waitFor(/^~/m);
-    await t.keys("Escape");
+    // vi starts in normal mode. No Escape first: arriving in the same read as ":", vi can
+    // take ESC + ":" for one key sequence and never quit (seen once under load).
     await t.type(":q!");
     await t.keys("Enter");
     await t.line("echo vi-done");
