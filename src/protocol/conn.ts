@@ -5,6 +5,7 @@
  */
 import { type Control, MAX_CONTROL_MESSAGE, parseControl, ProtocolError } from "./messages.ts";
 import { decodeFrame, type Frame } from "./frames.ts";
+import { OPEN } from "./ws_socket.ts";
 
 /** How often each side sends a ping. */
 export const HEARTBEAT_MS = 2_000;
@@ -21,25 +22,21 @@ export const CLOSE_DEAD = 4408;
 export const CLOSE_REPLACED = 4410;
 
 /**
- * What Conn needs of a socket: the browser WebSocket API's subset that
- * ws_socket.ts offers. Binary messages arrive as Uint8Array (or ArrayBuffer);
- * a Uint8Array may be borrowed, valid only during onmessage.
+ * What Conn needs of a socket (ws_socket.ts): text messages arrive as
+ * strings, binary ones as a Uint8Array that may be borrowed, valid only
+ * during onmessage.
  */
 export interface WsLike {
   readonly readyState: number;
   readonly bufferedAmount: number;
-  binaryType: string;
   /** Sends a message; the socket copies `data`, which the caller may reuse at once. */
   send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
-  /** Called once a second: a socket may give back idle buffers. */
-  trim?(): void;
-  onmessage: ((ev: { data: unknown }) => void) | null;
+  /** Called once a second: the socket may give back idle buffers. */
+  trim(): void;
+  onmessage: ((ev: { data: string | Uint8Array }) => void) | null;
   onclose: ((ev: { code: number; reason: string }) => void) | null;
-  onerror: ((ev: unknown) => void) | null;
 }
-
-const OPEN = 1;
 
 export interface ConnHandlers {
   onControl(msg: Control): void;
@@ -70,7 +67,6 @@ export class Conn {
 
   constructor(ws: WsLike, opts: ConnOptions = {}) {
     this.ws = ws;
-    ws.binaryType = "arraybuffer";
     this.label = opts.label ?? "peer";
     this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
     this.deadAfterMs = opts.deadAfterMs ?? DEAD_AFTER_MS;
@@ -91,7 +87,6 @@ export class Conn {
     this.lastRecv = Date.now();
     this.ws.onmessage = (ev) => this.receive(ev.data);
     this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
-    this.ws.onerror = () => {};
     // Check for silence twice per heartbeat, so a dead peer is noticed soon after DEAD_AFTER_MS.
     this.timer = setInterval(() => this.tick(), this.heartbeatMs / 2);
   }
@@ -132,7 +127,7 @@ export class Conn {
   }
 
   private tick(): void {
-    this.ws.trim?.();
+    this.ws.trim();
     if (Date.now() - this.lastRecv > this.deadAfterMs) {
       this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
       return;
@@ -147,18 +142,15 @@ export class Conn {
     this.handlers?.onClose(reason);
   }
 
-  private receive(data: unknown): void {
+  private receive(data: string | Uint8Array): void {
     if (this.ended) return;
     this.lastRecv = Date.now();
     const h = this.handlers!;
     try {
       if (typeof data === "string") {
         h.onControl(parseControl(data, this.maxControl));
-      } else if (data instanceof Uint8Array || data instanceof ArrayBuffer) {
-        const raw = data instanceof Uint8Array ? data : new Uint8Array(data);
-        h.onFrame(decodeFrame(raw), raw);
       } else {
-        throw new ProtocolError("unexpected message kind");
+        h.onFrame(decodeFrame(data), data);
       }
     } catch (e) {
       if (e instanceof ProtocolError) {

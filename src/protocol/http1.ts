@@ -26,12 +26,12 @@ export async function readHead(
   for (;;) {
     const n = await conn.read(buf.subarray(len));
     if (n === null) throw new HeadError("connection closed before the end of the HTTP head");
+    const from = Math.max(0, len - 3);
     len += n;
-    const text = dec.decode(buf.subarray(0, len));
-    const at = text.indexOf("\r\n\r\n");
+    // Look for the blank line in the bytes: decoding first would shift offsets at invalid UTF-8.
+    const at = headEnd(buf, from, len);
     if (at >= 0) {
-      const headEnd = enc.encode(text.slice(0, at + 4)).length;
-      const [line, ...lines] = text.slice(0, at).split("\r\n");
+      const [line, ...lines] = dec.decode(buf.subarray(0, at)).split("\r\n");
       const headers = new Headers();
       for (const l of lines) {
         const i = l.indexOf(":");
@@ -42,10 +42,18 @@ export async function readHead(
           throw new HeadError(`malformed header line: ${l.slice(0, 80)}`);
         }
       }
-      return { line, headers, rest: buf.slice(headEnd, len) };
+      return { line, headers, rest: buf.slice(at + 4, len) };
     }
     if (len === buf.length) throw new HeadError("HTTP head too large");
   }
+}
+
+/** Index of the first CR LF CR LF in buf[from, end), or -1. */
+function headEnd(buf: Uint8Array, from: number, end: number): number {
+  for (let i = from; i + 3 < end; i++) {
+    if (buf[i] === 13 && buf[i + 1] === 10 && buf[i + 2] === 13 && buf[i + 3] === 10) return i;
+  }
+  return -1;
 }
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

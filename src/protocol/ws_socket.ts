@@ -27,7 +27,7 @@
 
 import { noteStreamBytes } from "../common/gc.ts";
 
-export const CONNECTING = 0, OPEN = 1, CLOSING = 2, CLOSED = 3;
+export const OPEN = 1, CLOSING = 2, CLOSED = 3;
 
 const OP_CONT = 0x0, OP_TEXT = 0x1, OP_BINARY = 0x2, OP_CLOSE = 0x8, OP_PING = 0x9, OP_PONG = 0xa;
 
@@ -55,13 +55,10 @@ export interface WsSocketOptions {
 
 export class WsError extends Error {}
 
-/** The subset of the browser WebSocket API that conn.ts uses, plus `trim`. */
+/** Shaped like the browser WebSocket API where conn.ts uses it (WsLike), plus `trim`. */
 export class WsSocket {
   readyState = OPEN;
-  binaryType = "arraybuffer";
-  onmessage: ((ev: { data: unknown }) => void) | null = null;
   onclose: ((ev: { code: number; reason: string }) => void) | null = null;
-  onerror: ((ev: unknown) => void) | null = null;
 
   readonly #conn: Deno.Conn;
   readonly #client: boolean;
@@ -79,6 +76,9 @@ export class WsSocket {
   /** Bytes moved since the last trim(); a connection with none is idle. */
   #activity = 0;
   #shrinkRead = false;
+  #onmessage: ((ev: { data: string | Uint8Array }) => void) | null = null;
+  /** Messages that came before onmessage was set (say, in the same read as the handshake). */
+  #early: (string | Uint8Array)[] = [];
 
   constructor(conn: Deno.Conn, leftover: Uint8Array, opts: WsSocketOptions) {
     this.#conn = conn;
@@ -86,6 +86,18 @@ export class WsSocket {
     this.#maxMessage = opts.maxMessage;
     this.#borrow = opts.borrowBinary ?? false;
     this.#readLoop(leftover);
+  }
+
+  get onmessage(): ((ev: { data: string | Uint8Array }) => void) | null {
+    return this.#onmessage;
+  }
+
+  /** Setting a handler first hands it whatever arrived before, in order. */
+  set onmessage(fn: ((ev: { data: string | Uint8Array }) => void) | null) {
+    this.#onmessage = fn;
+    while (fn && this.#early.length > 0 && this.#onmessage === fn) {
+      fn({ data: this.#early.shift()! });
+    }
   }
 
   /** Bytes accepted by send() and not yet written to the socket. */
@@ -334,14 +346,20 @@ export class WsSocket {
   }
 
   #deliver(opcode: number, buf: Uint8Array, p0: number, p1: number, owned: boolean): void {
-    let data: unknown;
+    let data: string | Uint8Array;
     if (opcode === OP_TEXT) data = decodeText(buf.subarray(p0, p1));
     else if (owned || this.#borrow) data = buf.subarray(p0, p1);
     else {
       data = buf.slice(p0, p1);
       noteStreamBytes(p1 - p0);
     }
-    this.onmessage?.({ data });
+    if (this.#onmessage) {
+      this.#onmessage({ data });
+    } else {
+      // Kept for a handler to come: a borrowed view would not stay valid.
+      const borrowed = typeof data !== "string" && this.#borrow && !owned;
+      this.#early.push(borrowed ? (data as Uint8Array).slice() : data);
+    }
   }
 
   async #drainWrites(): Promise<void> {

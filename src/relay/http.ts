@@ -108,7 +108,11 @@ export function serveHttp(
       inHead.delete(conn);
     }
     const m = /^([A-Z]+) (\S+) HTTP\/1\.[01]$/.exec(head.line);
-    if (!m) {
+    let path: string | undefined;
+    try {
+      if (m) path = new URL(m[2], "http://relay").pathname;
+    } catch { /* an unparseable target: below */ }
+    if (!m || path === undefined) {
       await respond(conn, { status: 400, body: "bad request line\n" });
       closeQuietly(conn);
       return;
@@ -117,7 +121,7 @@ export function serveHttp(
     try {
       answer = handler({
         method: m[1],
-        path: new URL(m[2], "http://relay").pathname,
+        path,
         headers: head.headers,
         remote: conn.remoteAddr as Deno.NetAddr,
       });

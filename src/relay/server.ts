@@ -3,13 +3,7 @@
  * checked before the upgrade (401 without one), then the first message must
  * be a hello with our protocol version.
  */
-import {
-  CLOSE_PROTOCOL,
-  CLOSE_VERSION,
-  Conn,
-  HEARTBEAT_MS,
-  type WsLike,
-} from "../protocol/conn.ts";
+import { CLOSE_PROTOCOL, CLOSE_VERSION, Conn, HEARTBEAT_MS } from "../protocol/conn.ts";
 import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { TetherError } from "../common/errors.ts";
@@ -157,7 +151,7 @@ function handle(
   }
   const peer = `${role} ${addr.hostname}:${addr.port}`;
   return {
-    upgrade: (ws) => accept(new Conn(ws as WsLike, { label: peer }), role, principal, hub, log),
+    upgrade: (ws) => accept(new Conn(ws, { label: peer }), role, principal, hub, log),
   };
 }
 

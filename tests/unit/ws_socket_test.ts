@@ -53,7 +53,7 @@ function echoServer(
 }
 
 /** Collects what a socket receives; `next()` waits for the next message. */
-function inbox(ws: { onmessage: ((ev: { data: unknown }) => void) | null }) {
+function inbox(ws: Pick<WsSocket, "onmessage">) {
   const got: unknown[] = [];
   let wake: (() => void) | undefined;
   ws.onmessage = (ev) => {
@@ -200,6 +200,28 @@ Deno.test("ws: fragments are joined, a ping gets its pong, and a close is answer
   await srv.close();
 });
 
+Deno.test("ws: bytes sent right behind the head are the first frame, whatever the head held", async () => {
+  const srv = echoServer();
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
+  const head = new TextEncoder().encode(
+    "GET /ws?x=\u00e9 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+      "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+  );
+  const bad = head.indexOf(0xc3); // "é": make it invalid UTF-8
+  head[bad] = 0xff;
+  const frame = clientFrame(0x1, new TextEncoder().encode("early"));
+  const both = new Uint8Array(head.length + frame.length);
+  both.set(head);
+  both.set(frame, head.length);
+  await conn.write(both); // one write: the frame arrives in the same read as the head
+  const answer = await readUntil(conn, "early");
+  conn.close();
+  assert.match(answer, /^HTTP\/1\.1 101 /);
+  // The echo: a server text frame (0x81, decoded as U+FFFD) of 5 bytes, right after the 101's head.
+  assert.ok(answer.endsWith("\r\n\r\n\ufffd\u0005early"), JSON.stringify(answer));
+  await srv.close();
+});
+
 Deno.test("ws: oversized, unmasked and malformed frames close the connection", async () => {
   const srv = echoServer({ maxMessage: 1000 });
   // Too large, through our client.
@@ -262,6 +284,7 @@ Deno.test("http: plain answers, 404, handler errors, malformed heads, bad upgrad
     return answer;
   };
   assert.match(await raw("NONSENSE\r\n\r\n"), /^HTTP\/1\.1 400 .*bad request line/s);
+  assert.match(await raw("GET http://[ HTTP/1.1\r\n\r\n"), /^HTTP\/1\.1 400 .*bad request line/s);
   assert.match(await raw("GET / HTTP/1.1\r\nno colon here\r\n\r\n"), /^HTTP\/1\.1 400 /);
   assert.match(
     await raw("GET / HTTP/1.1\r\nX: " + "a".repeat(20_000) + "\r\n\r\n"),
