@@ -590,3 +590,20 @@ Deno.test("ci hold: a plain exec on the runner counts as attaching (the connect 
   await Deno.writeTextFile(h.continueFile, "");
   assert.equal((await exited(h.proc)).code, 0, h.proc.stderr);
 });
+
+Deno.test("ci hold: `tether exec … touch CONTINUE` resumes 50 times in a row, each exec exits 0", async () => {
+  await using w = await World.create();
+  const ROUNDS = 10;
+  const AT_ONCE = 5;
+  for (let round = 0; round < ROUNDS; round++) {
+    await Promise.all(Array.from({ length: AT_ONCE }, async (_, i) => {
+      // Checking the continue file every millisecond makes the race as likely as it gets:
+      // the hold sees the file while the `touch` that made it has not reported yet.
+      const h = await startHold(w, ["--name", `resume-${round}-${i}`, "--poll", "1ms"]);
+      const info = await ready(h);
+      const r = await w.tether(["exec", info.machine_id, "--", "touch", h.continueFile]);
+      assert.equal(r.code, 0, `round ${round}, hold ${i}: ${r.stderr}`);
+      assert.equal((await exited(h.proc)).code, 0, h.proc.stderr);
+    }));
+  }
+});

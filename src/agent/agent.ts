@@ -3,6 +3,7 @@
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
 import { hostname } from "node:os";
+import { within } from "../common/async.ts";
 import { TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
@@ -17,7 +18,7 @@ import {
 } from "../protocol/messages.ts";
 import { MachineLock } from "./password.ts";
 import { formatKey } from "../protocol/keys.ts";
-import { ExecStream } from "./exec.ts";
+import { ExecStream, KILL_GRACE_MS } from "./exec.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
 import { SessionManager, type SessionOptions } from "./session.ts";
 
@@ -56,6 +57,8 @@ export interface AgentOptions {
 const BACKOFF_MIN_MS = 250;
 const SESSION_REPORT_MS = 5_000;
 const BACKOFF_MAX_MS = 5_000;
+/** How long a stopping agent lets running commands finish before it ends them. */
+const EXEC_DRAIN_MS = 1_000;
 
 export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInfo {
   const host = hostname();
@@ -120,15 +123,20 @@ export class Agent {
   }
 
   /**
-   * Stops: running commands are ended, sessions are ended so their attached
-   * clients receive an exit status rather than a lost connection, then the
+   * Stops. Running commands get EXEC_DRAIN_MS to finish by themselves, then
+   * their process groups are ended; either way each reports its exit status
+   * (a command that ended the agent's hold, such as `touch` of a CI continue
+   * file, must not look lost). Sessions are ended the same way, then the
    * connection closes (the relay shows the machine offline at once).
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    for (const s of this.streams.values()) {
-      if (s instanceof ExecStream) s.abort();
+    const execs = [...this.streams.values()].filter((s) => s instanceof ExecStream);
+    const ended = Promise.all(execs.map((s) => s.ended));
+    if (!await within(EXEC_DRAIN_MS, ended)) {
+      for (const s of execs) s.terminate();
+      await within(KILL_GRACE_MS + EXEC_DRAIN_MS, ended);
     }
     await this.sessions.closeAll();
     // Let the exit statuses the sessions just sent leave before the socket closes.

@@ -33,6 +33,7 @@
  *   are not timeouts. An unreachable relay is retried until the connect timeout.
  */
 import { Agent } from "./agent.ts";
+import { within } from "../common/async.ts";
 import type { SessionInfo } from "../protocol/messages.ts";
 import {
   CONTINUE_FILE_LABEL,
@@ -59,7 +60,7 @@ export interface HoldConfig {
   onTimeout: "continue" | "fail";
   /** How often a reminder line is printed (default 30 s). */
   reminderMs?: number;
-  /** How often the continue file is checked (default 250 ms). */
+  /** How often the continue file is checked (default 250 ms; `--poll`, hidden, for tests). */
   pollMs?: number;
   /** How long a detached session lives (agent default when unset). */
   sessionGraceMs?: number;
@@ -83,7 +84,7 @@ export interface HoldOutcome {
 /** How long the hold waits for attached clients to leave after its final notice. */
 const DETACH_WAIT_MS = 1_000;
 /** Bound on stopping the agent and its sessions' processes. */
-const STOP_WAIT_MS = 4_000;
+const STOP_WAIT_MS = 10_000;
 
 const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = { SIGINT: 2, SIGTERM: 15 };
 
@@ -293,11 +294,4 @@ function continueAppeared(path: string, baseline: FileStamp | undefined): boolea
 /** A time left, in whole seconds (rounded up) once it is a second or more. */
 function roundUp(ms: number): string {
   return formatDuration(ms >= 1000 ? Math.ceil(ms / 1000) * 1000 : ms);
-}
-
-/** Waits for `p`, but at most `ms`. */
-async function within(ms: number, p: Promise<unknown>): Promise<void> {
-  let t: ReturnType<typeof setTimeout> | undefined;
-  await Promise.race([p, new Promise<void>((r) => (t = setTimeout(r, ms)))]);
-  clearTimeout(t);
 }

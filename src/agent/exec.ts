@@ -65,6 +65,7 @@ export function endGroup(pid: number, done: Promise<unknown>): void {
 }
 
 export class ExecStream {
+  private readonly onEnd: () => void;
   private readonly credit: Credit;
   private readonly stdinGrant: Grant;
   private readonly offsets = [0, 0, 0];
@@ -77,13 +78,20 @@ export class ExecStream {
   private timedOut = false;
   private timer?: ReturnType<typeof setTimeout>;
   private readers: ReadableStreamBYOBReader[] = [];
+  private resolveEnded!: () => void;
+  /** Resolves once the stream has ended: its exit status (or error) went out, or it was aborted. */
+  readonly ended = new Promise<void>((r) => (this.resolveEnded = r));
 
   constructor(
     private readonly conn: Conn,
     readonly sid: number,
     private readonly open: Open,
-    private readonly onEnd: () => void,
+    onEnd: () => void,
   ) {
+    this.onEnd = () => {
+      onEnd();
+      this.resolveEnded();
+    };
     this.credit = new Credit(open.window);
     this.stdinGrant = new Grant(
       STDIN_WINDOW,
@@ -235,6 +243,14 @@ export class ExecStream {
   }
 
   onResize(): void {}
+
+  /**
+   * The agent is stopping: end the process group (SIGTERM, SIGKILL after the
+   * grace) and still report how it ended, so the client gets an exit status.
+   */
+  terminate(): void {
+    if (this.child && !this.aborted) endGroup(this.child.pid, this.child.status);
+  }
 
   /** The client went away (either way): end the process group, report nothing. */
   abort(): void {

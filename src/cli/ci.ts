@@ -118,12 +118,17 @@ function registerHold(ci: Command) {
     .addOption(
       new Option("--reminder <dur>", "interval of the reminder lines").default("30s").hideHelp(),
     )
+    .addOption(
+      new Option("--poll <dur>", "how often the continue file is checked").default("250ms")
+        .hideHelp(),
+    )
     .addHelpText("after", HOLD_HELP)
     .action(async (opts, cmd) => {
       const g = globals(cmd);
       const connectTimeoutMs = parseDuration(opts.connectTimeout, "--connect-timeout");
       const sessionTtlMs = parseDuration(opts.sessionTtl, "--session-ttl");
       const reminderMs = Math.max(1000, parseDuration(opts.reminder, "--reminder"));
+      const pollMs = Math.max(1, parseDuration(opts.poll, "--poll"));
       const extra = parsePairs(opts.label, "--label");
       const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
         readStoredConfig(g.configDir || defaultConfigDir()).relay;
@@ -157,6 +162,7 @@ function registerHold(ci: Command) {
         sessionTtlMs,
         onTimeout: opts.onTimeout,
         reminderMs,
+        pollMs,
       }, {
         ready(info: ReadyInfo) {
           console.log(`${READY_MARKER}${JSON.stringify(info)}`);

@@ -1,0 +1,17 @@
+/** Small promise helpers shared by the roles. */
+
+/** Waits for `p`, at most `ms`; true if `p` settled in time (either way). */
+export async function within(ms: number, p: Promise<unknown>): Promise<boolean> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((r) => (t = setTimeout(() => r(false), ms)));
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(t);
+  }
+}
+
+/** Resolves after `ms`. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
