@@ -1,5 +1,6 @@
 /** Issue 2: relay, keys, enrollment, machines, reconnects, `tether up`. */
 import assert from "node:assert/strict";
+import { TcpProxy } from "./proxy.ts";
 import { join } from "node:path";
 import { baseEnv, Proc, run, walkFiles, World } from "./helpers.ts";
 import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
@@ -301,6 +302,25 @@ Deno.test("agent failures: no key is not_configured, a bad key is unauthenticate
     env: { ...baseEnv(w.home), TETHER_AGENT_KEY: "tether_agent_000000000000_" + "0".repeat(40) },
   });
   assert.equal(JSON.parse(wrong.stdout).error.code, "unauthenticated");
+});
+
+Deno.test("an agent outlives refusals that can pass: 503, 429 with Retry-After, 500", async () => {
+  await using w = await World.create();
+  const http = (status: string, extra = "") =>
+    `HTTP/1.1 ${status}\r\nContent-Length: 0\r\nConnection: close\r\n${extra}\r\n`;
+  const front = new TcpProxy({ hostname: "127.0.0.1", port: w.port }, [
+    http("503 Service Unavailable"),
+    http("429 Too Many Requests", "Retry-After: 1\r\n"),
+    http("500 Internal Server Error"),
+  ]);
+  try {
+    const a = await w.startAgent("patient", { relay: `ws://127.0.0.1:${front.port}` });
+    assert.match(a.stderr, /not ready; retrying/);
+    const r = await w.tether(["exec", "patient", "--", "echo", "made-it"]);
+    assert.equal(r.stdout, "made-it\n", r.stderr);
+  } finally {
+    front.close();
+  }
 });
 
 Deno.test("a relay on a port that is taken says so", async () => {

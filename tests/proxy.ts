@@ -4,7 +4,14 @@ export class TcpProxy {
   private readonly pairs = new Set<[Deno.TcpConn, Deno.TcpConn]>();
   readonly port: number;
 
-  constructor(private readonly target: { hostname: string; port: number }) {
+  /**
+   * `answers`: the first connections get these raw HTTP answers instead of being forwarded
+   * (a relay restarting, throttling, failing), one each, in order.
+   */
+  constructor(
+    private readonly target: { hostname: string; port: number },
+    private readonly answers: string[] = [],
+  ) {
     this.listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
     this.port = (this.listener.addr as Deno.NetAddr).port;
     this.accept();
@@ -12,6 +19,11 @@ export class TcpProxy {
 
   private async accept(): Promise<void> {
     for await (const inbound of this.listener) {
+      const canned = this.answers.shift();
+      if (canned !== undefined) {
+        this.answer(inbound, canned);
+        continue;
+      }
       let outbound: Deno.TcpConn;
       try {
         outbound = await Deno.connect(this.target);
@@ -38,6 +50,17 @@ export class TcpProxy {
         end,
       );
     }
+  }
+
+  private async answer(conn: Deno.TcpConn, text: string): Promise<void> {
+    try {
+      await conn.read(new Uint8Array(16 * 1024)); // the request head
+      const bytes = new TextEncoder().encode(text);
+      for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
+    } catch { /* the peer went away */ }
+    try {
+      conn.close();
+    } catch { /* closed */ }
   }
 
   /** Drops every open connection (new ones are still accepted). */

@@ -1,7 +1,8 @@
 /** Issue 6: passwords and tokens, isolation, revocation, TLS, transport policy, throttling, audit, fuzz. */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { awkEchoArgv, baseEnv, run, walkFiles, World } from "./helpers.ts";
+import { awkEchoArgv, baseEnv, run, tetherArgv, walkFiles, World } from "./helpers.ts";
+import { hasTmux, Tmux } from "./tmux.ts";
 import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
 
 function errorCode(r: { stdout: string }): string {
@@ -256,21 +257,86 @@ Deno.test("plain ws:// to a host that is not loopback is refused unless --insecu
   assert.match(allowed.stderr, /WARNING.*UNENCRYPTED/);
 });
 
-Deno.test("bad API keys are throttled per address: 429 and rate_limited", async () => {
+Deno.test("bad keys are paced per address, but a valid key from that address is never refused", async () => {
   await using w = await World.create();
-  const bad = { TETHER_API_KEY: "tether_client_000000000000_" + "0".repeat(40) };
-  let last = "";
-  for (let i = 0; i < 11; i++) {
-    last = errorCode(await w.tether(["machines", "--json"], { env: bad }));
-  }
-  assert.equal(last, "rate_limited");
   const http = w.url.replace("ws://", "http://");
-  const res = await fetch(`${http}/v1/client`, {
-    headers: { Authorization: `Bearer ${w.keys.client_key}` },
-  });
-  assert.equal(res.status, 429);
-  assert.ok(Number(res.headers.get("retry-after")) > 0);
-  await res.body?.cancel();
+  const attempt = async (key: string) => {
+    const t0 = Date.now();
+    const res = await fetch(`${http}/v1/client`, { headers: { Authorization: `Bearer ${key}` } });
+    await res.body?.cancel();
+    return { status: res.status, ms: Date.now() - t0, retryAfter: res.headers.get("retry-after") };
+  };
+  const bad = "tether_client_000000000000_" + "0".repeat(40);
+  // A storm of bad keys: the first few are refused at once, the rest wait their turn (or are
+  // told to slow down), and none of them locks anything.
+  const storm = await Promise.all(Array.from({ length: 40 }, () => attempt(bad)));
+  for (const r of storm) assert.ok(r.status === 401 || r.status === 429, String(r.status));
+  assert.ok(storm.some((r) => r.ms >= 1000 || r.status === 429), "failures beyond the burst wait");
+  for (const r of storm.filter((r) => r.status === 429)) assert.ok(Number(r.retryAfter) > 0);
+  // Meanwhile and right after, the valid key works at once from the same address.
+  const [good, cli] = await Promise.all([
+    attempt(w.keys.client_key),
+    w.tether(["machines", "--json"]),
+  ]);
+  assert.equal(good.status, 426, "a valid key gets as far as the upgrade");
+  assert.ok(good.ms < 1000, `a valid key is not delayed (${good.ms} ms)`);
+  assert.equal(cli.code, 0, cli.stdout + cli.stderr);
+  // The bad key itself is still told what is wrong.
+  const again = await w.tether(["machines", "--json"], { env: { TETHER_API_KEY: bad } });
+  assert.ok(["unauthenticated", "rate_limited"].includes(errorCode(again)), again.stdout);
+});
+
+Deno.test({
+  name: "a revoked key ends its connect at once; the same address's valid client and agent work",
+  ignore: !hasTmux(),
+  async fn() {
+    await using w = await World.create();
+    const agent = await w.startAgent("natbox");
+    const minted = await w.tether([
+      "relay",
+      "keys",
+      "create",
+      "--data-dir",
+      w.relayDir,
+      "--workspace",
+      w.keys.workspace,
+      "--role",
+      "client",
+      "--json",
+    ]);
+    const doomed = JSON.parse(minted.stdout) as { id: string; key: string };
+    await using t = await Tmux.start(tetherArgv(["connect", "natbox"]), {
+      env: w.env({ TERM: "xterm-256color", TETHER_API_KEY: doomed.key }),
+    });
+    await t.waitFor(/attached —/);
+    const revoke = await w.tether(["relay", "keys", "revoke", "--data-dir", w.relayDir, doomed.id]);
+    assert.equal(revoke.code, 0, revoke.stderr);
+    // Ended with the refusal itself: no "reconnecting…", no redial storm.
+    const screen = (await t.waitFor(/\[exited (\d+)\]/, 10_000)).input;
+    assert.match(screen, /tether: the relay revoked this key/);
+    assert.match(screen, /\[exited 255\]/);
+    assert.doesNotMatch(screen, /reconnecting/);
+
+    // A relay restart, then a storm of refused keys, then a client and an agent restart, all
+    // from one address: every valid key works at once.
+    await w.stopRelay();
+    await w.startRelay();
+    await agent.waitFor(/online as natbox[\s\S]*online as natbox/);
+    const http = w.url.replace("ws://", "http://");
+    await Promise.all(Array.from({ length: 30 }, async () => {
+      const res = await fetch(`${http}/v1/client`, {
+        headers: { Authorization: `Bearer ${doomed.key}` },
+      });
+      await res.body?.cancel();
+    }));
+    const ms = await w.tether(["machines", "--json"]);
+    assert.equal(ms.code, 0, ms.stdout + ms.stderr);
+    await agent.stop();
+    const again = await w.startAgent("natbox");
+    assert.match(again.stderr, /online as natbox/);
+    const r = await w.tether(["exec", "natbox", "--", "echo", "through"]);
+    assert.equal(r.stdout, "through\n", r.stderr);
+  },
 });
 
 Deno.test("audit: every exec and attach is recorded with key, machine, argv, bytes and exit", async () => {

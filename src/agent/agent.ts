@@ -3,8 +3,8 @@
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
 import { hostname } from "node:os";
-import { within } from "../common/async.ts";
-import { TetherError } from "../common/errors.ts";
+import { backoff, within } from "../common/async.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
@@ -57,6 +57,8 @@ export interface AgentOptions {
 const BACKOFF_MIN_MS = 250;
 const SESSION_REPORT_MS = 5_000;
 const BACKOFF_MAX_MS = 5_000;
+/** The longest `Retry-After` from the relay the agent honours. */
+const RETRY_AFTER_MAX_MS = 60_000;
 /** How long a stopping agent lets running commands finish before it ends them. */
 const EXEC_DRAIN_MS = 1_000;
 
@@ -106,9 +108,14 @@ export class Agent {
         ({ closed } = await this.connect());
         attempt = 0;
       } catch (e) {
-        if (!(e instanceof TetherError) || e.code !== "relay_unreachable") throw e;
+        // Only a refusal of who we are ends the agent; anything it can outlive (an
+        // unreachable or restarting relay, throttling, a 5xx) is retried.
+        if (!(e instanceof TetherError) || isFinal(e.code)) throw e;
         attempt++;
-        const delay = backoff(attempt);
+        const delay = Math.max(
+          backoff(attempt, BACKOFF_MIN_MS, BACKOFF_MAX_MS),
+          Math.min(e.retryAfterMs ?? 0, RETRY_AFTER_MAX_MS),
+        );
         if (attempt === 1 || attempt % 10 === 0) {
           this.log(`${e.message}; retrying in ${(delay / 1000).toFixed(1)}s`);
         }
@@ -118,7 +125,7 @@ export class Agent {
       const reason = await closed;
       if (this.stopped) break;
       this.log(`disconnected from relay (${reason}); reconnecting`);
-      await this.sleep(backoff(1));
+      await this.sleep(backoff(1, BACKOFF_MIN_MS, BACKOFF_MAX_MS));
     }
   }
 
@@ -356,11 +363,6 @@ export class Agent {
     else if (f.type === FRAME_CREDIT) s.onCredit(f.bytes);
     else throw new ProtocolError("unexpected frame for the agent");
   }
-}
-
-function backoff(attempt: number): number {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.max(0, attempt - 1));
-  return Math.round(base * (0.8 + Math.random() * 0.4));
 }
 
 function rateLimited(seconds: number): WireError {

@@ -5,7 +5,9 @@
  * forwarded, and — when the connection drops — reconnecting and resuming
  * from the last offset received, so nothing is lost or shown twice.
  */
-import { TetherError } from "../common/errors.ts";
+import { backoff, delay } from "../common/async.ts";
+import { parseDuration } from "../common/duration.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
@@ -15,8 +17,14 @@ import { stripTerminalQueries } from "./replay_filter.ts";
 
 const CTRL_D = 0x04;
 
-/** How long a dropped session keeps trying to come back before giving up. */
-export const RECONNECT_DEADLINE_MS = 60_000;
+/** How long a dropped session keeps trying to come back before giving up (default). */
+export const RECONNECT_WINDOW_MS = 60_000;
+
+/** The reconnect window: env TETHER_RECONNECT_WINDOW (a duration) or 60 s. */
+export function reconnectWindowMs(): number {
+  const text = Deno.env.get("TETHER_RECONNECT_WINDOW");
+  return text ? parseDuration(text, "TETHER_RECONNECT_WINDOW") : RECONNECT_WINDOW_MS;
+}
 /** A reattach that gets no answer this long is abandoned and retried on a new connection. */
 const OPEN_TIMEOUT_MS = 10_000;
 
@@ -311,18 +319,15 @@ export async function attach(
       // The stream broke: reconnect and resume from the last offset we showed.
       const why = lost;
       lost = undefined;
+      // A refusal such as a revoked key is final: redialing would only be refused again.
+      if (isFinal(why.code)) throw new TetherError(why.code, why.message, { hint: why.hint });
       if (req.oneShot) {
         throw new TetherError("session_lost", why.message, { hint: why.hint });
       }
       await writeChain;
       term.status(`[tether: connection lost (${why.message}) — reconnecting…]`);
       const recovered = await reconnect();
-      if (!recovered.ok) {
-        throw new TetherError("session_lost", recovered.message, {
-          hint:
-            `the session may still be running: tether connect ${req.machineName} --session ${session}`,
-        });
-      }
+      if (recovered !== "ok") throw recovered;
       term.status("[tether: reconnected]");
       sendResize();
     }
@@ -343,11 +348,11 @@ export async function attach(
   if (done.kind === "detach") client.closeStream(sid, "detach");
   return done;
 
-  async function reconnect(): Promise<{ ok: true } | { ok: false; message: string }> {
-    const deadline = Date.now() + RECONNECT_DEADLINE_MS;
-    let delay = 250;
+  /** Redials and reattaches until it works, the window closes, or a refusal is final. */
+  async function reconnect(): Promise<"ok" | TetherError> {
+    const deadline = Date.now() + reconnectWindowMs();
     let last = "";
-    while (Date.now() < deadline && !outcome) {
+    for (let attempt = 1; Date.now() < deadline && !outcome; attempt++) {
       try {
         // The relay may still be there while the agent went away: then the same
         // connection serves; otherwise dial again.
@@ -365,21 +370,30 @@ export async function attach(
           client.closeStream(sid, "lost");
           client.close(); // dial afresh next time
         }
-        if (r === "ok") return { ok: true };
+        if (r === "ok") return "ok";
         if (r.code === "session_not_found") {
-          return { ok: false, message: `the session ended while we were away (${r.message})` };
+          return new TetherError(
+            "session_lost",
+            `session ${session} ended while we were away (the machine no longer has it)`,
+            { hint: `start a new one: tether connect ${req.machineName} --new` },
+          );
         }
+        if (isFinal(r.code)) return new TetherError(r.code, r.message, { hint: r.hint });
         last = r.message;
       } catch (e) {
+        if (e instanceof TetherError && isFinal(e.code)) return e;
         last = (e as Error).message;
       }
-      await new Promise((r) => setTimeout(r, delay));
-      delay = Math.min(delay * 2, 2000);
+      await delay(backoff(attempt, 250, 2000));
     }
-    return {
-      ok: false,
-      message: `could not reconnect within ${RECONNECT_DEADLINE_MS / 1000}s: ${last}`,
-    };
+    return new TetherError(
+      "session_lost",
+      `could not reconnect within ${reconnectWindowMs() / 1000}s: ${last}`,
+      {
+        hint:
+          `the session may still be running: tether connect ${req.machineName} --session ${session}`,
+      },
+    );
   }
 }
 

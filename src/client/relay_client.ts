@@ -2,7 +2,7 @@
  * A client's connection to the relay: requests with answers, and streams
  * to agents multiplexed on the one WebSocket.
  */
-import { TetherError } from "../common/errors.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import { type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
@@ -51,6 +51,8 @@ export class RelayClient {
   private streams = new Map<number, StreamHandlers>();
   private auths = new Map<number, StreamAuth>();
   private closedReason?: string;
+  /** The relay's own word on why it closed us (e.g. the key was revoked). */
+  private closedError?: WireError;
   private resolveClosed!: (reason: string) => void;
   private readonly closedPromise = new Promise<string>((r) => (this.resolveClosed = r));
 
@@ -141,6 +143,10 @@ export class RelayClient {
   }
 
   private lostError(): TetherError {
+    // A refusal that retrying cannot change (a revoked key) is reported as itself, so that
+    // nobody treats it as a dropped connection and redials.
+    const e = this.closedError;
+    if (e && isFinal(e.code)) return new TetherError(e.code, e.message, { hint: e.hint });
     return new TetherError(
       "session_lost",
       `lost the connection to the relay (${this.closedReason})`,
@@ -185,6 +191,7 @@ export class RelayClient {
       case "error": {
         if (msg.sid === undefined) {
           this.closedReason = msg.message;
+          this.closedError = { code: msg.code, message: msg.message, hint: msg.hint };
           return;
         }
         const h = this.streams.get(msg.sid);
@@ -210,8 +217,14 @@ export class RelayClient {
     this.closedReason ??= reason;
     this.resolveClosed(reason);
     const err = this.lostError();
+    const refused = this.closedError && isFinal(this.closedError.code);
     for (const p of this.pending.values()) {
-      p.reject(new TetherError("relay_unreachable", `the relay closed the connection (${reason})`));
+      p.reject(
+        refused ? err : new TetherError(
+          "relay_unreachable",
+          `the relay closed the connection (${reason})`,
+        ),
+      );
     }
     this.pending.clear();
     const streams = [...this.streams.values()];

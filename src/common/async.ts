@@ -15,3 +15,12 @@ export async function within(ms: number, p: Promise<unknown>): Promise<boolean> 
 export function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/**
+ * Capped exponential backoff with ±20 % jitter: `minMs` for the first
+ * attempt, doubling up to `maxMs`.
+ */
+export function backoff(attempt: number, minMs: number, maxMs: number): number {
+  const base = Math.min(maxMs, minMs * 2 ** Math.max(0, attempt - 1));
+  return Math.round(base * (0.8 + Math.random() * 0.4));
+}

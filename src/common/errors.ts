@@ -15,6 +15,7 @@ export const ERROR_CODES = [
   "session_lost",
   "timeout",
   "interactive_required",
+  "relay_unavailable",
   "internal",
 ] as const;
 
@@ -22,6 +23,30 @@ export type ErrorCode = typeof ERROR_CODES[number];
 
 export function isErrorCode(s: unknown): s is ErrorCode {
   return typeof s === "string" && (ERROR_CODES as readonly string[]).includes(s);
+}
+
+/**
+ * Refusals that retrying cannot change. A client that meets one ends at once
+ * with it; an agent stops. Everything else (relay_unreachable,
+ * relay_unavailable, rate_limited, machine_offline, session_lost, timeout,
+ * internal) may pass, and is retried with capped, jittered backoff where a
+ * retry makes sense.
+ */
+const FINAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "usage",
+  "not_configured",
+  "unauthenticated",
+  "forbidden",
+  "machine_not_found",
+  "ambiguous_machine",
+  "password_required",
+  "password_invalid",
+  "session_not_found",
+  "interactive_required",
+]);
+
+export function isFinal(code: ErrorCode): boolean {
+  return FINAL.has(code);
 }
 
 /** A candidate shown with `ambiguous_machine` and similar errors. */
@@ -40,17 +65,20 @@ export class TetherError extends Error {
   readonly code: ErrorCode;
   readonly hint?: string;
   readonly candidates?: Candidate[];
+  /** For `rate_limited`: how long the other side asked us to wait. */
+  readonly retryAfterMs?: number;
 
   constructor(
     code: ErrorCode,
     message: string,
-    opts: { hint?: string; candidates?: Candidate[]; cause?: unknown } = {},
+    opts: { hint?: string; candidates?: Candidate[]; cause?: unknown; retryAfterMs?: number } = {},
   ) {
     super(message, { cause: opts.cause });
     this.name = "TetherError";
     this.code = code;
     this.hint = opts.hint;
     this.candidates = opts.candidates;
+    this.retryAfterMs = opts.retryAfterMs;
   }
 
   toJSON(): { code: ErrorCode; message: string; hint?: string; candidates?: Candidate[] } {

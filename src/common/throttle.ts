@@ -56,3 +56,38 @@ export class Throttle {
     }
   }
 }
+
+/**
+ * Paces failures by key (a source address at the relay) without ever
+ * delaying a success: the first `burst` failures are answered at once, then
+ * one every 1/`perSecond` s (the generic cell rate algorithm: `tat` is the
+ * theoretical arrival time of the next failure). A key can never be locked
+ * out this way; it only waits. Keys are 160-bit secrets, so guessing is not
+ * the threat; pacing bounds what a misconfigured or hostile peer costs.
+ */
+export class FailurePacer {
+  private readonly tat = new Map<string, number>();
+  private readonly interval: number;
+
+  constructor(perSecond: number, readonly burst: number, readonly maxDelayMs: number) {
+    this.interval = 1000 / perSecond;
+  }
+
+  /**
+   * Records a failure; returns how long to hold its answer (ms), or -1 when
+   * that would exceed `maxDelayMs` (answer at once with a "slow down").
+   */
+  fail(key: string): number {
+    const now = Date.now();
+    if (this.tat.size >= MAX_TRACKED && !this.tat.has(key)) this.prune(now);
+    const tat = Math.max(this.tat.get(key) ?? now, now);
+    const wait = Math.max(0, tat - now - (this.burst - 1) * this.interval);
+    if (wait > this.maxDelayMs) return -1;
+    this.tat.set(key, tat + this.interval);
+    return wait;
+  }
+
+  private prune(now: number): void {
+    for (const [k, t] of this.tat) if (t <= now) this.tat.delete(k);
+  }
+}

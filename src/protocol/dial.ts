@@ -194,9 +194,16 @@ function refusedError(status: number, relay: string, headers: Headers): TetherEr
     );
   }
   if (status === 429) {
-    const after = headers.get("retry-after");
+    const after = Number(headers.get("retry-after"));
+    const seconds = Number.isFinite(after) && after > 0 ? after : undefined;
     return new TetherError("rate_limited", `the relay at ${relay} is throttling this address`, {
-      hint: `too many failed attempts; retry in ${after ?? "a while"} s`,
+      hint: `too many failed key checks from this address; retry in ${seconds ?? "a few"} s`,
+      retryAfterMs: seconds ? seconds * 1000 : undefined,
+    });
+  }
+  if (status === 503) {
+    return new TetherError("relay_unavailable", `the relay at ${relay} is not ready`, {
+      hint: "its store cannot be used right now (see the relay's log); retry shortly",
     });
   }
   return new TetherError(

@@ -63,7 +63,7 @@ const enc = new TextEncoder();
 /** Listens at once (throws Deno.errors.AddrInUse and the like synchronously). */
 export function serveHttp(
   opts: HttpServerOptions,
-  handler: (req: HttpRequest) => HttpAnswer,
+  handler: (req: HttpRequest) => HttpAnswer | Promise<HttpAnswer>,
 ): HttpServer {
   const listener: Deno.Listener = opts.cert && opts.key
     ? Deno.listenTls({ hostname: opts.hostname, port: opts.port, cert: opts.cert, key: opts.key })
@@ -119,7 +119,7 @@ export function serveHttp(
     }
     let answer: HttpAnswer;
     try {
-      answer = handler({
+      answer = await handler({
         method: m[1],
         path,
         headers: head.headers,

@@ -434,7 +434,11 @@ export class Hub {
     );
     for (const l of links) {
       if (revoked.has(l.principal.keyId)) {
-        l.conn.fail(CLOSE_AUTH, { code: "unauthenticated", message: "the key was revoked" });
+        l.conn.fail(CLOSE_AUTH, {
+          code: "unauthenticated",
+          message: "the relay revoked this key",
+          hint: "ask the relay's operator for a new key, then run `tether login`",
+        });
       }
     }
   }

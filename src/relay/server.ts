@@ -10,15 +10,21 @@ import { TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
-import { Throttle } from "../common/throttle.ts";
+import { FailurePacer } from "../common/throttle.ts";
+import { delay } from "../common/async.ts";
 import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
 import { MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
 import { MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
 
-/** Failed key checks per source address before HTTP 429, and the first cool-down. */
-const KEY_FAILURES = 10;
-const KEY_FAILURE_WINDOW_MS = 60_000;
-const KEY_COOLDOWN_MS = 60_000;
+/**
+ * Failed key checks per source address: 10 are answered at once, then 5 a
+ * second; a failure that would wait more than 10 s gets 429 at once. A valid
+ * key is never delayed or refused for what other keys did from its address
+ * (one NAT may hide a revoked user and a fleet of agents).
+ */
+const KEY_FAILURE_BURST = 10;
+const KEY_FAILURES_PER_SECOND = 5;
+const KEY_FAILURE_MAX_DELAY_MS = 10_000;
 
 export interface RelayOptions {
   hostname: string;
@@ -48,7 +54,11 @@ export function startRelay(opts: RelayOptions): Relay {
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log);
   const tls = !!(opts.tlsCert && opts.tlsKey);
-  const throttle = new Throttle(KEY_FAILURES, KEY_FAILURE_WINDOW_MS, KEY_COOLDOWN_MS);
+  const pacer = new FailurePacer(
+    KEY_FAILURES_PER_SECOND,
+    KEY_FAILURE_BURST,
+    KEY_FAILURE_MAX_DELAY_MS,
+  );
   let server: HttpServer;
   try {
     server = serveHttp({
@@ -58,7 +68,7 @@ export function startRelay(opts: RelayOptions): Relay {
       key: tls ? Deno.readTextFileSync(opts.tlsKey!) : undefined,
       maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE),
       log,
-    }, (req) => handle(req, hub, throttle, log));
+    }, (req) => handle(req, hub, pacer, log));
   } catch (e) {
     store.close();
     if (e instanceof Deno.errors.AddrInUse) {
@@ -106,9 +116,9 @@ export function startRelay(opts: RelayOptions): Relay {
 function handle(
   req: HttpRequest,
   hub: Hub,
-  throttle: Throttle,
+  pacer: FailurePacer,
   log: (l: string) => void,
-): HttpAnswer {
+): HttpAnswer | Promise<HttpAnswer> {
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
   const role: Role | undefined = req.path === "/v1/agent"
     ? "agent"
@@ -118,30 +128,26 @@ function handle(
   if (!role) return { status: 404, body: "not found\n" };
 
   const addr = req.remote;
-  const wait = throttle.blockedFor(addr.hostname);
-  if (wait > 0) {
-    return {
-      status: 429,
-      body: "too many failed attempts\n",
-      headers: { "retry-after": String(wait) },
-    };
-  }
   const auth = req.headers.get("authorization") ?? "";
   const m = /^Bearer\s+(\S+)$/i.exec(auth);
   const parsed = m ? parseKey(m[1]) : null;
   const principal = parsed ? hub.store.authenticate(parsed) : null;
   if (!principal) {
-    throttle.fail(addr.hostname);
-    if (throttle.blockedFor(addr.hostname) > 0) {
-      log(`throttling ${addr.hostname}: too many failed key checks`);
+    const wait = pacer.fail(addr.hostname);
+    if (wait < 0) {
+      return {
+        status: 429,
+        body: "too many failed key checks from this address; slow down\n",
+        headers: { "retry-after": String(Math.ceil(KEY_FAILURE_MAX_DELAY_MS / 1000)) },
+      };
     }
-    return {
+    const refusal: HttpAnswer = {
       status: 401,
       body: "unauthenticated: missing or invalid key\n",
       headers: { "www-authenticate": "Bearer" },
     };
+    return wait > 0 ? delay(wait).then(() => refusal) : refusal;
   }
-  throttle.succeed(addr.hostname);
   const allowed = role === "client" ? principal.kind === "client" : principal.kind !== "client";
   if (!allowed) {
     return { status: 403, body: `forbidden: this key cannot be used on /v1/${role}\n` };
