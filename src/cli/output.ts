@@ -30,6 +30,15 @@ export function asTetherError(e: unknown): TetherError {
   if (e instanceof Deno.errors.PermissionDenied) {
     return new TetherError("internal", e.message, { hint: "check file permissions", cause: e });
   }
+  // An operating system error (a missing path, a read-only or full disk) names the path and
+  // the reason; it is the environment, not a bug.
+  const osCode = (e as { code?: unknown })?.code;
+  if (e instanceof Error && typeof osCode === "string" && /^E[A-Z]+$/.test(osCode)) {
+    return new TetherError("internal", e.message, {
+      hint: "the operating system refused: check the path, its permissions and free space",
+      cause: e,
+    });
+  }
   const err = e as Error;
   return new TetherError("internal", err?.message ?? String(e), {
     hint: "this is a bug in tether; please report it with the command you ran",

@@ -20,6 +20,7 @@ export const CLOSE_AUTH = 4401;
 export const CLOSE_VERSION = 4409;
 export const CLOSE_DEAD = 4408;
 export const CLOSE_REPLACED = 4410;
+export const CLOSE_UNAVAILABLE = 4503;
 
 /**
  * What Conn needs of a socket (ws_socket.ts): text messages arrive as

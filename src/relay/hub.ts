@@ -297,12 +297,14 @@ export class Hub {
         session: msg.session ?? null,
       });
     } catch (e) {
-      // Nothing runs unrecorded: a relay that cannot write its audit log refuses.
+      // Nothing runs unrecorded: a relay that cannot write its audit log refuses, and
+      // says so; what only reads (machines, sessions) keeps working.
       this.log(`audit write failed: ${(e as Error).message}`);
       return fail({
-        code: "internal",
-        message: "the relay cannot write its audit log (disk full?)",
-        hint: "the relay's operator must free space in its data dir",
+        code: "relay_unavailable",
+        message: "the relay cannot record this in its audit log: its store cannot be written",
+        hint: "the relay's operator must free space in its data dir (its log says more); " +
+          "`tether machines` still works",
       });
     }
     const route: Route = {
@@ -424,7 +426,16 @@ export class Hub {
   sweep(): void {
     // Online machines' heartbeat times live in memory; the store gets them now and then
     // (and at disconnect), not on every ping.
-    if (Date.now() - this.lastFlush >= LAST_SEEN_FLUSH_MS) this.flushLastSeen();
+    if (Date.now() - this.lastFlush >= LAST_SEEN_FLUSH_MS) {
+      try {
+        this.flushLastSeen();
+      } catch (e) {
+        this.log(`cannot write heartbeat times: ${(e as Error).message}`);
+      }
+    }
+    try {
+      this.store.flushKeyUse();
+    } catch { /* best effort: kept for the next sweep */ }
     const links: { conn: Conn; principal: Principal }[] = [
       ...this.agents.values(),
       ...this.clients,

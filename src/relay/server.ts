@@ -3,10 +3,16 @@
  * checked before the upgrade (401 without one), then the first message must
  * be a hello with our protocol version.
  */
-import { CLOSE_PROTOCOL, CLOSE_VERSION, Conn, HEARTBEAT_MS } from "../protocol/conn.ts";
+import {
+  CLOSE_PROTOCOL,
+  CLOSE_UNAVAILABLE,
+  CLOSE_VERSION,
+  Conn,
+  HEARTBEAT_MS,
+} from "../protocol/conn.ts";
 import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
-import { TetherError } from "../common/errors.ts";
+import { type ErrorCode, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
@@ -119,7 +125,14 @@ function handle(
   pacer: FailurePacer,
   log: (l: string) => void,
 ): HttpAnswer | Promise<HttpAnswer> {
+  // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
+  if (req.path === "/readyz") {
+    const problem = hub.store.health();
+    return problem
+      ? { status: 503, body: `not ready: ${problem}\n` }
+      : { status: 200, body: "ready\n" };
+  }
   const role: Role | undefined = req.path === "/v1/agent"
     ? "agent"
     : req.path === "/v1/client"
@@ -244,10 +257,21 @@ function hello(
   };
   let machine: { id: string; secret?: string };
   if (principal.kind === "machine") {
-    hub.store.updateMachine(principal.machineId, info);
     machine = { id: principal.machineId };
+    try {
+      hub.store.updateMachine(principal.machineId, info);
+    } catch (e) {
+      // Best effort: a full disk must not keep a known machine offline.
+      log(`machine ${principal.machineId}: ${(e as Error).message}`);
+    }
   } else {
-    machine = hub.store.enrollMachine(principal.workspace, principal.keyId, info);
+    try {
+      machine = hub.store.enrollMachine(principal.workspace, principal.keyId, info);
+    } catch (e) {
+      // The agent retries: enrollment works again once the store can be written.
+      conn.fail(CLOSE_UNAVAILABLE, asWire(e));
+      return undefined;
+    }
     log(`enrolled machine ${info.name} (${machine.id}) in workspace ${principal.workspace}`);
   }
   const link: AgentLink = {
@@ -266,4 +290,8 @@ function hello(
   conn.send({ ...base, machine });
   hub.addAgent(link);
   return link;
+}
+
+function asWire(e: unknown): { code: ErrorCode; message: string; hint?: string } {
+  return e instanceof TetherError ? e.toJSON() : { code: "internal", message: String(e) };
 }

@@ -56,6 +56,8 @@ const MIGRATIONS: string[] = [
      error TEXT
    );
    CREATE INDEX audit_started ON audit(started_at);`,
+  // One row the readiness check rewrites to learn that the store can be written again.
+  `CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at INTEGER NOT NULL);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -97,6 +99,26 @@ export type Principal =
   | { kind: "machine"; keyId: string; workspace: string; machineId: string };
 
 export const DB_FILE = "tether.db";
+/** Bytes the readiness probe writes: a page or so, enough to fail on a full disk. */
+const PROBE_BYTES = 4096;
+
+/** Writes and removes a small file in `dir`; throws the OS error if it cannot. */
+function probeWrite(dir: string): void {
+  const probe = join(dir, ".write-probe");
+  try {
+    Deno.writeFileSync(probe, new Uint8Array(PROBE_BYTES));
+  } finally {
+    try {
+      Deno.removeSync(probe);
+    } catch { /* not written */ }
+  }
+}
+
+/** The operating system's (or SQLite's) words for why something failed. */
+function reason(e: unknown): string {
+  const msg = (e as Error)?.message ?? String(e);
+  return msg.split("\n")[0];
+}
 
 /** One exec or attach as the audit log keeps it. */
 export interface AuditRow {
@@ -119,18 +141,133 @@ export interface AuditRow {
 
 export class Store {
   readonly db: DatabaseSync;
+  /** Why the last write failed, until one succeeds again (see health()). */
+  private lastWriteError?: string;
+  /** Keys used since the last flush: last use is recorded in batches, never per request. */
+  private readonly keyUse = new Map<string, number>();
 
-  constructor(dataDir: string) {
-    Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-    this.db = new DatabaseSync(join(dataDir, DB_FILE));
-    this.db.exec(
-      "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-    );
-    this.migrate();
+  /**
+   * Opens (creating if needed) the store in `dataDir`. A directory that cannot
+   * be created, opened or written is a `relay_unavailable` error naming the
+   * path and the operating system's reason.
+   */
+  constructor(readonly dataDir: string) {
+    let db: DatabaseSync | undefined;
+    try {
+      Deno.mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+      // SQLite would only say "unable to open database file"; the OS says why.
+      probeWrite(dataDir);
+      db = new DatabaseSync(join(dataDir, DB_FILE));
+      db.exec(
+        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+      );
+      this.db = db;
+      this.migrate();
+    } catch (e) {
+      try {
+        db?.close();
+      } catch { /* not open */ }
+      if (e instanceof TetherError) throw e;
+      throw new TetherError(
+        "relay_unavailable",
+        `cannot use the relay's data dir ${dataDir}: ${reason(e)}`,
+        {
+          hint: "check that the directory exists, is writable by this user and its disk has " +
+            "space, or pass another --data-dir",
+          cause: e,
+        },
+      );
+    }
   }
 
   close(): void {
+    try {
+      this.flushKeyUse();
+    } catch { /* best effort */ }
     this.db.close();
+  }
+
+  /**
+   * Runs a write. A failure (a full disk, a read-only file) is remembered for
+   * health() and becomes a `relay_unavailable` error; the next write that
+   * succeeds clears it, so the relay recovers by itself.
+   */
+  private write<T>(what: string, fn: () => T): T {
+    try {
+      const out = fn();
+      this.lastWriteError = undefined;
+      return out;
+    } catch (e) {
+      if (e instanceof TetherError) throw e;
+      this.lastWriteError = reason(e);
+      throw new TetherError(
+        "relay_unavailable",
+        `the relay cannot write its store (${what}): ${this.lastWriteError}`,
+        { hint: "the relay's operator must free space in its data dir, or make it writable" },
+      );
+    }
+  }
+
+  /**
+   * Undefined when the store can be written; otherwise why not. Probes the data
+   * dir with a small file write (SQLite may still append to a WAL file it has
+   * already grown while new pages cannot be had) and reports a failed store write
+   * until a later one succeeds.
+   */
+  health(): string | undefined {
+    try {
+      probeWrite(this.dataDir);
+    } catch (e) {
+      return `cannot write ${this.dataDir}: ${reason(e)}`;
+    }
+    if (this.lastWriteError) {
+      // The disk has room again: see whether the store takes a write, too.
+      try {
+        this.write(
+          "readiness check",
+          () =>
+            this.db.prepare("INSERT OR REPLACE INTO health (id, checked_at) VALUES (1, ?)").run(
+              Date.now(),
+            ),
+        );
+      } catch {
+        return `the store cannot be written: ${this.lastWriteError}`;
+      }
+    }
+    return undefined;
+  }
+
+  /** Notes that a key was used; written out by flushKeyUse(). */
+  noteKeyUse(id: string): void {
+    this.keyUse.set(id, Date.now());
+  }
+
+  /** Writes the keys' last use, best effort: a failure leaves it for the next flush. */
+  flushKeyUse(): void {
+    if (this.keyUse.size === 0) return;
+    const batch = new Map(this.keyUse);
+    this.write("key use", () => {
+      const stmt = this.db.prepare(
+        "UPDATE keys SET last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+      );
+      this.transaction(() => {
+        for (const [id, at] of batch) stmt.run(at, id);
+      });
+    });
+    for (const [id, at] of batch) if (this.keyUse.get(id) === at) this.keyUse.delete(id);
+  }
+
+  private transaction(fn: () => void): void {
+    this.db.exec("BEGIN");
+    try {
+      fn();
+      this.db.exec("COMMIT");
+    } catch (e) {
+      try {
+        this.db.exec("ROLLBACK");
+      } catch { /* nothing to roll back */ }
+      throw e;
+    }
   }
 
   private migrate(): void {
@@ -157,8 +294,12 @@ export class Store {
   }
 
   ensureWorkspace(name: string): void {
-    this.db.prepare("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)")
-      .run(name, Date.now());
+    this.write(
+      "workspace",
+      () =>
+        this.db.prepare("INSERT OR IGNORE INTO workspaces (name, created_at) VALUES (?, ?)")
+          .run(name, Date.now()),
+    );
   }
 
   hasWorkspace(name: string): boolean {
@@ -173,9 +314,10 @@ export class Store {
     }
     const id = newKeyId();
     const secret = newSecret();
-    this.db.prepare(
-      "INSERT INTO keys (id, workspace, role, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-    ).run(id, workspace, role, hashSecret(secret), Date.now());
+    this.write("new key", () =>
+      this.db.prepare(
+        "INSERT INTO keys (id, workspace, role, hash, created_at) VALUES (?, ?, ?, ?, ?)",
+      ).run(id, workspace, role, hashSecret(secret), Date.now()));
     return { id, key: formatKey(role, id, secret), role, workspace };
   }
 
@@ -187,9 +329,10 @@ export class Store {
 
   /** Marks a key revoked; returns false when there is no such key. */
   revokeKey(id: string): boolean {
-    const r = this.db.prepare(
-      "UPDATE keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
-    ).run(Date.now(), id);
+    const r = this.write("revocation", () =>
+      this.db.prepare(
+        "UPDATE keys SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+      ).run(Date.now(), id));
     return Number(r.changes) > 0;
   }
 
@@ -225,7 +368,7 @@ export class Store {
       | undefined;
     const ok = secretMatches(k.secret, row?.hash);
     if (!ok || !row || row.revoked_at !== null || row.role !== k.kind) return null;
-    this.db.prepare("UPDATE keys SET last_used_at = ? WHERE id = ?").run(Date.now(), k.id);
+    this.noteKeyUse(k.id);
     return { kind: row.role, keyId: k.id, workspace: row.workspace };
   }
 
@@ -238,23 +381,24 @@ export class Store {
     const id = crypto.randomUUID();
     const secret = newSecret();
     const now = Date.now();
-    this.db.prepare(
-      `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels, os,
+    this.write("enrollment", () =>
+      this.db.prepare(
+        `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels, os,
          arch, agent_version, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ).run(
-      id,
-      workspace,
-      hashSecret(secret),
-      enrolledBy,
-      info.name,
-      info.hostname,
-      JSON.stringify(info.labels),
-      info.os,
-      info.arch,
-      info.agent_version,
-      now,
-      now,
-    );
+      ).run(
+        id,
+        workspace,
+        hashSecret(secret),
+        enrolledBy,
+        info.name,
+        info.hostname,
+        JSON.stringify(info.labels),
+        info.os,
+        info.arch,
+        info.agent_version,
+        now,
+        now,
+      ));
     return { id, secret };
   }
 
@@ -262,32 +406,32 @@ export class Store {
     id: string,
     info: Pick<MachineRow, "name" | "hostname" | "labels" | "os" | "arch" | "agent_version">,
   ): void {
-    this.db.prepare(
-      `UPDATE machines SET name = ?, hostname = ?, labels = ?, os = ?, arch = ?, agent_version = ?,
+    this.write("machine", () =>
+      this.db.prepare(
+        `UPDATE machines SET name = ?, hostname = ?, labels = ?, os = ?, arch = ?, agent_version = ?,
          last_seen = ? WHERE id = ?`,
-    ).run(
-      info.name,
-      info.hostname,
-      JSON.stringify(info.labels),
-      info.os,
-      info.arch,
-      info.agent_version,
-      Date.now(),
-      id,
-    );
+      ).run(
+        info.name,
+        info.hostname,
+        JSON.stringify(info.labels),
+        info.os,
+        info.arch,
+        info.agent_version,
+        Date.now(),
+        id,
+      ));
   }
 
   touchMachines(seen: Map<string, number>): void {
     if (seen.size === 0) return;
-    const stmt = this.db.prepare("UPDATE machines SET last_seen = max(last_seen, ?) WHERE id = ?");
-    this.db.exec("BEGIN");
-    try {
-      for (const [id, at] of seen) stmt.run(at, id);
-      this.db.exec("COMMIT");
-    } catch (e) {
-      this.db.exec("ROLLBACK");
-      throw e;
-    }
+    this.write("heartbeats", () => {
+      const stmt = this.db.prepare(
+        "UPDATE machines SET last_seen = max(last_seen, ?) WHERE id = ?",
+      );
+      this.transaction(() => {
+        for (const [id, at] of seen) stmt.run(at, id);
+      });
+    });
   }
 
   getMachine(id: string): MachineRow | undefined {
@@ -304,19 +448,20 @@ export class Store {
       "workspace" | "key_id" | "machine_id" | "machine_name" | "kind" | "argv" | "session"
     >,
   ): number {
-    const r = this.db.prepare(
-      `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session, started_at)
+    const r = this.write("audit", () =>
+      this.db.prepare(
+        `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session, started_at)
        VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-    ).run(
-      row.workspace,
-      row.key_id,
-      row.machine_id,
-      row.machine_name,
-      row.kind,
-      row.argv ? JSON.stringify(row.argv) : null,
-      row.session,
-      Date.now(),
-    );
+      ).run(
+        row.workspace,
+        row.key_id,
+        row.machine_id,
+        row.machine_name,
+        row.kind,
+        row.argv ? JSON.stringify(row.argv) : null,
+        row.session,
+        Date.now(),
+      ));
     return Number(r.lastInsertRowid);
   }
 
@@ -324,19 +469,20 @@ export class Store {
     id: number,
     end: Pick<AuditRow, "bytes_in" | "bytes_out" | "exit_code" | "signal" | "error" | "session">,
   ): void {
-    this.db.prepare(
-      `UPDATE audit SET ended_at = ?, bytes_in = ?, bytes_out = ?, exit_code = ?, signal = ?,
+    this.write("audit", () =>
+      this.db.prepare(
+        `UPDATE audit SET ended_at = ?, bytes_in = ?, bytes_out = ?, exit_code = ?, signal = ?,
          error = ?, session = coalesce(?, session) WHERE id = ? AND ended_at IS NULL`,
-    ).run(
-      Date.now(),
-      end.bytes_in,
-      end.bytes_out,
-      end.exit_code,
-      end.signal,
-      end.error,
-      end.session,
-      id,
-    );
+      ).run(
+        Date.now(),
+        end.bytes_in,
+        end.bytes_out,
+        end.exit_code,
+        end.signal,
+        end.error,
+        end.session,
+        id,
+      ));
   }
 
   listAudit(limit = 1000): AuditRow[] {
