@@ -482,3 +482,39 @@ Deno.test("machine password: connect passes the same challenge (no TTY: env pass
   await p.waitFor(/inside-5/, "stdout");
   await p.stop();
 });
+
+Deno.test("names, labels and command lines others chose are escaped in every table and log; JSON is exact", async () => {
+  await using w = await World.create();
+  const evil = "boxy\x1b[2J\x1b]0;pwned\x07";
+  await w.startAgent(evil, { labels: ["note=two\nlines"] });
+  const argv = ["echo", "\x1b[31mred\n2026-01-01T00:00:00Z  k  box  exec  forged"];
+  const x = await w.tether(["exec", "boxy", "--", ...argv]);
+  assert.equal(x.code, 0, x.stderr);
+  const raw = /[\x00-\x08\x0b-\x1f\x7f]/; // any control character but \t and \n
+  const tables = [
+    await w.tether(["machines"]),
+    await w.tether(["relay", "audit", "--data-dir", w.relayDir]),
+    await w.tether(["sessions"]),
+  ];
+  for (const t of tables) {
+    assert.equal(t.code, 0, t.stderr);
+    assert.doesNotMatch(t.stdout + t.stderr, raw);
+  }
+  assert.match(tables[0].stdout, /boxy\\e\[2J\\e\]0;pwned\\x07/);
+  assert.match(tables[0].stdout, /note=two\\nlines/);
+  const audit = tables[1].stdout.trim().split("\n");
+  assert.equal(audit.length, 2, "one header and one row: no forged row");
+  assert.match(audit[1], /echo \\e\[31mred\\n2026/);
+  assert.doesNotMatch(w.relay!.stderr, raw, "the relay's log");
+  // JSON keeps every byte.
+  const ms = JSON.parse((await w.tether(["machines", "--json"])).stdout);
+  assert.equal(ms[0].name, evil);
+  assert.equal(ms[0].labels.note, "two\nlines");
+  const rows = JSON.parse(
+    (await w.tether(["relay", "audit", "--data-dir", w.relayDir, "--json"])).stdout,
+  );
+  assert.deepEqual(rows[0].argv, argv);
+  // An error quoting the name is escaped too.
+  const off = await w.tether(["exec", "boxy\x1b[2J", "--", "true"]);
+  assert.doesNotMatch(off.stderr, raw);
+});

@@ -5,6 +5,7 @@
 import { hostname } from "node:os";
 import { backoff, within } from "../common/async.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
+import { visible } from "../common/text.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
@@ -88,7 +89,7 @@ export class Agent {
 
   constructor(private readonly opts: AgentOptions) {
     this.info = agentInfo(opts);
-    this.log = opts.log ?? ((l) => console.error(`agent: ${l}`));
+    this.log = opts.log ?? ((l) => console.error(`agent: ${visible(l)}`));
     this.sessions = new SessionManager(opts.sessions ?? {}, (list) => {
       this.conn?.send({ t: "sessions", sessions: list });
       opts.onSessions?.(list);

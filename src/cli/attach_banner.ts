@@ -6,6 +6,7 @@
 import { attach, type AttachOutcome, processTerminal, type Terminal } from "../client/attach.ts";
 import type { ClientConfig } from "../client/config.ts";
 import type { RelayClient, StreamAuth } from "../client/relay_client.ts";
+import { say } from "./output.ts";
 
 export interface BannerAttachOptions {
   /** Join this session; otherwise a new one starts. */
@@ -25,8 +26,8 @@ export async function attachWithBanner(
   target: { id: string; name: string },
   opts: BannerAttachOptions = {},
 ): Promise<AttachOutcome> {
-  const status = (line: string) => console.error(line);
-  Deno.stderr.writeSync(new TextEncoder().encode("dialing relay ... "));
+  const status = say;
+  say("dialing relay ... ", "");
   let announced = false;
   return await attach(
     cfg,

@@ -40,6 +40,7 @@ import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultConfigDir } from "../common/paths.ts";
+import { visible } from "../common/text.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import {
   clientConfig,
@@ -50,7 +51,7 @@ import {
   untilSignal,
   warnTransport,
 } from "./context.ts";
-import { printJson, writeAll } from "./output.ts";
+import { printJson, say, writeAll } from "./output.ts";
 
 const enc = new TextEncoder();
 
@@ -229,7 +230,7 @@ function registerAttach(ci: Command) {
       const info = connectionInfo(target, cfg.relay);
       if (!g.json) {
         const waited = Date.now() - started;
-        console.error(
+        say(
           `found ${target.name} (id ${target.id.slice(0, 8)})${
             waited >= 1000 ? ` after ${formatDuration(waited)}` : ""
           }`,
@@ -252,7 +253,7 @@ async function attachToHold(
   info: HoldConnectionInfo,
 ): Promise<void> {
   const touch = `touch ${shellQuote(continueFileOf(target))}`;
-  const status = (line: string) => console.error(line);
+  const status = say;
   try {
     const session = fresh ? undefined : pickSession(await client.sessions(target.id));
     const held = holdAwareTerminal(processTerminal());
@@ -294,7 +295,7 @@ function printConnectionInfo(info: HoldConnectionInfo, json: boolean): void {
   }
   console.log(
     [
-      `machine  ${info.name} (${info.machine_id})`,
+      `machine  ${visible(info.name)} (${info.machine_id})`,
       `relay    ${info.relay}`,
       `connect  ${info.connect}`,
       `resume   ${info.resume}`,
@@ -349,11 +350,11 @@ class ProgressLines {
   update(p: WaitProgress) {
     if (this.said || p.polls === 0) return;
     this.said = true;
-    console.error(
+    say(
       `waiting up to ${formatDuration(this.waitMs)} for a CI hold matching '${this.query}'`,
     );
     if (p.ended) {
-      console.error(
+      say(
         `  (the last one, ${p.ended.name} (${p.ended.id.slice(0, 8)}), went offline ${
           formatAge(p.ended.heartbeat_age_ms)
         } ago: its job has ended; waiting for a new one)`,

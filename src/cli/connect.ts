@@ -10,6 +10,7 @@ import { clientConfig, collect, globals, parsePairs, state } from "./context.ts"
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import { listMachines } from "./machines.ts";
+import { say } from "./output.ts";
 
 export function registerConnect(program: Command) {
   program.command("connect")
@@ -49,7 +50,7 @@ export function registerConnect(program: Command) {
       // Fail before dialing when a picker would be needed and cannot be shown.
       if (!machine && opts.selector.length === 0) requirePrompt(g, noMachineGiven());
       const cfg = clientConfig(g);
-      const status = (line: string) => console.error(line);
+      const status = say;
       const client = await RelayClient.connect(cfg);
       const chosen = await chooseMachine(client, g, machine, opts);
       const target = chosen.machine;
@@ -65,7 +66,7 @@ export function registerConnect(program: Command) {
           return;
         }
       }
-      Deno.stderr.writeSync(new TextEncoder().encode(`resolving ${machine ?? target.name} ... `));
+      say(`resolving ${machine ?? target.name} ... `, "");
       if (!target.online) {
         status("offline");
         throw new TetherError(

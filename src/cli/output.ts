@@ -4,6 +4,7 @@
  * two human lines on stderr (what happened, what to do).
  */
 import { TetherError } from "../common/errors.ts";
+import { visible } from "../common/text.ts";
 
 const enc = new TextEncoder();
 
@@ -12,12 +13,22 @@ export async function writeAll(w: { write(p: Uint8Array): Promise<number> }, dat
   while (off < data.length) off += await w.write(data.subarray(off));
 }
 
+/**
+ * A human status line on stderr (`end` "" leaves the line open, as for `resolving … `).
+ * Each line is passed through visible(): status lines quote names others chose.
+ */
+export function say(text: string, end = "\n"): void {
+  Deno.stderr.writeSync(enc.encode(text.split("\n").map(visible).join("\n") + end));
+}
+
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
 }
 
 /** Renders rows as aligned columns with a header line. */
 export function table(headers: string[], rows: string[][]): string {
+  // Cells hold what others chose (names, labels, command lines): never raw control bytes.
+  rows = rows.map((r) => r.map(visible));
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]?.length ?? 0)));
   const line = (cells: string[]) =>
     cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join("  ").trimEnd();
@@ -51,13 +62,14 @@ export function printError(err: TetherError, json: boolean): void {
     console.log(JSON.stringify({ error: err.toJSON() }));
     return;
   }
-  const lines = [`tether: ${err.message}`];
+  // Messages may quote what others chose (a machine's name, an agent's words).
+  const lines = [`tether: ${visible(err.message)}`];
   if (err.candidates?.length && !err.hint?.includes(err.candidates[0].id.slice(0, 8))) {
     for (const c of err.candidates) {
-      lines.push(`  ${c.name}  ${c.id}  ${c.online ? "online" : "offline"}`);
+      lines.push(`  ${visible(c.name)}  ${visible(c.id)}  ${c.online ? "online" : "offline"}`);
     }
   }
-  if (err.hint) lines.push(`  hint: ${err.hint}`);
+  if (err.hint) lines.push(`  hint: ${visible(err.hint)}`);
   Deno.stderr.writeSync(enc.encode(lines.join("\n") + "\n"));
   if (Deno.env.get("TETHER_DEBUG") && err.cause) console.error(err.cause);
 }

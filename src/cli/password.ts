@@ -1,4 +1,5 @@
 /** `tether password set` (on the agent's host) and `tether password save MACHINE` (client). */
+import { visible } from "../common/text.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { clearPassword, setPassword } from "../agent/password.ts";
 import { savePassword } from "../client/machine_auth.ts";
@@ -70,9 +71,11 @@ export function registerPassword(program: Command) {
       savePassword(cfg.configDir, target.id, pw);
       if (g.json) printJson({ machine: target.id, name: target.name, saved: pw !== null });
       else {console.log(
-          pw === null
-            ? `forgot the password of ${target.name}`
-            : `saved the password of ${target.name}`,
+          visible(
+            pw === null
+              ? `forgot the password of ${target.name}`
+              : `saved the password of ${target.name}`,
+          ),
         );}
     });
 }

@@ -7,6 +7,7 @@ import { TetherError } from "../common/errors.ts";
 import { clientConfig, collect, globals, parsePairs } from "./context.ts";
 import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
+import { visible } from "../common/text.ts";
 
 export function registerSessions(program: Command) {
   const sessions = program.command("sessions")
@@ -69,6 +70,6 @@ export function registerSessions(program: Command) {
       await client.killSession(s.machine_id, s.id);
       client.close();
       if (g.json) printJson({ killed: s.id, machine: s.machine });
-      else console.log(`ended session ${s.id} on ${s.machine}`);
+      else console.log(visible(`ended session ${s.id} on ${s.machine}`));
     });
 }

@@ -8,6 +8,7 @@
 import { backoff, delay } from "../common/async.ts";
 import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
+import { visible } from "../common/text.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
@@ -81,7 +82,9 @@ export function processTerminal(): Terminal {
       while (off < data.length) off += await Deno.stdout.write(data.subarray(off));
     },
     status(line) {
-      Deno.stderr.writeSync(enc.encode(raw ? `${line}\r\n` : `${line}\n`));
+      // Status lines quote the relay's and the agent's words (notices, reasons).
+      const text = line.split("\n").map(visible).join(raw ? "\r\n" : "\n");
+      Deno.stderr.writeSync(enc.encode(`${text}${raw ? "\r\n" : "\n"}`));
     },
     isTerminal,
     size() {

@@ -5,6 +5,7 @@
  * driver in prompts.ts only turns keypresses into events and prints what
  * `renderPicker` returns, so tests can check both without a TTY.
  */
+import { visible } from "../common/text.ts";
 import type { MachineView } from "./relay_client.ts";
 import { formatAge } from "../common/duration.ts";
 
@@ -158,13 +159,14 @@ function columnWidths<T>(items: readonly PickItem<T>[], headers: string[] | unde
   for (let i = 0; i < n; i++) {
     widths.push(Math.max(
       textWidth(headers?.[i] ?? ""),
-      ...items.map((it) => textWidth(it.cells[i] ?? "")),
+      ...items.map((it) => textWidth(visible(it.cells[i] ?? ""))),
     ));
   }
   return widths;
 }
 
-function formatRow(cells: string[], widths: number[], maxWidth: number): string {
+function formatRow(raw: string[], widths: number[], maxWidth: number): string {
+  const cells = raw.map(visible); // names and commands others chose
   const line = widths.map((
     w,
     i,
@@ -240,7 +242,7 @@ export const MACHINE_HEADERS = ["NAME", "ID", "HOSTNAME", "STATUS", "HEARTBEAT"]
 
 /** `prod-api-1 (8f23a4b0)`: how a machine is named in prompts and banners. */
 export function machineLabel(m: Pick<MachineView, "name" | "id">): string {
-  return `${m.name} (${m.id.slice(0, 8)})`;
+  return visible(`${m.name} (${m.id.slice(0, 8)})`);
 }
 
 /**

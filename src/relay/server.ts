@@ -17,6 +17,7 @@ import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
 import { FailurePacer } from "../common/throttle.ts";
+import { visible } from "../common/text.ts";
 import { delay } from "../common/async.ts";
 import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
 import { MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
@@ -56,7 +57,7 @@ const HELLO_TIMEOUT_MS = 10_000;
 const SWEEP_MS = 2_000;
 
 export function startRelay(opts: RelayOptions): Relay {
-  const log = opts.log ?? ((line: string) => console.error(`relay: ${line}`));
+  const log = opts.log ?? ((line: string) => console.error(`relay: ${visible(line)}`));
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log);
   const tls = !!(opts.tlsCert && opts.tlsKey);
