@@ -490,6 +490,7 @@ Deno.test("names, labels and command lines others chose are escaped in every tab
   const argv = ["echo", "\x1b[31mred\n2026-01-01T00:00:00Z  k  box  exec  forged"];
   const x = await w.tether(["exec", "boxy", "--", ...argv]);
   assert.equal(x.code, 0, x.stderr);
+  // deno-lint-ignore no-control-regex
   const raw = /[\x00-\x08\x0b-\x1f\x7f]/; // any control character but \t and \n
   const tables = [
     await w.tether(["machines"]),

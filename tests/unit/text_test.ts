@@ -16,6 +16,7 @@ Deno.test("table: a cell cannot add a row or move the cursor", () => {
     "y",
   ]]);
   assert.equal(t.split("\n").length, 3);
+  // deno-lint-ignore no-control-regex
   assert.doesNotMatch(t, /[\x00-\x08\x0b-\x1f\x7f]/);
-  assert.match(t, /rm -rf \/\\n2026-01-01  forged row/);
+  assert.ok(t.includes("rm -rf /\\n2026-01-01  forged row"));
 });
