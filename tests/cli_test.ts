@@ -4,6 +4,7 @@
  * timeout on every run (a prompt that waited would fail the test).
  */
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { baseEnv, run, tetherArgv, World } from "./helpers.ts";
 import { hasTmux, Tmux } from "./tmux.ts";
 
@@ -206,4 +207,41 @@ Deno.test({
     assert.equal(JSON.parse(stored.stdout)[0].name, "prompted");
     assert.equal((await Deno.stat(`${cfgDir}/config.json`)).mode! & 0o777, 0o600);
   },
+});
+
+Deno.test("machines that are gone: rm (refused while online), pruning, and --online for a mixed ambiguity", async () => {
+  await using w = await World.create({ startRelay: false });
+  await w.startRelay(["--prune-after", "3s"]);
+  // Two machines named twin: an old one, offline, and a new one, online.
+  const old = await w.startAgent("twin", { stateDir: join(w.home, "twin-old") });
+  await old.stop();
+  await w.startAgent("twin", { stateDir: join(w.home, "twin-new") });
+  const amb = await w.tether(["exec", "twin", "--json", "--", "true"]);
+  const e = jsonError(amb, "ambiguous_machine", 255);
+  assert.match(e.message, /'twin' matches 2 machines by name \(1 online, 1 offline\)/);
+  assert.match(e.hint, /add --online/);
+  const online = await w.tether(["exec", "twin", "--online", "--", "echo", "the-new-one"]);
+  assert.equal(online.stdout, "the-new-one\n", online.stderr);
+
+  const ms = await w.machines();
+  const oldId = ms.find((m) => !m.online)!.id;
+  const newId = ms.find((m) => m.online)!.id;
+  const refused = await w.tether(["machines", "rm", newId, "--json"]);
+  assert.equal(
+    jsonError(refused, "forbidden", 1).message,
+    `machine twin (${newId.slice(0, 8)}) is online; only an offline machine can be removed`,
+  );
+  const rm = await w.tether(["machines", "rm", oldId, "--json"]);
+  assert.equal(rm.code, 0, rm.stdout + rm.stderr);
+  assert.deepEqual(JSON.parse(rm.stdout), { removed: oldId, name: "twin" });
+  assert.equal((await w.tether(["exec", "twin", "--", "true"])).code, 0, "no longer ambiguous");
+  jsonError(await w.tether(["machines", "rm", oldId, "--json"]), "machine_not_found", 1);
+  // Its agent, come back, is told its identity is gone, and stops.
+  const back = await w.startAgent("twin", { stateDir: join(w.home, "twin-old"), wait: false });
+  assert.equal((await back.status).code, 1);
+  assert.match(back.stderr, /refused machine identity/);
+
+  // A machine offline longer than --prune-after is forgotten by the relay itself.
+  await w.agents[1].stop();
+  await w.waitMachines((ms) => ms.length === 0, 20_000);
 });

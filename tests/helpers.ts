@@ -279,9 +279,17 @@ export class World {
   }
 
   /** Starts (or restarts, on the same port) the relay. */
-  async startRelay(): Promise<void> {
+  async startRelay(args: string[] = []): Promise<void> {
     const listen = `127.0.0.1:${this.port}`;
-    this.relay = Proc.tether(["relay", "serve", "--listen", listen, "--data-dir", this.relayDir], {
+    this.relay = Proc.tether([
+      "relay",
+      "serve",
+      "--listen",
+      listen,
+      "--data-dir",
+      this.relayDir,
+      ...args,
+    ], {
       env: baseEnv(this.home),
     });
     const m = await this.relay.waitFor(/relay listening on (ws:\/\/[^\s]+)/, "stdout");

@@ -3,7 +3,7 @@
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
 import { hostname } from "node:os";
-import { backoff, within } from "../common/async.ts";
+import { backoff, delay, within } from "../common/async.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { visible } from "../common/text.ts";
 import type { Conn } from "../protocol/conn.ts";
@@ -60,6 +60,8 @@ const SESSION_REPORT_MS = 5_000;
 const BACKOFF_MAX_MS = 5_000;
 /** The longest `Retry-After` from the relay the agent honours. */
 const RETRY_AFTER_MAX_MS = 60_000;
+/** How long a retiring agent waits for the relay to confirm. */
+const RETIRE_WAIT_MS = 2_000;
 /** How long a stopping agent lets running commands finish before it ends them. */
 const EXEC_DRAIN_MS = 1_000;
 
@@ -82,6 +84,9 @@ export class Agent {
   readonly lock: MachineLock;
   readonly sessions: SessionManager;
   private stopped = false;
+  /** Requests the agent made to the relay, by id. */
+  private requests = new Map<number, (r: { result?: unknown; error?: WireError }) => void>();
+  private nextReq = 1;
   private wake?: () => void;
   readonly info: AgentInfo;
   private readonly log: (line: string) => void;
@@ -137,7 +142,7 @@ export class Agent {
    * file, must not look lost). Sessions are ended the same way, then the
    * connection closes (the relay shows the machine offline at once).
    */
-  async stop(): Promise<void> {
+  async stop(opts: { retire?: boolean } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     const execs = [...this.streams.values()].filter((s) => s instanceof ExecStream);
@@ -147,11 +152,28 @@ export class Agent {
       await within(KILL_GRACE_MS + EXEC_DRAIN_MS, ended);
     }
     await this.sessions.closeAll();
+    if (opts.retire && this.conn?.isOpen) {
+      // An agent that ends for good (a CI hold) leaves the registry, so its name does not
+      // linger as an offline machine.
+      const r = await Promise.race([this.request("retire"), delay(RETIRE_WAIT_MS)]);
+      if (!r || r.error) {
+        this.log(`could not leave the registry: ${r?.error?.message ?? "no answer"}`);
+      }
+    }
     // Let the exit statuses the sessions just sent leave before the socket closes.
     if (this.conn?.isOpen) await this.conn.drain(0);
     this.conn?.close(1000, "agent stopping");
     for (const s of this.streams.values()) s.abort("lost");
     this.wake?.();
+  }
+
+  /** Asks the relay something; resolves with its answer (or an error when the connection ends). */
+  private request(op: string): Promise<{ result?: unknown; error?: WireError }> {
+    const id = this.nextReq++;
+    return new Promise((resolve) => {
+      this.requests.set(id, resolve);
+      this.conn?.send({ t: "req", id, op, args: {} });
+    });
   }
 
   private sleep(ms: number): Promise<void> {
@@ -220,6 +242,10 @@ export class Agent {
         onClose: (reason) => {
           clearInterval(report);
           this.pendingAuth.clear();
+          for (const r of this.requests.values()) {
+            r({ error: { code: "relay_unreachable", message: reason } });
+          }
+          this.requests.clear();
           const streams = [...this.streams.values()];
           this.streams.clear();
           for (const s of streams) s.abort("lost");
@@ -332,6 +358,12 @@ export class Agent {
             error: { code: "usage", message: `unknown request '${msg.op}'` },
           });
         }
+        return;
+      }
+      case "res": {
+        const r = this.requests.get(msg.id);
+        this.requests.delete(msg.id);
+        r?.(msg);
         return;
       }
       case "error":

@@ -264,7 +264,8 @@ export async function runHold(
       await within(DETACH_WAIT_MS, new Promise<void>((r) => (noClients = r)));
     }
   }
-  await within(STOP_WAIT_MS, Promise.all([agent.stop(), running]));
+  // The hold's machine leaves the registry: its job is over, its name is free again.
+  await within(STOP_WAIT_MS, Promise.all([agent.stop({ retire: true }), running]));
   await Deno.remove(stateDir, { recursive: true }).catch(() => {});
   if (outcome instanceof Error) throw outcome;
   return outcome;

@@ -219,7 +219,7 @@ function registerAttach(ci: Command) {
         target = await waitForHold(
           async () => {
             if (!client.conn.isOpen) client = await RelayClient.connect(cfg);
-            return await client.machines();
+            return await client.machines({ retired: true });
           },
           query,
           { waitMs, onProgress: (p) => progress?.update(p) },

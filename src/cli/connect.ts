@@ -27,6 +27,7 @@ export function registerConnect(program: Command) {
       [] as string[],
     )
     .option("--first", "with -l: take the first online match instead of asking")
+    .option("--online", "consider online machines only when resolving the name")
     .option("-y, --yes", "do not ask for confirmation after picking a machine")
     .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
     .action(async (machine, opts, cmd) => {

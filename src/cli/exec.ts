@@ -34,6 +34,7 @@ export function registerExec(program: Command) {
       [] as string[],
     )
     .option("--first", "with -l: take the first online match")
+    .option("--online", "consider online machines only when resolving the name")
     .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
     .action(async (machineArg, commandArgs, opts, cmd) => {
       let machine = machineArg;

@@ -5,9 +5,11 @@ import { matchesSelector } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { clientConfig, collect, type Globals, globals, parsePairs } from "./context.ts";
 import { printJson, table } from "./output.ts";
+import { resolveMachine } from "../client/resolve.ts";
+import { visible } from "../common/text.ts";
 
 export function registerMachines(program: Command) {
-  program.command("machines")
+  const machines = program.command("machines")
     .description("list machines: id, name, hostname, online, heartbeat age, labels, sessions")
     .option(
       "-l, --selector <k=v>",
@@ -17,6 +19,22 @@ export function registerMachines(program: Command) {
     )
     .action(async (opts, cmd) => {
       await listMachines(globals(cmd), parsePairs(opts.selector, "--selector"));
+    });
+
+  machines.command("rm")
+    .description("remove an offline machine from the registry (its agent must enroll again)")
+    .argument("<machine>", "machine id, name, hostname or unique prefix")
+    .action(async (query, _opts, cmd) => {
+      const g = globals(cmd);
+      const client = await RelayClient.connect(clientConfig(g));
+      try {
+        const target = resolveMachine(await client.machines(), query);
+        const r = await client.removeMachine(target.id);
+        if (g.json) printJson({ removed: r.removed, name: r.name });
+        else console.log(visible(`removed machine ${r.name} (${r.removed})`));
+      } finally {
+        client.close();
+      }
     });
 }
 

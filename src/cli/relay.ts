@@ -1,7 +1,7 @@
 /** `tether relay serve|init|keys …`: run a relay, and offline admin on its data dir. */
 import type { Command } from "@commander-js/extra-typings";
 import { join } from "node:path";
-import { formatAge } from "../common/duration.ts";
+import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultDataDir } from "../common/paths.ts";
 import { startRelay } from "../relay/server.ts";
@@ -28,6 +28,7 @@ export function registerRelay(program: Command) {
     .option("--data-dir <dir>", "where the relay keeps its SQLite state")
     .option("--tls-cert <file>", "PEM certificate; serves wss:// with --tls-key")
     .option("--tls-key <file>", "PEM private key")
+    .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
     .action(async (opts, cmd) => {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
@@ -38,6 +39,7 @@ export function registerRelay(program: Command) {
         dataDir: opts.dataDir || defaultRelayDataDir(),
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
+        pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
       });
       if (g.json) console.log(JSON.stringify({ listening: r.url, data_dir: r.dataDir }));
       else console.log(`relay listening on ${r.url}`);

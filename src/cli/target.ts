@@ -11,6 +11,7 @@ import { parsePairs } from "./context.ts";
 export interface TargetFlags {
   selector?: string[];
   first?: boolean;
+  online?: boolean;
 }
 
 /** Resolves MACHINE / `-l` / `--first` / the picker to one machine. */
@@ -23,7 +24,13 @@ export async function chooseMachine(
   const selector = parsePairs(flags.selector ?? [], "--selector");
   const machines = await client.machines();
   const picked = !query && (Object.keys(selector).length === 0 || !flags.first);
-  const machine = await selectMachine(machines, { query, selector, first: flags.first, env: g });
+  const machine = await selectMachine(machines, {
+    query,
+    selector,
+    first: flags.first,
+    online: flags.online,
+    env: g,
+  });
   return { machine, picked: picked && !query };
 }
 

@@ -8,8 +8,9 @@
  *
  * What counts as "the job ended" (decision, README repeats it):
  *
- * - A matching hold that appeared after the wait began and is offline (for `goneConfirmMs`,
- *   so an agent reconnecting is not mistaken for an end) came and went between two polls:
+ * - A matching hold that appeared after the wait began and has retired (a hold that ends
+ *   leaves the registry; the relay still answers for it a while when asked) or is offline
+ *   (for `goneConfirmMs`, so an agent reconnecting is not mistaken for an end) came and went:
  *   `machine_offline`, its job ended or resumed before we could attach. Waiting longer
  *   would not bring it back. (The CLI reports the same when the hold goes away between
  *   being found and being attached.)
@@ -105,6 +106,7 @@ export async function waitForHold(
       // came and went in between: its job is over (once it stays offline a moment).
       for (const m of matching) {
         if (known.has(m.id)) continue;
+        if (m.retired) throw gone(m); // it left the registry: its job is over
         const since = offlineSince.get(m.id) ?? now();
         offlineSince.set(m.id, since);
         if (now() - since >= goneConfirmMs) throw gone(m);

@@ -84,8 +84,14 @@ export class RelayClient {
     });
   }
 
-  machines(): Promise<MachineView[]> {
-    return this.request<MachineView[]>("machines");
+  /** The workspace's machines; with `retired`, also those that ended for good lately. */
+  machines(opts: { retired?: boolean } = {}): Promise<MachineView[]> {
+    return this.request<MachineView[]>("machines", opts.retired ? { retired: true } : {});
+  }
+
+  /** Removes an offline machine from the registry. */
+  removeMachine(machineId: string): Promise<{ removed: string; name: string }> {
+    return this.request("remove_machine", { machine: machineId });
   }
 
   sessions(machineId?: string): Promise<SessionView[]> {

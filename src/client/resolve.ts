@@ -35,16 +35,30 @@ export function candidates(ms: Resolvable[]): Candidate[] {
   return ms.map((m) => ({ id: m.id, name: m.name, hostname: m.hostname, online: m.online }));
 }
 
-export function resolveMachine<T extends Resolvable>(machines: T[], query: string): T {
+/**
+ * Resolves `query` among `machines`. `onlineFlag`: the command takes `--online`, so an
+ * ambiguity between online and offline machines suggests it.
+ */
+export function resolveMachine<T extends Resolvable>(
+  machines: T[],
+  query: string,
+  opts: { onlineFlag?: boolean } = {},
+): T {
   for (const rule of RULES) {
     const hits = machines.filter((m) => rule.match(m, query));
     if (hits.length === 1) return hits[0];
     if (hits.length > 1) {
+      const online = hits.filter((m) => m.online).length;
+      const mixed = online > 0 && online < hits.length;
+      const ids = `use a full id: ${hits.map((m) => `${m.name} (${m.id.slice(0, 8)})`).join(", ")}`;
       throw new TetherError(
         "ambiguous_machine",
-        `'${query}' matches ${hits.length} machines by ${rule.name}`,
+        `'${query}' matches ${hits.length} machines by ${rule.name}` +
+          (mixed ? ` (${online} online, ${hits.length - online} offline)` : ""),
         {
-          hint: `use a full id: ${hits.map((m) => `${m.name} (${m.id.slice(0, 8)})`).join(", ")}`,
+          hint: mixed && opts.onlineFlag
+            ? `add --online to choose among online ones, or ${ids}`
+            : ids,
           candidates: candidates(hits),
         },
       );

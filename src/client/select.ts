@@ -14,6 +14,8 @@ export interface SelectRequest {
   query?: string;
   selector?: Record<string, string>;
   first?: boolean;
+  /** `--online`: consider online machines only. */
+  online?: boolean;
   env: PromptEnv;
 }
 
@@ -49,8 +51,10 @@ export async function selectMachine(
     (await loadPrompts()).pickMachine(ms, { env: req.env, refusal });
   const selector = req.selector ?? {};
   const hasSelector = Object.keys(selector).length > 0;
-  const pool = hasSelector ? machines.filter((m) => matchesSelector(m, selector)) : machines;
-  if (req.query) return resolveMachine(pool, req.query);
+  const pool = machines.filter((m) =>
+    (!hasSelector || matchesSelector(m, selector)) && (!req.online || m.online)
+  );
+  if (req.query) return resolveMachine(pool, req.query, { onlineFlag: true });
   if (!hasSelector) {
     requirePrompt(req.env, noMachineGiven());
     return await pick(machines, noMachineGiven());

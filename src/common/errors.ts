@@ -95,3 +95,12 @@ export class TetherError extends Error {
 export function usage(message: string, hint?: string): TetherError {
   return new TetherError("usage", message, { hint: hint ?? "see --help" });
 }
+
+/** Anything thrown, as the `{code, message, hint}` a peer is told. */
+export function errorBody(
+  e: unknown,
+): { code: ErrorCode; message: string; hint?: string; candidates?: Candidate[] } {
+  return e instanceof TetherError
+    ? e.toJSON()
+    : { code: "internal", message: (e as Error)?.message ?? String(e) };
+}

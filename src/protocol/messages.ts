@@ -207,6 +207,8 @@ export interface MachineView {
   os: string;
   arch: string;
   version: string;
+  /** Only in answers that asked for retired machines: this one ended for good. */
+  retired?: boolean;
 }
 
 /** One session in the answer to the `sessions` request. */

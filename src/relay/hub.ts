@@ -5,6 +5,7 @@
  * arrives, and each route checks that the sender stays inside the credit
  * its receiver granted, so nothing in flight exceeds the stream windows.
  */
+import { errorBody } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
 import {
@@ -70,15 +71,31 @@ export interface ClientLink {
 
 /** How often the last-seen times of online machines are written to the store. */
 const LAST_SEEN_FLUSH_MS = 30_000;
+/** How often offline and retired machines are pruned. */
+const PRUNE_EVERY_MS = 10 * 60_000;
+/** How long a retired machine (an ended CI hold) stays known to `ci attach`. */
+export const RETIRED_KEEP_MS = 60 * 60_000;
+/** Default for `relay serve --prune-after`: machines offline this long are forgotten. */
+export const DEFAULT_PRUNE_AFTER_MS = 7 * 86_400_000;
+
+export interface HubOptions {
+  /** Forget machines offline longer than this; 0 keeps them for ever. */
+  pruneAfterMs?: number;
+}
 
 export class Hub {
   private lastFlush = 0;
+  private lastPrune = 0;
   /** Set while the relay shuts down: new connections are turned away. */
   closing = false;
   readonly agents = new Map<string, AgentLink>();
   readonly clients = new Set<ClientLink>();
 
-  constructor(readonly store: Store, readonly log: (line: string) => void) {}
+  constructor(
+    readonly store: Store,
+    readonly log: (line: string) => void,
+    readonly opts: HubOptions = {},
+  ) {}
 
   // ---- agents ----
 
@@ -147,6 +164,25 @@ export class Hub {
       case "sessions":
         link.sessions = msg.sessions;
         return;
+      case "req": {
+        // An agent that ends for good (a CI hold) leaves the registry.
+        if (msg.op !== "retire") {
+          link.conn.send({
+            t: "res",
+            id: msg.id,
+            error: { code: "usage", message: `unknown request '${msg.op}'` },
+          });
+          return;
+        }
+        try {
+          this.store.retireMachine(link.machineId);
+          this.log(`machine ${link.info.name} (${link.machineId}) retired`);
+          link.conn.send({ t: "res", id: msg.id, result: { retired: link.machineId } });
+        } catch (e) {
+          link.conn.send({ t: "res", id: msg.id, error: errorBody(e) });
+        }
+        return;
+      }
       case "res": {
         const p = link.pending.get(msg.id);
         if (!p) return;
@@ -353,7 +389,37 @@ export class Hub {
     const fail = (e: WireError): Control => ({ t: "res", id: req.id, error: e });
     switch (req.op) {
       case "machines":
-        return { t: "res", id: req.id, result: this.machines(link.workspace) };
+        return {
+          t: "res",
+          id: req.id,
+          result: this.machines(link.workspace, { retired: req.args.retired === true }),
+        };
+      case "remove_machine": {
+        const id = req.args.machine;
+        const row = typeof id === "string" ? this.store.getMachine(id) : undefined;
+        if (!row || row.workspace !== link.workspace) {
+          return fail({
+            code: "machine_not_found",
+            message: `no machine '${String(id)}' in this workspace`,
+            hint: "list machines with `tether machines`",
+          });
+        }
+        if (this.agents.has(row.id)) {
+          return fail({
+            code: "forbidden",
+            message: `machine ${row.name} (${row.id.slice(0, 8)}) is online; only an offline ` +
+              "machine can be removed",
+            hint: "stop its agent first",
+          });
+        }
+        try {
+          this.store.removeMachine(row.id);
+        } catch (e) {
+          return fail(errorBody(e));
+        }
+        this.log(`machine ${row.name} (${row.id}) removed by key ${link.principal.keyId}`);
+        return { t: "res", id: req.id, result: { removed: row.id, name: row.name } };
+      }
       case "sessions": {
         const machine = typeof req.args.machine === "string" ? req.args.machine : undefined;
         return { t: "res", id: req.id, result: this.sessions(link.workspace, machine) };
@@ -401,9 +467,9 @@ export class Hub {
     );
   }
 
-  machines(workspace: string): MachineView[] {
+  machines(workspace: string, opts: { retired?: boolean } = {}): MachineView[] {
     const now = Date.now();
-    return this.store.listMachines(workspace).map((m: MachineRow) => {
+    return this.store.listMachines(workspace, opts).map((m: MachineRow) => {
       const live = this.agents.get(m.id);
       const lastSeen = live ? live.lastSeen : m.last_seen;
       return {
@@ -418,6 +484,7 @@ export class Hub {
         os: m.os,
         arch: m.arch,
         version: m.agent_version,
+        ...(m.retired_at !== null ? { retired: true } : {}),
       };
     });
   }
@@ -436,6 +503,9 @@ export class Hub {
     try {
       this.store.flushKeyUse();
     } catch { /* best effort: kept for the next sweep */ }
+    const pruneAfter = this.opts.pruneAfterMs ?? DEFAULT_PRUNE_AFTER_MS;
+    const every = pruneAfter > 0 ? Math.min(PRUNE_EVERY_MS, pruneAfter) : PRUNE_EVERY_MS;
+    if (Date.now() - this.lastPrune >= every) this.prune();
     const links: { conn: Conn; principal: Principal }[] = [
       ...this.agents.values(),
       ...this.clients,
@@ -451,6 +521,22 @@ export class Hub {
           hint: "ask the relay's operator for a new key, then run `tether login`",
         });
       }
+    }
+  }
+
+  /** Forgets machines offline longer than --prune-after, and retired ones after an hour. */
+  prune(): void {
+    this.lastPrune = Date.now();
+    const after = this.opts.pruneAfterMs ?? DEFAULT_PRUNE_AFTER_MS;
+    try {
+      const gone = this.store.pruneMachines(
+        after > 0 ? Date.now() - after : -Infinity,
+        Date.now() - RETIRED_KEEP_MS,
+        new Set(this.agents.keys()),
+      );
+      for (const m of gone) this.log(`forgot machine ${m.name} (${m.id})`);
+    } catch (e) {
+      this.log(`cannot prune machines: ${(e as Error).message}`);
     }
   }
 

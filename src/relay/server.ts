@@ -12,7 +12,7 @@ import {
 } from "../protocol/conn.ts";
 import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
-import { type ErrorCode, TetherError } from "../common/errors.ts";
+import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { type Principal, Store } from "./store.ts";
@@ -39,6 +39,8 @@ export interface RelayOptions {
   dataDir: string;
   tlsCert?: string;
   tlsKey?: string;
+  /** Forget machines offline longer than this (default 7 days; 0 never). */
+  pruneAfterMs?: number;
   log?: (line: string) => void;
 }
 
@@ -59,7 +61,7 @@ const SWEEP_MS = 2_000;
 export function startRelay(opts: RelayOptions): Relay {
   const log = opts.log ?? ((line: string) => console.error(`relay: ${visible(line)}`));
   const store = new Store(opts.dataDir);
-  const hub = new Hub(store, log);
+  const hub = new Hub(store, log, { pruneAfterMs: opts.pruneAfterMs });
   const tls = !!(opts.tlsCert && opts.tlsKey);
   const pacer = new FailurePacer(
     KEY_FAILURES_PER_SECOND,
@@ -270,7 +272,7 @@ function hello(
       machine = hub.store.enrollMachine(principal.workspace, principal.keyId, info);
     } catch (e) {
       // The agent retries: enrollment works again once the store can be written.
-      conn.fail(CLOSE_UNAVAILABLE, asWire(e));
+      conn.fail(CLOSE_UNAVAILABLE, errorBody(e));
       return undefined;
     }
     log(`enrolled machine ${info.name} (${machine.id}) in workspace ${principal.workspace}`);
@@ -291,8 +293,4 @@ function hello(
   conn.send({ ...base, machine });
   hub.addAgent(link);
   return link;
-}
-
-function asWire(e: unknown): { code: ErrorCode; message: string; hint?: string } {
-  return e instanceof TetherError ? e.toJSON() : { code: "internal", message: String(e) };
 }

@@ -58,6 +58,9 @@ const MIGRATIONS: string[] = [
    CREATE INDEX audit_started ON audit(started_at);`,
   // One row the readiness check rewrites to learn that the store can be written again.
   `CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at INTEGER NOT NULL);`,
+  // A machine that retired (an ended CI hold) is left out of listings and refused at once;
+  // its row stays a while so that `ci attach` can tell a hold that ended from one not yet up.
+  `ALTER TABLE machines ADD COLUMN retired_at INTEGER;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -83,6 +86,8 @@ export interface MachineRow {
   agent_version: string;
   first_seen: number;
   last_seen: number;
+  /** Set when the machine retired (an ended CI hold). */
+  retired_at: number | null;
 }
 
 export interface MintedKey {
@@ -353,7 +358,8 @@ export class Store {
       const m = this.db.prepare(
         `SELECT m.secret_hash AS hash, m.workspace AS workspace, m.enrolled_by AS enrolled_by,
                 k.revoked_at AS revoked_at
-           FROM machines m JOIN keys k ON k.id = m.enrolled_by WHERE m.id = ?`,
+           FROM machines m JOIN keys k ON k.id = m.enrolled_by
+          WHERE m.id = ? AND m.retired_at IS NULL`,
       ).get(k.id) as
         | { hash: string; workspace: string; enrolled_by: string; revoked_at: number | null }
         | undefined;
@@ -437,7 +443,7 @@ export class Store {
   getMachine(id: string): MachineRow | undefined {
     const r = this.db.prepare(
       `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
-              first_seen, last_seen FROM machines WHERE id = ?`,
+              first_seen, last_seen, retired_at FROM machines WHERE id = ?`,
     ).get(id) as (Omit<MachineRow, "labels"> & { labels: string }) | undefined;
     return r ? { ...r, labels: JSON.parse(r.labels) } : undefined;
   }
@@ -492,11 +498,56 @@ export class Store {
     return rows.reverse().map((r) => ({ ...r, argv: r.argv ? JSON.parse(r.argv) : null }));
   }
 
-  listMachines(workspace: string): MachineRow[] {
+  /** The workspace's machines; retired ones only when asked for. */
+  listMachines(workspace: string, opts: { retired?: boolean } = {}): MachineRow[] {
     const rows = this.db.prepare(
       `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
-              first_seen, last_seen FROM machines WHERE workspace = ? ORDER BY name, id`,
+              first_seen, last_seen, retired_at FROM machines
+        WHERE workspace = ? ${opts.retired ? "" : "AND retired_at IS NULL"} ORDER BY name, id`,
     ).all(workspace) as unknown as (Omit<MachineRow, "labels"> & { labels: string })[];
     return rows.map((r) => ({ ...r, labels: JSON.parse(r.labels) }));
+  }
+
+  /** Marks a machine retired: it leaves listings and its identity is refused from now on. */
+  retireMachine(id: string): void {
+    this.write(
+      "retirement",
+      () =>
+        this.db.prepare("UPDATE machines SET retired_at = ? WHERE id = ? AND retired_at IS NULL")
+          .run(Date.now(), id),
+    );
+  }
+
+  /** Deletes a machine (its audit rows stay); false when there was none. */
+  removeMachine(id: string): boolean {
+    const r = this.write(
+      "machine removal",
+      () => this.db.prepare("DELETE FROM machines WHERE id = ?").run(id),
+    );
+    return Number(r.changes) > 0;
+  }
+
+  /**
+   * Deletes machines offline since before `offlineBefore` and retired ones
+   * since before `retiredBefore`, except those in `online`; returns them.
+   */
+  pruneMachines(
+    offlineBefore: number,
+    retiredBefore: number,
+    online: Set<string>,
+  ): { id: string; name: string }[] {
+    const stale = (this.db.prepare(
+      `SELECT id, name FROM machines
+        WHERE (retired_at IS NULL AND last_seen < ?) OR retired_at < ?`,
+    ).all(offlineBefore, retiredBefore) as { id: string; name: string }[])
+      .filter((m) => !online.has(m.id));
+    if (stale.length === 0) return [];
+    this.write("pruning", () => {
+      const del = this.db.prepare("DELETE FROM machines WHERE id = ?");
+      this.transaction(() => {
+        for (const m of stale) del.run(m.id);
+      });
+    });
+    return stale;
   }
 }

@@ -106,3 +106,27 @@ Deno.test("selector: one match, --first, ambiguity without a terminal", async ()
     (e: TetherError) => e.code === "machine_not_found",
   );
 });
+
+Deno.test("resolver: an ambiguity between online and offline machines says so, and offers --online", () => {
+  const twins = [
+    m("aaaa0000-0000-4000-8000-000000000001", "twin", "h1"),
+    m("bbbb0000-0000-4000-8000-000000000002", "twin", "h2", { online: false }),
+    m("cccc0000-0000-4000-8000-000000000003", "twin", "h3", { online: false }),
+  ];
+  for (const onlineFlag of [true, false]) {
+    try {
+      resolveMachine(twins, "twin", { onlineFlag });
+      assert.fail("ambiguous");
+    } catch (e) {
+      const err = e as TetherError;
+      assert.equal(err.message, "'twin' matches 3 machines by name (1 online, 2 offline)");
+      assert.equal(/--online/.test(err.hint ?? ""), onlineFlag);
+    }
+  }
+  try {
+    resolveMachine(twins.slice(1), "twin", { onlineFlag: true });
+  } catch (e) {
+    assert.equal((e as TetherError).message, "'twin' matches 2 machines by name");
+    assert.doesNotMatch((e as TetherError).hint ?? "", /--online/);
+  }
+});
