@@ -292,7 +292,9 @@ Deno.test("ci attach without a TTY: waits for the hold, prints how to connect; -
   const waiting = w.spawn(["ci", "attach", "build", "--wait", "30s"]);
   await waiting.waitFor(/waiting up to 30s for a CI hold matching 'build'/);
 
-  const h = await startHold(w, [], GITHUB_ENV); // default name from the GitHub variables
+  const workspace = Deno.realPathSync(await Deno.makeTempDir({ dir: w.home, prefix: "ws-" }));
+  // Default name from the GitHub variables; shells and execs start in the job's workspace.
+  const h = await startHold(w, [], { ...GITHUB_ENV, GITHUB_WORKSPACE: workspace });
   const info = await ready(h);
   assert.equal(info.name, "ci.yml:build");
   await h.proc.waitFor(/^::notice title=tether ci hold::ci\.yml:build is held\./m, "stdout");
@@ -324,6 +326,9 @@ Deno.test("ci attach without a TTY: waits for the hold, prints how to connect; -
     connect,
     resume: `tether --relay ${w.url} exec ${info.machine_id} -- touch ${h.continueFile}`,
   });
+
+  const pwd = await w.tether(["exec", info.machine_id, "--", "pwd"]);
+  assert.equal(pwd.stdout, `${workspace}\n`, pwd.stderr);
 
   // The resume command works from outside; an exec does not count as attaching.
   const argv = got.resume.split(" ").slice(1);

@@ -1,5 +1,6 @@
 /** Issue 3: `tether exec` and `exec --stream` through a real relay and agent. */
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { createHash } from "node:crypto";
 import { awkEchoArgv, Proc, rss, tetherArgv, World } from "./helpers.ts";
 
@@ -63,6 +64,32 @@ Deno.test("--cwd and --env reach the remote process", async () => {
   const bad = await w.tether(["exec", "box", "--cwd", "/no/such/dir", "--", "true"]);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /\/no\/such\/dir/);
+});
+
+Deno.test("exec and exec -t (the PTY path connect takes) start in one place: --workdir ($HOME by default), --cwd relative to it", async () => {
+  await using w = await World.create();
+  await w.startAgent("homebox");
+  const work = Deno.realPathSync(await Deno.makeTempDir({ dir: w.home }));
+  await Deno.mkdir(join(work, "sub"));
+  await w.startAgent("workbox", { args: ["--workdir", work] });
+  const pwd = async (args: string[]) => {
+    const r = await w.tether(["exec", ...args, "--", "pwd"]);
+    assert.equal(r.code, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  const home = Deno.realPathSync(w.home);
+  assert.equal(await pwd(["homebox"]), home);
+  assert.equal(await pwd(["-t", "homebox"]), home);
+  assert.equal(await pwd(["workbox"]), work);
+  assert.equal(await pwd(["-t", "workbox"]), work);
+  assert.equal(await pwd(["workbox", "--cwd", "sub"]), join(work, "sub"));
+  assert.equal(await pwd(["-t", "workbox", "--cwd", "sub"]), join(work, "sub"));
+  assert.equal(await pwd(["workbox", "--cwd", "/tmp"]), "/tmp");
+  const bad = await w.tether(["agent", "run", "--workdir", join(work, "nope"), "--json"], {
+    env: { TETHER_AGENT_KEY: w.keys.agent_key },
+  });
+  assert.equal(bad.code, 2);
+  assert.match(JSON.parse(bad.stdout).error.message, /--workdir .*nope: not an existing directory/);
 });
 
 Deno.test("32 MiB of random bytes through cat arrive identical", async () => {

@@ -3,6 +3,7 @@
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
 import { hostname } from "node:os";
+import { resolve } from "node:path";
 import { backoff, delay, within } from "../common/async.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { visible } from "../common/text.ts";
@@ -49,6 +50,11 @@ export interface AgentOptions {
   /** Called each time the agent is online (after every (re)connect). */
   onOnline?: (machine: { id: string; name: string }) => void;
   sessions?: SessionOptions;
+  /**
+   * Where commands and sessions start unless the client gives --cwd (a relative
+   * --cwd is taken from here). Default: $HOME.
+   */
+  workdir?: string;
   /** Called whenever sessions or their attached clients change. */
   onSessions?: (sessions: SessionInfo[]) => void;
   /** Called when a client starts a stream (after any password check). */
@@ -64,6 +70,11 @@ const RETRY_AFTER_MAX_MS = 60_000;
 const RETIRE_WAIT_MS = 2_000;
 /** How long a stopping agent lets running commands finish before it ends them. */
 const EXEC_DRAIN_MS = 1_000;
+
+/** Where commands start by default: $HOME, else `/`. */
+export function defaultWorkdir(): string {
+  return Deno.env.get("HOME") || "/";
+}
 
 export function agentInfo(opts: Pick<AgentOptions, "name" | "labels">): AgentInfo {
   const host = hostname();
@@ -89,11 +100,13 @@ export class Agent {
   private nextReq = 1;
   private wake?: () => void;
   readonly info: AgentInfo;
+  readonly workdir: string;
   private readonly log: (line: string) => void;
   machineId?: string;
 
   constructor(private readonly opts: AgentOptions) {
     this.info = agentInfo(opts);
+    this.workdir = opts.workdir ?? defaultWorkdir();
     this.log = opts.log ?? ((l) => console.error(`agent: ${visible(l)}`));
     this.sessions = new SessionManager(opts.sessions ?? {}, (list) => {
       this.conn?.send({ t: "sessions", sessions: list });
@@ -374,8 +387,10 @@ export class Agent {
     }
   }
 
-  private startStream(conn: Conn, msg: Open): void {
-    this.opts.onStream?.(msg.kind);
+  private startStream(conn: Conn, open: Open): void {
+    this.opts.onStream?.(open.kind);
+    // exec, exec -t and connect all start in the same place.
+    const msg = { ...open, cwd: resolve(this.workdir, open.cwd ?? ".") };
     if (msg.kind === "exec") {
       const s = new ExecStream(conn, msg.sid, msg, () => {
         if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);

@@ -64,6 +64,8 @@ export interface HoldConfig {
   pollMs?: number;
   /** How long a detached session lives (agent default when unset). */
   sessionGraceMs?: number;
+  /** Where commands and sessions start: the job's workspace. */
+  workdir?: string;
 }
 
 export interface HoldIO {
@@ -134,6 +136,7 @@ export async function runHold(
     insecure: cfg.insecure,
     log: (line) => io.say(`tether: ${line}`),
     sessions: cfg.sessionGraceMs !== undefined ? { graceMs: cfg.sessionGraceMs } : {},
+    workdir: cfg.workdir,
     onOnline: (m) => {
       if (online || finished) return;
       online = true;

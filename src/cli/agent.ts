@@ -1,5 +1,6 @@
 /** `tether agent run`: make this machine reachable through a relay. */
 import type { Command } from "@commander-js/extra-typings";
+import { resolve } from "node:path";
 import { Agent } from "../agent/agent.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
@@ -16,6 +17,17 @@ function parseSize(text: string): number {
   return n;
 }
 
+/** The absolute path of an existing directory, or a usage error naming the flag. */
+export function existingDir(path: string, flag: string): string {
+  const abs = resolve(path);
+  let ok = false;
+  try {
+    ok = Deno.statSync(abs).isDirectory;
+  } catch { /* below */ }
+  if (!ok) throw usage(`${flag} ${path}: not an existing directory`);
+  return abs;
+}
+
 export function registerAgent(program: Command) {
   const agent = program.command("agent").description("run the agent on a target machine");
   agent.command("run")
@@ -25,6 +37,7 @@ export function registerAgent(program: Command) {
     .option("--state-dir <dir>", "where the machine identity is kept")
     .option("--session-grace <dur>", "how long a detached session lives", "30s")
     .option("--ring-bytes <n>", "output kept per session for replay and resume", "1048576")
+    .option("--workdir <dir>", "where commands and sessions start (default: $HOME)")
     .action(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
@@ -45,6 +58,7 @@ export function registerAgent(program: Command) {
         labels: parsePairs(opts.label, "--label"),
         caFile: g.caFile || Deno.env.get("TETHER_CA_FILE"),
         sessions: { graceMs, ringBytes: parseSize(opts.ringBytes) },
+        workdir: opts.workdir ? existingDir(opts.workdir, "--workdir") : undefined,
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);

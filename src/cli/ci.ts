@@ -164,6 +164,9 @@ function registerHold(ci: Command) {
         onTimeout: opts.onTimeout,
         reminderMs,
         pollMs,
+        // Attached shells and execs start where the job works: its checkout.
+        workdir: Deno.env.get("GITHUB_WORKSPACE") || Deno.env.get("CI_PROJECT_DIR") ||
+          Deno.cwd(),
       }, {
         ready(info: ReadyInfo) {
           console.log(`${READY_MARKER}${JSON.stringify(info)}`);
