@@ -236,6 +236,43 @@ Deno.test("--events prints started, stdout/stderr (UTF-8 or base64), then exactl
   assert.equal(events.filter((e) => e.type === "exit" || e.type === "error").length, 1);
 });
 
+Deno.test("--events passes every byte on as it arrives: no byte that cannot start a character waits", async () => {
+  await using w = await worldWithAgent();
+  for (const tail of ["\\370", "\\377", "\\300", "\\365"]) {
+    // The process writes one such byte, then waits for us: the event must come before.
+    const p = w.spawn([
+      "exec",
+      "box",
+      "--events",
+      "--",
+      "sh",
+      "-c",
+      `printf 'x${tail}'; cat >/dev/null`,
+    ], {
+      stdin: true,
+    });
+    await p.waitFor(/"encoding":"base64"/, "stdout");
+    await p.closeStdin();
+    assert.equal((await p.status).code, 0);
+  }
+  // A real lead byte is held for the rest of its character, which comes in the next chunk.
+  const p = w.spawn([
+    "exec",
+    "box",
+    "--events",
+    "--",
+    "sh",
+    "-c",
+    "printf 'a\\303'; read _; printf '\\251'",
+  ], {
+    stdin: true,
+  });
+  await p.waitFor(/"data":"a"/, "stdout");
+  await p.write("go\n");
+  await p.waitFor(/"data":"é"/, "stdout");
+  assert.equal((await p.status).code, 0);
+});
+
 Deno.test("unknown and offline machines: machine_not_found and machine_offline", async () => {
   await using w = await World.create();
   const a = await w.startAgent("sleepy");

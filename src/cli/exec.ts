@@ -208,12 +208,22 @@ function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
   return out;
 }
 
-/** Length of an unfinished UTF-8 sequence at the end of `b` (0 when it ends cleanly). */
+/**
+ * Length of an unfinished UTF-8 sequence at the end of `b`, which the next chunk may
+ * complete (0 when it ends cleanly). Only a real lead byte (C2–DF, E0–EF, F0–F4) starts
+ * one: a byte that can never begin a character (C0, C1, F5–FF) is sent at once.
+ */
 export function incompleteTail(b: Uint8Array): number {
   for (let i = 1; i <= Math.min(3, b.length); i++) {
     const c = b[b.length - i];
     if ((c & 0xc0) === 0x80) continue; // continuation byte: look further back
-    const need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+    const need = c >= 0xc2 && c <= 0xdf
+      ? 2
+      : c >= 0xe0 && c <= 0xef
+      ? 3
+      : c >= 0xf0 && c <= 0xf4
+      ? 4
+      : 1;
     return need > i ? i : 0;
   }
   return 0;

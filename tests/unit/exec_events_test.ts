@@ -1,0 +1,13 @@
+import assert from "node:assert/strict";
+import { incompleteTail } from "../../src/cli/exec.ts";
+
+Deno.test("incompleteTail: only a real lead byte waits for the rest of its character", () => {
+  const t = (...b: number[]) => incompleteTail(new Uint8Array(b));
+  assert.equal(t(0x61), 0);
+  assert.equal(t(0x61, 0xc3), 1, "é's lead");
+  assert.equal(t(0xe2, 0x82), 2, "€ without its last byte");
+  assert.equal(t(0xf0, 0x9f, 0x98), 3, "an emoji without its last byte");
+  assert.equal(t(0xf0, 0x9f, 0x98, 0x80), 0, "a whole emoji");
+  for (const bad of [0xc0, 0xc1, 0xf5, 0xf7, 0xf8, 0xfe, 0xff]) assert.equal(t(0x61, bad), 0);
+  assert.equal(t(0x80, 0x80, 0x80), 0, "continuation bytes alone");
+});
