@@ -121,6 +121,33 @@ Deno.test({
 });
 
 Deno.test({
+  name: "connect: --detach-key moves detaching off Ctrl-D, whose EOF then reaches the remote",
+  ignore,
+  async fn() {
+    await using w = await World.create();
+    await w.startAgent("keyed");
+    {
+      await using t = await connectIn(w, ["keyed", "--detach-key", "ctrl-]"]);
+      await t.waitFor(/attached — Ctrl-\] to disconnect, Ctrl-C is sent to the remote/);
+      await t.line("cat; echo cat-ended-$?");
+      await t.keys("C-d"); // EOF for cat, not a detach
+      await t.waitFor(/^cat-ended-0$/m);
+      await t.keys("C-]");
+      await t.waitFor(/detached from session [0-9a-f]{12} on keyed[\s\S]*\[exited 0\]/);
+    }
+    {
+      await using t = await connectIn(w, ["keyed", "--new", "--detach-key", "none"]);
+      await t.waitFor(/attached — no detach key \(--detach-key none\)/);
+      await t.keys("C-d"); // EOF for the login shell: it ends, and so does the session
+      await t.waitFor(/session [0-9a-f]{12} on keyed ended \(exit 0\)[\s\S]*\[exited 0\]/);
+    }
+    const bad = await w.tether(["connect", "keyed", "--detach-key", "alt-x"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /invalid --detach-key 'alt-x'/);
+  },
+});
+
+Deno.test({
   name: "connect: the session ends after the grace window with nobody attached",
   ignore,
   async fn() {

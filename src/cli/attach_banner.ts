@@ -3,7 +3,14 @@
  * ok`, `auth … ok (session ID, new|joined)`, then `attached — …` once the remote side is
  * ready. Shared by `tether connect` and `tether ci attach`.
  */
-import { attach, type AttachOutcome, processTerminal, type Terminal } from "../client/attach.ts";
+import {
+  attach,
+  type AttachOutcome,
+  CTRL_D,
+  detachKeyName,
+  processTerminal,
+  type Terminal,
+} from "../client/attach.ts";
 import type { ClientConfig } from "../client/config.ts";
 import type { RelayClient, StreamAuth } from "../client/relay_client.ts";
 import { say } from "./output.ts";
@@ -16,6 +23,8 @@ export interface BannerAttachOptions {
   auth?: StreamAuth;
   /** Default: the process's own terminal. */
   term?: Terminal;
+  /** The byte that detaches (default Ctrl-D); null: none. */
+  detachKey?: number | null;
   /** Called right after the `attached —` line, before any remote output is shown. */
   afterAttached?: (status: (line: string) => void) => void;
 }
@@ -38,6 +47,7 @@ export async function attachWithBanner(
       session: opts.session,
       readOnly: opts.readOnly,
       auth: opts.auth,
+      detachKey: opts.detachKey,
     },
     opts.term ?? processTerminal(),
     {
@@ -45,10 +55,14 @@ export async function attachWithBanner(
         announced = true;
         status("ok");
         status(`auth ... ok (session ${id}${opts.session ? ", joined" : ", new"})`);
+        const key = opts.detachKey === undefined ? CTRL_D : opts.detachKey;
+        const leave = key === null
+          ? "no detach key (--detach-key none): end the remote shell to leave"
+          : `${detachKeyName(key)} to disconnect`;
         status(
           opts.readOnly
-            ? "attached read-only — Ctrl-D to disconnect; your input is not sent"
-            : "attached — Ctrl-D to disconnect, Ctrl-C is sent to the remote",
+            ? `attached read-only — ${leave}; your input is not sent`
+            : `attached — ${leave}, Ctrl-C is sent to the remote`,
         );
         opts.afterAttached?.(status);
       },

@@ -1,5 +1,6 @@
 /** `tether connect [MACHINE]`: an interactive shell in a session that outlives the connection. */
 import type { Command } from "@commander-js/extra-typings";
+import { parseDetachKey } from "../client/attach.ts";
 import { RelayClient } from "../client/relay_client.ts";
 import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
 import { machineLabel } from "../client/prompt_picker.ts";
@@ -14,7 +15,9 @@ import { say } from "./output.ts";
 
 export function registerConnect(program: Command) {
   program.command("connect")
-    .description("attach to a shell on a machine (Ctrl-D detaches; the session keeps running)")
+    .description(
+      "attach to a shell on a machine (Ctrl-D detaches, or --detach-key; the session keeps running)",
+    )
     .argument("[machine]", "machine id, name, hostname or unique prefix")
     .option("--session <id>", "join this session")
     .option("--new", "start a new session even if one is running")
@@ -30,6 +33,12 @@ export function registerConnect(program: Command) {
     .option("--online", "consider online machines only when resolving the name")
     .option("-y, --yes", "do not ask for confirmation after picking a machine")
     .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
+    .option(
+      "--detach-key <key>",
+      "the key that detaches: ctrl-X or ^X (e.g. ctrl-]), or none to send Ctrl-D to the " +
+        "remote as EOF (then leave by ending the remote shell)",
+      "ctrl-d",
+    )
     .action(async (machine, opts, cmd) => {
       const g = globals(cmd);
       if (opts.list) {
@@ -38,6 +47,13 @@ export function registerConnect(program: Command) {
       }
       state.failureCode = 255;
       if (opts.session && opts.new) throw usage("--session and --new exclude each other");
+      const detachKey = parseDetachKey(opts.detachKey);
+      if (detachKey === undefined) {
+        throw usage(
+          `invalid --detach-key '${opts.detachKey}'`,
+          "use ctrl-X or ^X with a letter or one of @[\\]^_ (e.g. ctrl-]), or none",
+        );
+      }
       if (g.json) {
         throw new TetherError(
           "interactive_required",
@@ -91,6 +107,7 @@ export function registerConnect(program: Command) {
       const outcome = await attachWithBanner(cfg, client, target, {
         session,
         readOnly: opts.readOnly,
+        detachKey,
         auth: authFor(cfg, client, target, opts.password, g),
       });
       client.close();

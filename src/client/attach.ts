@@ -16,7 +16,25 @@ import type { ClientConfig } from "./config.ts";
 import { RelayClient, type StreamAuth } from "./relay_client.ts";
 import { stripTerminalQueries } from "./replay_filter.ts";
 
-const CTRL_D = 0x04;
+/** The default detach key: Ctrl-D. */
+export const CTRL_D = 0x04;
+
+/**
+ * Parses `--detach-key`: `ctrl-X` or `^X` for a control character (X a letter or one of
+ * `@[\]^_`), or `none` (then only a signal detaches, and Ctrl-D reaches the remote as EOF).
+ * Returns the byte, null for none, or undefined when the text is not a key.
+ */
+export function parseDetachKey(text: string): number | null | undefined {
+  const t = text.trim().toLowerCase();
+  if (t === "none") return null;
+  const m = /^(?:ctrl-|\^)([a-z@[\\\]^_])$/.exec(t);
+  return m ? m[1].toUpperCase().charCodeAt(0) & 0x1f : undefined;
+}
+
+/** How a detach key is shown: `Ctrl-D`, `Ctrl-]`. */
+export function detachKeyName(key: number): string {
+  return `Ctrl-${String.fromCharCode(key + 0x40)}`;
+}
 
 /** How long a dropped session keeps trying to come back before giving up (default). */
 export const RECONNECT_WINDOW_MS = 60_000;
@@ -38,6 +56,8 @@ export interface AttachRequest {
   readOnly?: boolean;
   /** exec -t: the session ends when we leave, and Ctrl-D goes to the remote. */
   oneShot?: boolean;
+  /** The byte that detaches (default Ctrl-D); null: none. */
+  detachKey?: number | null;
   /** Answers the machine's password challenge, if it has a password. */
   auth?: StreamAuth;
   /** For a new session: working directory and extra environment. */
@@ -277,8 +297,9 @@ export async function attach(
       }
       let data = buf.subarray(0, n);
       let detach = false;
-      if (!req.oneShot && term.isTerminal) {
-        const at = data.indexOf(CTRL_D);
+      const detachKey = req.detachKey === undefined ? CTRL_D : req.detachKey;
+      if (!req.oneShot && term.isTerminal && detachKey !== null) {
+        const at = data.indexOf(detachKey);
         if (at >= 0) {
           data = data.subarray(0, at);
           detach = true;
