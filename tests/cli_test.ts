@@ -31,6 +31,21 @@ async function fleet(): Promise<World> {
   return w;
 }
 
+Deno.test("connect with stdin not a terminal: interactive_required, pointing at exec --stream and -t", async () => {
+  await using w = await World.create();
+  await w.startAgent("piped");
+  const r = await w.tether(["connect", "piped", "--no-interactive"], { stdin: "echo hi\n" });
+  assert.equal(r.code, 255);
+  assert.match(r.stderr, /hint: .*exec --stream/);
+  const human = await w.tether(["connect", "piped"], { stdin: "echo hi\n" });
+  assert.equal(human.code, 255);
+  assert.match(human.stderr, /connect needs a terminal on stdin[\s\S]*-t/);
+  // -t attaches anyway: the input runs, and its end detaches.
+  const forced = await w.tether(["connect", "-t", "piped"], { stdin: "echo forced-$((1+1))\n" });
+  assert.equal(forced.code, 0, forced.stderr);
+  assert.match(forced.stdout, /forced-2/);
+});
+
 Deno.test("no machine and no terminal: interactive_required at once, for connect and exec", async () => {
   const home = await Deno.makeTempDir();
   try {

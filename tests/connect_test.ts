@@ -209,7 +209,7 @@ Deno.test({
     const proxy = new TcpProxy({ hostname: "127.0.0.1", port: w.port });
     try {
       // A client on pipes (no TTY) through a proxy we can cut; the test reads its output slowly.
-      const p = Proc.tether(["connect", "exact"], {
+      const p = Proc.tether(["connect", "-t", "exact"], {
         env: w.env({ TETHER_RELAY: `ws://127.0.0.1:${proxy.port}` }),
         stdin: true,
       });
@@ -274,7 +274,7 @@ Deno.test({
 Deno.test("sessions kill ends a live session: its client gets the exit status and the list empties", async () => {
   await using w = await World.create();
   await w.startAgent("killable");
-  const p = w.spawn(["connect", "killable"], { stdin: true });
+  const p = w.spawn(["connect", "-t", "killable"], { stdin: true });
   await p.waitFor(/attached —/);
   const [s] = await sessions(w);
   assert.equal(s.clients, 1);

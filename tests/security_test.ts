@@ -473,10 +473,13 @@ Deno.test("fuzz: malformed, truncated, oversized and unknown input closes only t
 
 Deno.test("machine password: connect passes the same challenge (no TTY: env password)", async () => {
   await using w = await lockedMachine();
-  const refused = await w.tether(["connect", "vault", "--no-interactive"]);
+  const refused = await w.tether(["connect", "-t", "vault", "--no-interactive"]);
   assert.equal(refused.code, 255);
   assert.match(refused.stderr, /needs a password/);
-  const p = w.spawn(["connect", "vault"], { stdin: true, env: { TETHER_PASSWORD: PASSWORD } });
+  const p = w.spawn(["connect", "-t", "vault"], {
+    stdin: true,
+    env: { TETHER_PASSWORD: PASSWORD },
+  });
   await p.waitFor(/attached —/);
   await p.write("echo inside-$((2+3))\n");
   await p.waitFor(/inside-5/, "stdout");

@@ -23,6 +23,7 @@ export function registerConnect(program: Command) {
     .option("--new", "start a new session even if one is running")
     .option("--read-only", "watch only: the agent drops your input")
     .option("--list", "list machines (same as `tether machines`)")
+    .option("-t, --tty", "attach even though stdin is not a terminal (its end detaches)")
     .option(
       "-l, --selector <k=v>",
       "pick by label; repeatable, all must match",
@@ -63,6 +64,13 @@ export function registerConnect(program: Command) {
               "use `tether exec --json` or `--events` for programs, or `tether connect --list --json`",
           },
         );
+      }
+      if (!Deno.stdin.isTerminal() && !opts.tty) {
+        // Typing blind into a shell and reporting success is no use to a program.
+        throw new TetherError("interactive_required", "connect needs a terminal on stdin", {
+          hint: "programs drive a remote process with `tether exec --stream MACHINE -- CMD`; " +
+            "pass -t to attach anyway (the end of stdin detaches)",
+        });
       }
       // Fail before dialing when a picker would be needed and cannot be shown.
       if (!machine && opts.selector.length === 0) requirePrompt(g, noMachineGiven());
