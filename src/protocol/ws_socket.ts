@@ -19,10 +19,11 @@
  *   (`borrowBinary`); agents and clients, which keep stdin chunks queued,
  *   get a copy they own.
  *
- * A client masks its frames with the all-zero key: masking protects
- * browsers' intermediaries from script-chosen bytes; a CLI has no such
- * adversary, and a zero key makes masking free. As a server we unmask
- * whatever key the peer chose, and refuse unmasked frames.
+ * A client masks each frame with its own unpredictable key, as RFC 6455
+ * §5.3 requires (the keys come from crypto.getRandomValues, 4 KiB at a
+ * time, and the mask is applied a 32-bit word at a time while the frame is
+ * copied into the write buffer). As a server we unmask whatever key the
+ * peer chose, and refuse unmasked frames.
  */
 
 import { noteStreamBytes } from "../common/gc.ts";
@@ -167,8 +168,12 @@ export class WsSocket {
       o[at + 8] = (n >>> 8) & 0xff;
       o[at + 9] = n & 0xff;
     }
-    if (maskLen) o.fill(0, at + h - 4, at + h); // the zero mask key
     o.set(payload, at + h);
+    if (maskLen) {
+      const key = at + h - 4;
+      nextMaskKey(o, key);
+      xorMask(o, at + h, at + h + n, key);
+    }
     this.#queued += h + n;
     this.#activity += h + n;
     this.#flush();
@@ -385,10 +390,50 @@ export class WsSocket {
 }
 
 function unmask(buf: Uint8Array, p0: number, p1: number, keyAt: number): void {
-  const k0 = buf[keyAt], k1 = buf[keyAt + 1], k2 = buf[keyAt + 2], k3 = buf[keyAt + 3];
-  if ((k0 | k1 | k2 | k3) === 0) return; // tether's clients use the zero key
-  const key = [k0, k1, k2, k3];
-  for (let i = p0; i < p1; i++) buf[i] ^= key[(i - p0) & 3];
+  xorMask(buf, p0, p1, keyAt);
+}
+
+/** Random mask keys, drawn in bulk: one getRandomValues call per 1024 frames. */
+const maskPool = new Uint8Array(4096);
+let maskAt = maskPool.length;
+
+/** Writes a fresh, unpredictable 4-byte mask key at `buf[at]`. */
+function nextMaskKey(buf: Uint8Array, at: number): void {
+  if (maskAt === maskPool.length) {
+    crypto.getRandomValues(maskPool);
+    maskAt = 0;
+  }
+  buf.set(maskPool.subarray(maskAt, maskAt + 4), at);
+  maskAt += 4;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * XORs `buf[p0..p1)` with the 4-byte key at `buf[keyAt]` (RFC 6455 §5.3), which
+ * masks and unmasks alike: bytewise up to a word boundary, then 32 bits at a time.
+ */
+export function xorMask(buf: Uint8Array, p0: number, p1: number, keyAt: number): void {
+  const k = [buf[keyAt], buf[keyAt + 1], buf[keyAt + 2], buf[keyAt + 3]];
+  if ((k[0] | k[1] | k[2] | k[3]) === 0) return;
+  let i = p0;
+  const base = buf.byteOffset;
+  if (LITTLE_ENDIAN) {
+    while (i < p1 && ((base + i) & 3) !== 0) {
+      buf[i] ^= k[(i - p0) & 3];
+      i++;
+    }
+    const words = (p1 - i) >> 2;
+    if (words > 0) {
+      const ph = (i - p0) & 3;
+      const w = (k[ph] | (k[(ph + 1) & 3] << 8) | (k[(ph + 2) & 3] << 16) |
+        (k[(ph + 3) & 3] << 24)) >>> 0;
+      const u32 = new Uint32Array(buf.buffer, base + i, words);
+      for (let j = 0; j < words; j++) u32[j] ^= w;
+      i += words * 4;
+    }
+  }
+  for (; i < p1; i++) buf[i] ^= k[(i - p0) & 3];
 }
 
 function decodeText(bytes: Uint8Array): string {

@@ -320,3 +320,74 @@ Deno.test("http: plain answers, 404, handler errors, malformed heads, bad upgrad
   );
   await srv.close();
 });
+
+Deno.test("ws: a client masks every frame with its own unpredictable key (RFC 6455 §5.3)", async () => {
+  // A bare TCP server that answers the upgrade and records the raw bytes of the frames.
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  const raw: Uint8Array[] = [];
+  const served = (async () => {
+    const conn = await listener.accept();
+    const buf = new Uint8Array(1 << 20);
+    let n = 0;
+    for (;;) {
+      const r = await conn.read(buf.subarray(n));
+      if (r === null) break;
+      n += r;
+      const text = new TextDecoder().decode(buf.subarray(0, n));
+      const end = text.indexOf("\r\n\r\n");
+      if (end >= 0) {
+        const key = /sec-websocket-key: (\S+)/i.exec(text)![1];
+        const { acceptKey } = await import("../../src/protocol/http1.ts");
+        const answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+          `Connection: Upgrade\r\nSec-WebSocket-Accept: ${await acceptKey(key)}\r\n\r\n`;
+        await conn.write(new TextEncoder().encode(answer));
+        n = 0;
+        break;
+      }
+    }
+    for (;;) {
+      const r = await conn.read(buf.subarray(n));
+      if (r === null) break;
+      n += r;
+      if (n >= 3 * 106) break; // three frames: 2 header bytes, a 4-byte key, 100 bytes
+    }
+    raw.push(buf.slice(0, n));
+    conn.close();
+  })();
+  const ws = await connectWebSocket(`ws://127.0.0.1:${port}/`);
+  const payload = pattern(100, 7);
+  for (let i = 0; i < 3; i++) ws.send(payload);
+  await served;
+  listener.close();
+  ws.close();
+  const bytes = raw[0];
+  const keys: string[] = [];
+  for (let at = 0, i = 0; i < 3; i++) {
+    assert.equal(bytes[at] & 0x0f, 0x2, "binary");
+    assert.equal(bytes[at + 1] & 0x80, 0x80, "masked");
+    assert.equal(bytes[at + 1] & 0x7f, 100);
+    const key = bytes.subarray(at + 2, at + 6);
+    keys.push(key.join(","));
+    const body = bytes.slice(at + 6, at + 106);
+    for (let j = 0; j < body.length; j++) body[j] ^= key[j & 3];
+    assert.deepEqual(body, payload, "the payload unmasks to what was sent");
+    at += 106;
+  }
+  assert.equal(new Set(keys).size, 3, "a new key for every frame");
+  assert.ok(keys.every((k) => k !== "0,0,0,0"));
+});
+
+Deno.test("ws: xorMask is the bytewise mask at every alignment and length", async () => {
+  const { xorMask } = await import("../../src/protocol/ws_socket.ts");
+  for (let shift = 0; shift < 8; shift++) {
+    for (const len of [0, 1, 3, 4, 5, 17, 64, 1001]) {
+      const buf = pattern(shift + 4 + len + 3, shift + len);
+      buf.set([0x12, 0x34, 0x56, 0x78], shift);
+      const want = buf.slice();
+      for (let i = 0; i < len; i++) want[shift + 4 + i] ^= want[shift + (i & 3)];
+      xorMask(buf, shift + 4, shift + 4 + len, shift);
+      assert.deepEqual(buf, want, `shift ${shift} len ${len}`);
+    }
+  }
+});
