@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { TcpProxy } from "./proxy.ts";
 import { join } from "node:path";
-import { baseEnv, Proc, run, walkFiles, World } from "./helpers.ts";
+import { baseEnv, hasCommand, Proc, requirement, run, walkFiles, World } from "./helpers.ts";
 import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
 
 Deno.test("an agent enrolls and is listed, as a table and as JSON", async () => {
@@ -321,6 +321,75 @@ Deno.test("an agent outlives refusals that can pass: 503, 429 with Retry-After, 
   } finally {
     front.close();
   }
+});
+
+const python = requirement(
+  hasCommand("python3") ? undefined : "python3 is needed to make a black-holed port",
+);
+
+/**
+ * A port whose TCP handshakes never complete: a listener with a backlog of 0 that never
+ * accepts, its queue filled by one connection, so the kernel drops every further SYN.
+ */
+async function blackHole(): Promise<{ port: number; close(): void }> {
+  const p = new Deno.Command("python3", {
+    args: [
+      "-c",
+      "import socket,sys\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(0)\n" +
+      "c=socket.socket();c.connect(s.getsockname())\n" +
+      "print(s.getsockname()[1],flush=True)\nsys.stdin.read()",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const reader = p.stdout.getReader();
+  let text = "";
+  while (!text.includes("\n")) text += new TextDecoder().decode((await reader.read()).value);
+  reader.releaseLock();
+  return {
+    port: Number(text.trim()),
+    close() {
+      p.kill();
+      p.stdout.cancel().catch(() => {});
+      p.stdin.close().catch(() => {});
+    },
+  };
+}
+
+Deno.test({
+  name:
+    "a black-holed relay: relay_unreachable once --dial-timeout (or TETHER_DIAL_TIMEOUT) runs out",
+  ignore: python.ignore,
+  async fn() {
+    python.check();
+    const hole = await blackHole();
+    const home = await Deno.makeTempDir();
+    try {
+      const env = {
+        ...baseEnv(home),
+        TETHER_RELAY: `ws://127.0.0.1:${hole.port}`,
+        TETHER_API_KEY: "tether_client_000000000000_" + "0".repeat(40),
+      };
+      const t0 = Date.now();
+      const r = await run(["--dial-timeout", "1s", "machines", "--json"], { env });
+      assert.equal(r.code, 1);
+      const e = JSON.parse(r.stdout).error;
+      assert.equal(e.code, "relay_unreachable");
+      assert.match(e.message, /could not reach the relay at .* within 1s/);
+      assert.match(e.hint, /--dial-timeout/);
+      assert.ok(Date.now() - t0 < 8_000, "it did not wait for the TCP timeout");
+      const viaEnv = await run(["exec", "box", "--json", "--", "true"], {
+        env: { ...env, TETHER_DIAL_TIMEOUT: "500ms" },
+      });
+      assert.equal(viaEnv.code, 255);
+      assert.match(JSON.parse(viaEnv.stdout).error.message, /within 0\.5s/);
+      const bad = await run(["--dial-timeout", "soon", "machines"], { env });
+      assert.equal(bad.code, 2);
+    } finally {
+      hole.close();
+      await Deno.remove(home, { recursive: true });
+    }
+  },
 });
 
 Deno.test("a relay on a port that is taken says so", async () => {

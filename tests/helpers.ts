@@ -232,6 +232,15 @@ export function requirement(missing: string | undefined): { ignore: boolean; che
   };
 }
 
+/** Whether `cmd` runs on this machine (found on PATH and exits 0 with `args`). */
+export function hasCommand(cmd: string, args: string[] = ["--version"]): boolean {
+  try {
+    return new Deno.Command(cmd, { args, stdout: "null", stderr: "null" }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
 export interface Keys {
   workspace: string;
   client_key: string;

@@ -194,7 +194,7 @@ Deno.test("TLS: wss with a private CA via TETHER_CA_FILE; refused without it", a
     "-subj",
     "/CN=localhost",
   ]);
-  Deno.writeTextFileSync(join(dir, "ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n");
+  Deno.writeTextFileSync(join(dir, "ext"), "subjectAltName=DNS:localhost\n");
   await ssl([
     "x509",
     "-req",
@@ -236,10 +236,123 @@ Deno.test("TLS: wss with a private CA via TETHER_CA_FILE; refused without it", a
     assert.equal(ok.code, 0, ok.stdout + ok.stderr);
     const bad = await run(["machines", "--json"], { env });
     assert.equal(errorCode(bad), "relay_unreachable");
-    assert.match(bad.stdout, /certificate|UnknownIssuer|tls/i);
+    const e = JSON.parse(bad.stdout).error;
+    assert.match(e.message, /TLS certificate this machine does not trust/);
+    assert.match(e.hint, /--ca-file[\s\S]*--fingerprint/);
+    // Trusted, but dialed by a name the certificate does not carry.
+    const byIp = await run(["machines", "--json"], {
+      env: { ...env, TETHER_CA_FILE: join(dir, "ca.pem"), TETHER_RELAY: m[1] },
+    });
+    assert.equal(errorCode(byIp), "relay_unreachable");
+    assert.match(JSON.parse(byIp.stdout).error.message, /does not name 127\.0\.0\.1/);
   } finally {
     await relay.stop();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("relay serve --tls-self-signed: login pins the CA by fingerprint; agents take its CA file", async () => {
+  await using w = await World.create({ startRelay: false });
+  const { Proc } = await import("./helpers.ts");
+  const serve = () =>
+    Proc.tether([
+      "relay",
+      "serve",
+      "--listen",
+      "127.0.0.1:0",
+      "--data-dir",
+      w.relayDir,
+      "--tls-self-signed",
+      "--json",
+    ], { env: baseEnv(w.home) });
+  let relay = serve();
+  try {
+    const info = JSON.parse((await relay.waitFor(/^\{.*\}$/m, "stdout"))[0]);
+    assert.match(info.listening, /^wss:\/\/127\.0\.0\.1:\d+$/);
+    assert.match(info.fingerprint, /^SHA256:[A-Za-z0-9+/]{43}$/);
+    assert.equal(info.ca_file, join(w.relayDir, "tls", "ca.pem"));
+    for (const n of ["localhost", "127.0.0.1", "::1"]) assert.ok(info.names.includes(n), n);
+    const st = Deno.statSync(join(w.relayDir, "tls", "self-signed.json"));
+    assert.equal(st.mode! & 0o777, 0o600, "the keys are private");
+    const url = info.listening.replace("127.0.0.1", "localhost");
+    const cfgDir = join(w.home, "cfg");
+    const base = { ...baseEnv(w.home), TETHER_CONFIG_DIR: cfgDir };
+
+    // Not trusted yet: a clear refusal that names the ways out.
+    const before = await run(
+      ["--relay", url, "--api-key", w.keys.client_key, "machines", "--json"],
+      {
+        env: base,
+      },
+    );
+    assert.equal(errorCode(before), "relay_unreachable");
+    assert.match(JSON.parse(before.stdout).error.hint, /--fingerprint/);
+    // A wrong fingerprint is refused, and nothing is stored.
+    const wrong = await run([
+      "login",
+      "--relay",
+      url,
+      "--api-key",
+      w.keys.client_key,
+      "--fingerprint",
+      "SHA256:" + "A".repeat(43),
+      "--json",
+    ], { env: base });
+    assert.equal(wrong.code, 1);
+    assert.match(
+      JSON.parse(wrong.stdout).error.message,
+      /presents no certificate with fingerprint/,
+    );
+    // The right one: login pins the CA, and every later command trusts the relay.
+    const login = await run([
+      "login",
+      "--relay",
+      url,
+      "--api-key",
+      w.keys.client_key,
+      "--fingerprint",
+      info.fingerprint,
+      "--json",
+    ], { env: base });
+    assert.equal(login.code, 0, login.stdout + login.stderr);
+    assert.equal(JSON.parse(login.stdout).fingerprint, info.fingerprint);
+    const agent = Proc.tether([
+      "agent",
+      "run",
+      "--relay",
+      url,
+      "--name",
+      "tls-box",
+      "--state-dir",
+      join(w.home, "agent"),
+      "--ca-file",
+      info.ca_file,
+    ], { env: { ...baseEnv(w.home), TETHER_AGENT_KEY: w.keys.agent_key } });
+    w.agents.push(agent);
+    await agent.waitFor(/online as tls-box/);
+    const x = await run(["exec", "tls-box", "--", "echo", "over-wss"], { env: base });
+    assert.equal(x.stdout, "over-wss\n", x.stderr);
+
+    // A restart keeps the CA, so the pin still holds.
+    const port = new URL(info.listening).port;
+    await relay.stop();
+    relay = Proc.tether([
+      "relay",
+      "serve",
+      "--listen",
+      `127.0.0.1:${port}`,
+      "--data-dir",
+      w.relayDir,
+      "--tls-self-signed",
+      "--json",
+    ], { env: baseEnv(w.home) });
+    const again = JSON.parse((await relay.waitFor(/^\{.*\}$/m, "stdout"))[0]);
+    assert.equal(again.fingerprint, info.fingerprint);
+    await agent.waitFor(/online as tls-box[\s\S]*online as tls-box/);
+    const y = await run(["exec", "tls-box", "--", "echo", "still"], { env: base });
+    assert.equal(y.stdout, "still\n", y.stderr);
+  } finally {
+    await relay.stop();
   }
 });
 

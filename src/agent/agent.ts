@@ -42,6 +42,8 @@ export interface AgentOptions {
   name?: string;
   labels?: Record<string, string>;
   caFile?: string;
+  /** Bound on each dial of the relay (default 10 s). */
+  dialTimeoutMs?: number;
   /** Allow plain ws:// to a relay that is not on loopback. */
   insecure?: boolean;
   /** Refuse to reuse an identity enrolled with another relay URL (default true). */
@@ -219,6 +221,7 @@ export class Agent {
         role: "agent",
         agent: this.info,
         caFile: this.opts.caFile,
+        timeoutMs: this.opts.dialTimeoutMs,
         insecure: this.opts.insecure,
       });
     } catch (e) {

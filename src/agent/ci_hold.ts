@@ -50,6 +50,7 @@ export interface HoldConfig {
   relay: string;
   enrollKey?: string;
   caFile?: string;
+  dialTimeoutMs?: number;
   /** Allow plain ws:// to a relay that is not on loopback. */
   insecure?: boolean;
   name: string;
@@ -133,6 +134,7 @@ export async function runHold(
     name: cfg.name,
     labels: { ...cfg.labels, [HOLD_LABEL]: HOLD_LABEL_VALUE, [CONTINUE_FILE_LABEL]: file },
     caFile: cfg.caFile,
+    dialTimeoutMs: cfg.dialTimeoutMs,
     insecure: cfg.insecure,
     log: (line) => io.say(`tether: ${line}`),
     sessions: cfg.sessionGraceMs !== undefined ? { graceMs: cfg.sessionGraceMs } : {},

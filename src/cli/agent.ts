@@ -5,7 +5,7 @@ import { Agent } from "../agent/agent.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
-import { readStoredConfig } from "../client/config.ts";
+import { dialTimeoutMs, readStoredConfig } from "../client/config.ts";
 import { defaultConfigDir } from "../common/paths.ts";
 import { collect, globals, parsePairs, untilSignal, warnTransport } from "./context.ts";
 
@@ -57,6 +57,7 @@ export function registerAgent(program: Command) {
         name: opts.name,
         labels: parsePairs(opts.label, "--label"),
         caFile: g.caFile || Deno.env.get("TETHER_CA_FILE"),
+        dialTimeoutMs: dialTimeoutMs(g),
         sessions: { graceMs, ringBytes: parseSize(opts.ringBytes) },
         workdir: opts.workdir ? existingDir(opts.workdir, "--workdir") : undefined,
       });

@@ -35,7 +35,7 @@ import {
   parseAfterStep,
 } from "../client/ci_inject.ts";
 import { gone, waitForHold, type WaitProgress } from "../client/ci_wait.ts";
-import { type ClientConfig, readStoredConfig } from "../client/config.ts";
+import { type ClientConfig, dialTimeoutMs, readStoredConfig } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
@@ -155,6 +155,7 @@ function registerHold(ci: Command) {
         relay,
         enrollKey,
         caFile: g.caFile || Deno.env.get("TETHER_CA_FILE") || undefined,
+        dialTimeoutMs: dialTimeoutMs(g),
         insecure: g.insecure,
         name,
         labels: { ...id.labels, ...extra },

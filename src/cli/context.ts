@@ -21,6 +21,7 @@ export interface Globals extends GlobalFlags {
 
 // deno-lint-ignore no-explicit-any
 export function globals(cmd: Command<any, any, any>): Globals {
+  // A command's own option (login --relay) and the global one (tether --relay login) agree.
   const o = cmd.optsWithGlobals() as Record<string, unknown>;
   const json = !!o.json;
   state.json = json;
@@ -30,6 +31,7 @@ export function globals(cmd: Command<any, any, any>): Globals {
     caFile: o.caFile as string | undefined,
     configDir: o.configDir as string | undefined,
     insecure: !!o.insecure,
+    dialTimeout: o.dialTimeout as string | undefined,
     json,
     // --json implies --no-interactive; prompts also need a terminal on both ends.
     interactive: o.interactive !== false && !json && Deno.stdin.isTerminal() &&

@@ -1,7 +1,6 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
 import { openStreamStdin } from "../client/stdin.ts";
 import type { Command } from "@commander-js/extra-typings";
-import { encodeBase64 } from "../common/base64.ts";
 import { attach, processTerminal } from "../client/attach.ts";
 import { runExec } from "../client/exec.ts";
 import { RelayClient } from "../client/relay_client.ts";
@@ -195,7 +194,7 @@ class EventPrinter {
     try {
       this.emit({ type, data: this.decoder.decode(bytes) });
     } catch {
-      this.emit({ type, data: encodeBase64(bytes), encoding: "base64" });
+      this.emit({ type, data: bytes.toBase64(), encoding: "base64" });
     }
   }
 }

@@ -32,6 +32,10 @@ export function buildProgram(): Command {
     .option("--json", "machine-readable output; implies --no-interactive")
     .option("--no-interactive", "never prompt; fail with a structured error instead")
     .option("--insecure", "allow plain ws:// to a relay that is not on loopback (warns)")
+    .option(
+      "--dial-timeout <dur>",
+      "give up reaching the relay after this long (env TETHER_DIAL_TIMEOUT; default 10s)",
+    )
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ outputError: () => {} });

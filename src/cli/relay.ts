@@ -6,7 +6,8 @@ import { TetherError, usage } from "../common/errors.ts";
 import { defaultDataDir } from "../common/paths.ts";
 import { startRelay } from "../relay/server.ts";
 import { Store } from "../relay/store.ts";
-import { globals, parseListen, untilSignal } from "./context.ts";
+import { collect, globals, parseListen, untilSignal } from "./context.ts";
+import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
 
 export const DEFAULT_LISTEN = "127.0.0.1:7420";
@@ -28,21 +29,60 @@ export function registerRelay(program: Command) {
     .option("--data-dir <dir>", "where the relay keeps its SQLite state")
     .option("--tls-cert <file>", "PEM certificate; serves wss:// with --tls-key")
     .option("--tls-key <file>", "PEM private key")
+    .option(
+      "--tls-self-signed",
+      "serve wss:// with a private CA made and kept in the data dir; prints its fingerprint " +
+        "for `tether login --fingerprint`",
+    )
+    .option(
+      "--tls-name <name>",
+      "with --tls-self-signed: another DNS name or IP the certificate must carry; repeatable",
+      collect,
+      [] as string[],
+    )
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
     .action(async (opts, cmd) => {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
+      if (opts.tlsSelfSigned && opts.tlsCert) {
+        throw usage("--tls-self-signed and --tls-cert exclude each other");
+      }
       const { hostname, port } = parseListen(opts.listen);
+      const dataDir = opts.dataDir || defaultRelayDataDir();
+      const self = opts.tlsSelfSigned
+        ? await selfSignedTls(dataDir, [
+          ...(["0.0.0.0", "::", ""].includes(hostname) ? [] : [hostname]),
+          ...opts.tlsName,
+        ])
+        : undefined;
       const r = startRelay({
         hostname,
         port,
-        dataDir: opts.dataDir || defaultRelayDataDir(),
+        dataDir,
+        tls: self,
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
         pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
       });
-      if (g.json) console.log(JSON.stringify({ listening: r.url, data_dir: r.dataDir }));
-      else console.log(`relay listening on ${r.url}`);
+      if (g.json) {
+        printJson({
+          listening: r.url,
+          data_dir: r.dataDir,
+          ...(self
+            ? { fingerprint: self.fingerprint, ca_file: self.caFile, names: self.names }
+            : {}),
+        });
+      } else {
+        console.log(`relay listening on ${r.url}`);
+        if (self) {
+          console.error(
+            `TLS: private CA ${self.fingerprint} (certificate: ${self.caFile}); ` +
+              `valid for ${self.names.join(", ")}\n` +
+              `clients: tether login --relay wss://HOST:${r.port} --fingerprint ${self.fingerprint}\n` +
+              `agents:  tether agent run --relay wss://HOST:${r.port} --ca-file <a copy of ${self.caFile}>`,
+          );
+        }
+      }
       await Promise.race([untilSignal(), r.finished]);
       await r.shutdown();
     });

@@ -3,11 +3,14 @@
  * environment variable, else the config file `tether login` wrote (0600).
  */
 import { join } from "node:path";
-import { TetherError } from "../common/errors.ts";
+import { parseDuration } from "../common/duration.ts";
+import { TetherError, usage } from "../common/errors.ts";
 import { writePrivate } from "../common/files.ts";
 import { defaultConfigDir } from "../common/paths.ts";
 
 export const CONFIG_FILE = "config.json";
+/** The relay's CA, kept by `login --fingerprint`. */
+export const PINNED_CA_FILE = "relay-ca.pem";
 
 export interface GlobalFlags {
   relay?: string;
@@ -17,12 +20,16 @@ export interface GlobalFlags {
   json?: boolean;
   interactive?: boolean;
   insecure?: boolean;
+  /** `--dial-timeout`: how long reaching the relay may take. */
+  dialTimeout?: string;
 }
 
 export interface StoredConfig {
   relay?: string;
   api_key?: string;
   ca_file?: string;
+  /** The pinned CA's fingerprint (login --fingerprint), for the record. */
+  fingerprint?: string;
 }
 
 export interface ClientConfig {
@@ -31,6 +38,20 @@ export interface ClientConfig {
   caFile?: string;
   configDir: string;
   insecure?: boolean;
+  /** Bound on reaching the relay: TCP, TLS, upgrade and handshake together. */
+  dialTimeoutMs: number;
+}
+
+/** Default of `--dial-timeout` / TETHER_DIAL_TIMEOUT. */
+export const DEFAULT_DIAL_TIMEOUT_MS = 10_000;
+
+/** `--dial-timeout`, else TETHER_DIAL_TIMEOUT, else 10 s. */
+export function dialTimeoutMs(flags: Pick<GlobalFlags, "dialTimeout">): number {
+  const text = flags.dialTimeout || Deno.env.get("TETHER_DIAL_TIMEOUT");
+  if (!text) return DEFAULT_DIAL_TIMEOUT_MS;
+  const ms = parseDuration(text, flags.dialTimeout ? "--dial-timeout" : "TETHER_DIAL_TIMEOUT");
+  if (ms <= 0) throw usage(`--dial-timeout must be more than 0 (got '${text}')`);
+  return ms;
 }
 
 export function configDir(flags: GlobalFlags): string {
@@ -77,5 +98,12 @@ export function resolveClientConfig(flags: GlobalFlags): ClientConfig {
         "(or set TETHER_RELAY and TETHER_API_KEY)",
     });
   }
-  return { relay, apiKey, caFile: caFile || undefined, configDir: dir, insecure: flags.insecure };
+  return {
+    relay,
+    apiKey,
+    caFile: caFile || undefined,
+    configDir: dir,
+    insecure: flags.insecure,
+    dialTimeoutMs: dialTimeoutMs(flags),
+  };
 }

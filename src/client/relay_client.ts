@@ -65,6 +65,7 @@ export class RelayClient {
       role: "client",
       caFile: cfg.caFile,
       insecure: cfg.insecure,
+      timeoutMs: cfg.dialTimeoutMs,
     });
     const client = new RelayClient(conn, welcome.workspace, welcome.key_id);
     conn.start({

@@ -13,7 +13,8 @@ import {
   type Role,
   type Welcome,
 } from "./messages.ts";
-import { connectWebSocket, UpgradeRefused } from "./ws_client.ts";
+import { connectWebSocket, DialTimeout, UpgradeRefused } from "./ws_client.ts";
+import { tlsProblem } from "./tls_pin.ts";
 import type { WsSocket } from "./ws_socket.ts";
 import { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
@@ -99,6 +100,7 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
   checkTransport(opts.relay, opts.insecure);
   const url = endpointUrl(opts.relay, opts.role);
   const timeoutMs = opts.timeoutMs ?? 10_000;
+  const deadline = Date.now() + timeoutMs;
   let ws: WsSocket;
   try {
     ws = await connectWebSocket(url, {
@@ -111,10 +113,22 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
     if (e instanceof UpgradeRefused) {
       throw refusedError(e.refused.status, opts.relay, e.refused.headers);
     }
-    throw new TetherError("relay_unreachable", `cannot reach relay at ${opts.relay}`, {
-      hint: `is the relay running and the URL right? (${(e as Error).message.split("\n")[0]})`,
-      cause: e,
-    });
+    if (e instanceof DialTimeout) {
+      throw new TetherError(
+        "relay_unreachable",
+        `could not reach the relay at ${opts.relay} within ${e.ms / 1000}s`,
+        {
+          hint: "check the URL and the network path to it; a slow link may need a longer " +
+            "--dial-timeout (env TETHER_DIAL_TIMEOUT)",
+        },
+      );
+    }
+    const host = new URL(url).hostname.replace(/^\[|\]$/g, "");
+    throw tlsProblem(e, opts.relay, host) ??
+      new TetherError("relay_unreachable", `cannot reach relay at ${opts.relay}`, {
+        hint: `is the relay running and the URL right? (${(e as Error).message.split("\n")[0]})`,
+        cause: e,
+      });
   }
 
   const first = await new Promise<Control | "failed">((resolve, reject) => {
@@ -125,7 +139,7 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
           hint: "check the relay URL and that the relay is running",
         }),
       );
-    }, timeoutMs);
+    }, Math.max(0, deadline - Date.now()));
     ws.onmessage = (ev) => {
       clearTimeout(timer);
       try {

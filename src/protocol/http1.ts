@@ -3,7 +3,6 @@
  * message head (start line and headers) off a raw connection, writing all
  * of a buffer, and the Sec-WebSocket-Accept hash.
  */
-import { encodeBase64 } from "../common/base64.ts";
 
 /** Largest head accepted: a start line and headers, like most servers' 16 KiB. */
 export const MAX_HEAD = 16 * 1024;
@@ -60,7 +59,7 @@ const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /** The Sec-WebSocket-Accept value for a Sec-WebSocket-Key (RFC 6455 §4.2.2). */
 export async function acceptKey(key: string): Promise<string> {
-  return encodeBase64(new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(key + GUID))));
+  return new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(key + GUID))).toBase64();
 }
 
 export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {

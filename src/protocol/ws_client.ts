@@ -9,7 +9,6 @@
  * TCP_NODELAY, and a non-101 answer to the upgrade is visible (401 vs 403 vs
  * 429).
  */
-import { encodeBase64 } from "../common/base64.ts";
 import { MAX_RELAY_MESSAGE } from "./messages.ts";
 import { WsSocket } from "./ws_socket.ts";
 import { acceptKey, readHead, writeAll } from "./http1.ts";
@@ -21,6 +20,13 @@ export interface HandshakeRefused {
   status: number;
   headers: Headers;
   body: string;
+}
+
+/** The relay could not be reached within the dial timeout. */
+export class DialTimeout extends Error {
+  constructor(readonly ms: number) {
+    super(`no answer within ${ms / 1000}s`);
+  }
 }
 
 export class UpgradeRefused extends Error {
@@ -44,13 +50,19 @@ export async function connectWebSocket(
   const tls = u.protocol === "wss:";
   const hostname = u.hostname.replace(/^\[|\]$/g, "");
   const port = Number(u.port) || (tls ? 443 : 80);
-  const tcp = await Deno.connect({ hostname, port });
-  tcp.setNoDelay(true);
-  let conn: Deno.Conn = tcp;
-  const timer = setTimeout(() => conn.close(), opts.timeoutMs ?? 10_000);
-  try {
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  // One deadline for all of it: TCP (a black-holed address never answers), TLS, the upgrade.
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new DialTimeout(timeoutMs)), timeoutMs);
+  });
+  let conn: Deno.Conn | undefined;
+  const handshake = async (): Promise<WsSocket> => {
+    const tcp = await Deno.connect({ hostname, port });
+    conn = tcp;
+    tcp.setNoDelay(true);
     if (tls) conn = await Deno.startTls(tcp, { hostname, caCerts: opts.caCerts });
-    const key = encodeBase64(crypto.getRandomValues(new Uint8Array(16)));
+    const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
     const lines = [
       `GET ${u.pathname}${u.search} HTTP/1.1`,
       `Host: ${u.host}`,
@@ -67,20 +79,28 @@ export async function connectWebSocket(
     const status = Number(m[1]);
     if (status !== 101) {
       const body = dec.decode(rest.subarray(0, 512));
-      conn.close();
       throw new UpgradeRefused({ status, headers, body });
     }
     if (headers.get("sec-websocket-accept") !== await acceptKey(key)) {
-      conn.close();
       throw new Error("the server's Sec-WebSocket-Accept does not match");
     }
     return new WsSocket(conn, rest, { role: "client", maxMessage: MAX_MESSAGE });
+  };
+  const attempt = handshake();
+  try {
+    return await Promise.race([attempt, late]);
   } catch (e) {
-    try {
-      conn.close();
-    } catch { /* already closed */ }
+    // Whatever is still pending (a TCP connect) is closed once it settles.
+    attempt.catch(() => {}).finally(() => closeQuietly(conn));
+    closeQuietly(conn);
     throw e;
   } finally {
     clearTimeout(timer);
   }
+}
+
+function closeQuietly(c: { close(): void } | undefined): void {
+  try {
+    c?.close();
+  } catch { /* already closed */ }
 }

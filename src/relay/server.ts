@@ -39,6 +39,8 @@ export interface RelayOptions {
   dataDir: string;
   tlsCert?: string;
   tlsKey?: string;
+  /** PEM certificate chain and key, given directly (relay serve --tls-self-signed). */
+  tls?: { cert: string; key: string };
   /** Forget machines offline longer than this (default 7 days; 0 never). */
   pruneAfterMs?: number;
   log?: (line: string) => void;
@@ -62,7 +64,7 @@ export function startRelay(opts: RelayOptions): Relay {
   const log = opts.log ?? ((line: string) => console.error(`relay: ${visible(line)}`));
   const store = new Store(opts.dataDir);
   const hub = new Hub(store, log, { pruneAfterMs: opts.pruneAfterMs });
-  const tls = !!(opts.tlsCert && opts.tlsKey);
+  const tls = !!(opts.tlsCert && opts.tlsKey) || !!opts.tls;
   const pacer = new FailurePacer(
     KEY_FAILURES_PER_SECOND,
     KEY_FAILURE_BURST,
@@ -73,8 +75,8 @@ export function startRelay(opts: RelayOptions): Relay {
     server = serveHttp({
       hostname: opts.hostname,
       port: opts.port,
-      cert: tls ? Deno.readTextFileSync(opts.tlsCert!) : undefined,
-      key: tls ? Deno.readTextFileSync(opts.tlsKey!) : undefined,
+      cert: opts.tls?.cert ?? (tls ? Deno.readTextFileSync(opts.tlsCert!) : undefined),
+      key: opts.tls?.key ?? (tls ? Deno.readTextFileSync(opts.tlsKey!) : undefined),
       maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE),
       log,
     }, (req) => handle(req, hub, pacer, log));
