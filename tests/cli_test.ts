@@ -262,3 +262,27 @@ Deno.test("machines that are gone: rm (refused while online), pruning, and --onl
   await w.agents[1].stop();
   await w.waitMachines((ms) => ms.length === 0, 20_000);
 });
+
+Deno.test("CLI papercuts: version, and an unknown option of exec points at --", async () => {
+  const home = await Deno.makeTempDir();
+  try {
+    const env = baseEnv(home);
+    const v = await run(["version"], { env });
+    const short = await run(["-V"], { env });
+    assert.equal(v.code, 0);
+    assert.match(v.stdout, /^\d+\.\d+\.\d+\n$/);
+    assert.equal(short.stdout, v.stdout);
+    const r = await run(["--relay", "ws://127.0.0.1:9", "exec", "box", "--color", "ls"], { env });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /unknown option '--color'/);
+    assert.match(
+      r.stderr,
+      /put -- before the command: tether exec MACHINE \[options\] -- CMD --color/,
+    );
+    const other = await run(["machines", "--bogus"], { env });
+    assert.equal(other.code, 2);
+    assert.doesNotMatch(other.stderr, /put --/);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});

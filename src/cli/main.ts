@@ -49,6 +49,9 @@ export function buildProgram(): Command {
   registerSessions(program);
   registerPassword(program);
   registerCi(program);
+  program.command("version").description("print the version (same as -V)").action(() => {
+    console.log(VERSION);
+  });
   // Subcommands inherit exitOverride and the quiet error output.
   const quiet = (c: Command) => {
     c.exitOverride().configureOutput({ outputError: () => {} });
@@ -59,6 +62,41 @@ export function buildProgram(): Command {
 }
 
 const SUCCESS_CODES = new Set(["commander.helpDisplayed", "commander.version", "commander.help"]);
+
+/** Commands whose trailing words are a remote command. */
+const REMOTE_COMMANDS = new Set(["exec"]);
+
+/** Global options that take a value (`--relay URL`). */
+const GLOBAL_VALUES = new Set([
+  "--relay",
+  "--api-key",
+  "--ca-file",
+  "--config-dir",
+  "--dial-timeout",
+]);
+
+/** The subcommand named in argv: the first word that is neither an option nor its value. */
+function commandName(argv: string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    if (GLOBAL_VALUES.has(argv[i])) i++;
+    else if (!argv[i].startsWith("-")) return argv[i];
+  }
+  return undefined;
+}
+
+/**
+ * What to do about a usage error. An option tether does not know, given to a command
+ * that runs a remote command, most likely belongs to that command: say to put `--` first.
+ */
+function usageHint(e: CommanderError, argv: string[]): string {
+  const cmd = commandName(argv);
+  if (e.code === "commander.unknownOption" && cmd && REMOTE_COMMANDS.has(cmd)) {
+    const opt = /'([^']+)'/.exec(e.message)?.[1] ?? "it";
+    return `if ${opt} is meant for the remote command, put -- before the command: ` +
+      `tether ${cmd} MACHINE [options] -- CMD ${opt}`;
+  }
+  return "see `tether --help`, or `tether COMMAND --help`";
+}
 
 /** Runs the CLI; returns the process exit code. */
 export async function main(argv: string[]): Promise<number> {
@@ -72,8 +110,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     if (e instanceof CommanderError) {
       if (SUCCESS_CODES.has(e.code)) return 0;
-      const message = e.message.replace(/^error: /, "");
-      printError(usage(message, "see `tether --help`, or `tether COMMAND --help`"), wantsJson);
+      const message = e.message.replace(/^error: /, "").replaceAll("\\n", " ");
+      printError(usage(message, usageHint(e, argv)), wantsJson);
       return 2;
     }
     if (isCancelled(e)) {
