@@ -286,3 +286,16 @@ Deno.test("CLI papercuts: version, and an unknown option of exec points at --", 
     await Deno.remove(home, { recursive: true });
   }
 });
+
+Deno.test("connect --session with an unknown id names the cause once: the session, not the relay", async () => {
+  await using w = await World.create();
+  await w.startAgent("sessbox");
+  const r = await w.tether(["connect", "-t", "sessbox", "--session", "nosuch"]);
+  assert.equal(r.code, 255);
+  assert.match(
+    r.stderr,
+    /dialing relay \.\.\. ok\nauth \.\.\. failed\ntether: no session 'nosuch'/,
+  );
+  assert.doesNotMatch(r.stderr, /dialing relay \.\.\. failed/);
+  assert.match(r.stderr, /hint: .*--new/);
+});

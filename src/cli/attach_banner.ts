@@ -36,7 +36,10 @@ export async function attachWithBanner(
   opts: BannerAttachOptions = {},
 ): Promise<AttachOutcome> {
   const status = say;
-  say("dialing relay ... ", "");
+  // The relay connection is up by now (the machine was resolved through it); what can
+  // still fail is the machine's side: the session, the password.
+  status("dialing relay ... ok");
+  say("auth ... ", "");
   let announced = false;
   return await attach(
     cfg,
@@ -53,8 +56,7 @@ export async function attachWithBanner(
     {
       onStarted(id) {
         announced = true;
-        status("ok");
-        status(`auth ... ok (session ${id}${opts.session ? ", joined" : ", new"})`);
+        status(`ok (session ${id}${opts.session ? ", joined" : ", new"})`);
         const key = opts.detachKey === undefined ? CTRL_D : opts.detachKey;
         const leave = key === null
           ? "no detach key (--detach-key none): end the remote shell to leave"
