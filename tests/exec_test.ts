@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { awkEchoArgv, Proc, rss, tetherArgv, World } from "./helpers.ts";
+import { awkEchoArgv, eventually, Proc, rss, tetherArgv, World } from "./helpers.ts";
 
 async function worldWithAgent(name = "box"): Promise<World> {
   const w = await World.create();
@@ -318,9 +318,18 @@ Deno.test("a reader that stops reading keeps relay and agent memory bounded", as
   const reader = child.stdout.getReader();
   await reader.read(); // the stream is flowing
   const sample = async () => ({ relay: await rss(w.relay!.pid), agent: await rss(agent.pid) });
-  await new Promise((r) => setTimeout(r, 1500));
   const before = await sample();
-  await new Promise((r) => setTimeout(r, 3000));
+  // Back-pressure reached the remote process: `yes` sleeps in a write to its full pipe, so
+  // nothing more is read, sent or buffered anywhere. Memory is measured then.
+  await eventually(async () => {
+    const out = await new Deno.Command("pgrep", { args: ["-P", String(agent.pid), "-x", "yes"] })
+      .output();
+    const pid = new TextDecoder().decode(out.stdout).trim();
+    if (!pid) return false;
+    // Through cat: Deno reads /proc only with --allow-all.
+    const wchan = await new Deno.Command("cat", { args: [`/proc/${pid}/wchan`] }).output();
+    return /pipe/.test(new TextDecoder().decode(wchan.stdout));
+  }, "the remote `yes` to block on its full pipe");
   const after = await sample();
   const MiB = 1024 * 1024;
   assert.ok(after.relay - before.relay < 16 * MiB, `relay grew ${after.relay - before.relay}`);
@@ -351,7 +360,8 @@ Deno.test("exec -t: a PTY with --cwd and --env, the exit code, and --timeout", a
   const t = await w.tether(["exec", "-t", "box", "--timeout", "1s", "--json", "--", "sleep", "30"]);
   assert.equal(t.code, 255);
   assert.equal(JSON.parse(t.stdout.trim().split("\n").at(-1)!).error.code, "timeout");
-  await new Promise((r) => setTimeout(r, 300));
-  const sessions = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
-  assert.deepEqual(sessions, [], "the timed-out session is gone");
+  await eventually(
+    async () => JSON.parse((await w.tether(["sessions", "--json"])).stdout).length === 0,
+    "the timed-out session to be gone",
+  );
 });

@@ -380,6 +380,25 @@ export class World {
   }
 }
 
+/**
+ * Polls `check` (every 100 ms) until it returns a truthy value, and returns it; fails
+ * with `what` after `timeoutMs`. For state that has no event to wait on (a listing, a
+ * process table); the timeout only guards against a hang.
+ */
+export async function eventually<T>(
+  check: () => T | Promise<T>,
+  what: string,
+  timeoutMs = 20_000,
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Resident set size of a process in bytes (via ps: Deno guards /proc behind --allow-all). */
 export async function rss(pid: number): Promise<number> {
   const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();
