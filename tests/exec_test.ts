@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { awkEchoArgv, eventually, Proc, rss, tetherArgv, World } from "./helpers.ts";
+import { awkEchoArgv, eventually, pgrep, Proc, rss, tetherArgv, World } from "./helpers.ts";
 
 async function worldWithAgent(name = "box"): Promise<World> {
   const w = await World.create();
@@ -177,35 +177,100 @@ Deno.test("--timeout ends the remote process group even while our stdin stays op
   assert.equal(JSON.parse(p.stdout).error.code, "timeout");
 });
 
-Deno.test("an agent killed mid-command gives session_lost and 255, never 0", async () => {
+Deno.test("an agent killed mid-command and restarted: session_lost and 255, never 0; nothing left running", async () => {
   await using w = await World.create();
   const agent = await w.startAgent("doomed");
-  const p = w.spawn(["exec", "doomed", "--events", "--", "sh", "-c", "echo started; sleep 30"]);
+  const tag = 1000 + Math.floor(Math.random() * 8000);
+  const p = w.spawn([
+    "exec",
+    "doomed",
+    "--events",
+    "--",
+    "sh",
+    "-c",
+    `echo started; sleep ${tag} & sleep ${tag + 1}`,
+  ]);
   await p.waitFor(/"stdout","data":"started\\n"/, "stdout");
   const started = JSON.parse(p.stdout.split("\n")[0]);
+  assert.match(started.exec, /^[0-9a-f]{12}$/);
   agent.kill("SIGKILL");
-  const t0 = Date.now();
+  // What the agent ran dies with it: the reaper ends the whole session.
+  await eventually(async () => !(await pgrep(`sleep ${tag}`)), "the exec's processes to end");
+  assert.equal(await pgrep(`sleep ${tag + 1}`), "");
+  // The client waits for the machine to come back; the restarted agent does not know the
+  // exit status: session_lost, never 0.
+  await p.waitFor(/reconnecting/);
+  await w.startAgent("doomed");
   const st = await p.status;
-  assert.ok(Date.now() - t0 < 10_000);
   assert.equal(st.code, 255);
   const events = p.stdout.trim().split("\n").map((l) => JSON.parse(l));
   const last = events.at(-1);
   assert.equal(last.type, "error");
   assert.equal(last.error.code, "session_lost");
+  assert.match(last.error.message, /was running when the agent restarted/);
   assert.equal(events.filter((e) => e.type === "exit").length, 0);
-  try {
-    Deno.kill(-started.pid, "SIGKILL"); // the orphaned sleep
-  } catch { /* gone */ }
+  // The machine still tells what became of it.
+  const list = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
+  assert.deepEqual(
+    list.filter((s: { kind: string }) => s.kind === "exec").map((
+      s: { id: string; state: string },
+    ) => [s.id, s.state]),
+    [[started.exec, "lost"]],
+  );
+  const human = await w.tether(["sessions"]);
+  assert.match(human.stdout, new RegExp(`${started.exec}\\s+doomed\\s+exec\\s.*\\blost\\b`));
+  const again = await w.tether(["exec", "--attach", started.exec, "--json"]);
+  assert.equal(again.code, 255);
+  assert.equal(JSON.parse(again.stdout).error.code, "session_lost");
 });
 
-Deno.test("a relay that goes away mid-command gives session_lost and 255", async () => {
+Deno.test("a relay restart mid-command: the exec resumes byte-exact both ways and returns its code", async () => {
   await using w = await worldWithAgent();
-  const p = w.spawn(["exec", "box", "--", "sh", "-c", "echo started; sleep 30"]);
-  await p.waitFor(/started/, "stdout");
+  const p = w.spawn(["exec", "box", "--", "sh", "-c", "cat; echo done; exit 7"], { stdin: true });
+  await p.write("one\n");
+  await p.waitFor(/^one$/m, "stdout");
+  await w.stopRelay("SIGKILL");
+  await p.waitFor(/reconnecting/);
+  await p.write("two\n"); // written while nothing carries it: it waits, and goes once
+  await w.startRelay();
+  await p.waitFor(/^two$/m, "stdout", 30_000);
+  await p.closeStdin();
+  const st = await p.status;
+  assert.equal(st.code, 7, p.stderr);
+  assert.equal(p.stdout, "one\ntwo\ndone\n");
+  assert.match(p.stderr, /reconnected/);
+});
+
+Deno.test("a relay that stays away past the reconnect window: session_lost, and the exec runs on to be attached", async () => {
+  await using w = await worldWithAgent();
+  const flag = join(w.home, "go");
+  const p = w.spawn(
+    [
+      "exec",
+      "box",
+      "--events",
+      "--",
+      "sh",
+      "-c",
+      `echo before; while [ ! -e ${flag} ]; do sleep 0.05; done; echo after; exit 5`,
+    ],
+    { env: { TETHER_RECONNECT_WINDOW: "1s" } },
+  );
+  await p.waitFor(/"data":"before\\n"/, "stdout");
+  const id = JSON.parse(p.stdout.split("\n")[0]).exec;
   await w.stopRelay("SIGKILL");
   const st = await p.status;
   assert.equal(st.code, 255);
-  assert.match(p.stderr, /lost/);
+  const err = JSON.parse(p.stdout.trim().split("\n").at(-1)!).error;
+  assert.equal(err.code, "session_lost");
+  assert.match(err.hint, new RegExp(`tether exec --attach ${id}`));
+  // Nobody watched while it went on; its output and exit status were kept.
+  await Deno.writeTextFile(flag, "");
+  await w.startRelay();
+  await w.agents[0].waitFor(/online as box[\s\S]*online as box/);
+  const r = await w.tether(["exec", "--attach", id]);
+  assert.equal(r.code, 5, r.stderr);
+  assert.equal(r.stdout, "before\nafter\n");
 });
 
 Deno.test("--events prints started, stdout/stderr (UTF-8 or base64), then exactly one exit", async () => {

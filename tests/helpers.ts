@@ -399,6 +399,16 @@ export async function eventually<T>(
   }
 }
 
+/**
+ * Pids (space-separated) of processes whose command line is `cmdline`, its program named by
+ * path or not (`sleep 5` or `/usr/bin/sleep 5`); "" if none.
+ */
+export async function pgrep(cmdline: string): Promise<string> {
+  const re = `^([^ ]*/)?${cmdline.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}$`;
+  const out = await new Deno.Command("pgrep", { args: ["-f", re] }).output();
+  return new TextDecoder().decode(out.stdout).trim().split("\n").filter(Boolean).join(" ");
+}
+
 /** Resident set size of a process in bytes (via ps: Deno guards /proc behind --allow-all). */
 export async function rss(pid: number): Promise<number> {
   const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)] }).output();

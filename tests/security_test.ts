@@ -463,7 +463,7 @@ Deno.test("audit: every exec and attach is recorded with key, machine, argv, byt
   assert.equal(rows.length, 2);
   const keyId = w.keys.client_key.split("_")[2];
   assert.deepEqual(
-    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0 },
+    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0, session: 0 },
     {
       id: 0,
       workspace: "default",
@@ -472,7 +472,7 @@ Deno.test("audit: every exec and attach is recorded with key, machine, argv, byt
       machine_name: "audited",
       kind: "exec",
       argv: ["sh", "-c", "cat; exit 3"],
-      session: null,
+      session: 0,
       started_at: 0,
       ended_at: 0,
       bytes_in: 5,
@@ -483,6 +483,7 @@ Deno.test("audit: every exec and attach is recorded with key, machine, argv, byt
     },
   );
   assert.ok(Date.parse(rows[0].ended_at) >= Date.parse(rows[0].started_at));
+  assert.match(rows[0].session, /^[0-9a-f]{12}$/, "the exec's id, for exec --attach");
   const human = await w.tether(["relay", "audit", "--data-dir", w.relayDir]);
   assert.match(human.stdout, /audited\s+exec\s+true/);
 });
@@ -543,7 +544,9 @@ Deno.test("fuzz: malformed, truncated, oversized and unknown input closes only t
     }],
     ["oversized text", (ws, role) => {
       ws.send(hello(role));
-      ws.send(JSON.stringify({ t: "ping", pad: "x".repeat(100 * 1024) }));
+      // Agents may send up to 1 MiB (their list of sessions and execs), clients 64 KiB.
+      const limit = role === "agent" ? 1024 * 1024 : 64 * 1024;
+      ws.send(JSON.stringify({ t: "ping", pad: "x".repeat(limit + 1024) }));
     }],
     ["bad field types", (ws, role) => {
       ws.send(hello(role));

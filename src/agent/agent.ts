@@ -20,18 +20,20 @@ import {
 } from "../protocol/messages.ts";
 import { MachineLock } from "./password.ts";
 import { formatKey } from "../protocol/keys.ts";
-import { ExecStream, KILL_GRACE_MS } from "./exec.ts";
+import { ExecManager, ExecStream } from "./exec.ts";
+import { KILL_GRACE_MS } from "./process_group.ts";
+import { Reaper } from "./reaper.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
-import { SessionManager, type SessionOptions } from "./session.ts";
+import { DEFAULT_RING_BYTES, SessionManager, type SessionOptions } from "./session.ts";
 
 /** What the agent routes a stream's messages to: an exec process or a session attachment. */
 interface AgentStream {
-  onStdin(payload: Uint8Array): void;
+  onStdin(payload: Uint8Array, offset: number): void;
   onCredit(bytes: number): void;
   onEof(): void;
   onSignal(sig: string): void;
   onResize(cols: number, rows: number): void;
-  abort(reason?: "detach" | "lost"): void;
+  abort(reason?: "detach" | "lost" | "kill"): void;
 }
 
 export interface AgentOptions {
@@ -52,6 +54,8 @@ export interface AgentOptions {
   /** Called each time the agent is online (after every (re)connect). */
   onOnline?: (machine: { id: string; name: string }) => void;
   sessions?: SessionOptions;
+  /** How long an ended exec's output and status are kept (default 1 h). */
+  execRetentionMs?: number;
   /**
    * Where commands and sessions start unless the client gives --cwd (a relative
    * --cwd is taken from here). Default: $HOME.
@@ -96,6 +100,8 @@ export class Agent {
   private pendingAuth = new Map<number, { open: Open; nonce: string }>();
   readonly lock: MachineLock;
   readonly sessions: SessionManager;
+  readonly execs: ExecManager;
+  private reaper?: Reaper;
   private stopped = false;
   /** Requests the agent made to the relay, by id. */
   private requests = new Map<number, (r: { result?: unknown; error?: WireError }) => void>();
@@ -110,18 +116,39 @@ export class Agent {
     this.info = agentInfo(opts);
     this.workdir = opts.workdir ?? defaultWorkdir();
     this.log = opts.log ?? ((l) => console.error(`agent: ${visible(l)}`));
-    this.sessions = new SessionManager(opts.sessions ?? {}, (list) => {
-      this.conn?.send({ t: "sessions", sessions: list });
-      opts.onSessions?.(list);
+    const groups = {
+      started: (pid: number) => this.reaper?.add(pid),
+      ended: (pid: number) => this.reaper?.remove(pid),
+    };
+    this.sessions = new SessionManager(opts.sessions ?? {}, {
+      changed: (list) => {
+        this.conn?.send({ t: "sessions", sessions: list });
+        opts.onSessions?.(list);
+      },
+      left: (a) => {
+        if (this.streams.get(a.sid) === a) this.streams.delete(a.sid);
+      },
+      ...groups,
+    });
+    this.execs = new ExecManager({
+      ringBytes: opts.sessions?.ringBytes ?? DEFAULT_RING_BYTES,
+      retentionMs: opts.execRetentionMs,
+      stateDir: opts.stateDir,
+      log: this.log,
+      watcherDone: (w) => {
+        const s = this.streams.get(w.sid);
+        if (s instanceof ExecStream && s.watcher === w) this.streams.delete(w.sid);
+      },
+      ...groups,
     });
     this.lock = new MachineLock(opts.stateDir, () => this.machineId ?? "");
-    this.sessions.forget = (a) => {
-      if (this.streams.get(a.sid) === a) this.streams.delete(a.sid);
-    };
   }
 
   /** Runs until stop(); throws only on errors that retrying cannot fix. */
   async run(): Promise<void> {
+    // What this agent runs dies with it, however it dies (reaper.ts).
+    this.reaper ??= new Reaper(this.log);
+    this.execs.restore();
     let attempt = 0;
     while (!this.stopped) {
       let closed: Promise<string>;
@@ -160,10 +187,10 @@ export class Agent {
   async stop(opts: { retire?: boolean } = {}): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    const execs = [...this.streams.values()].filter((s) => s instanceof ExecStream);
-    const ended = Promise.all(execs.map((s) => s.ended));
+    const running = this.execs.running;
+    const ended = Promise.all(running.map((e) => e.ended));
     if (!await within(EXEC_DRAIN_MS, ended)) {
-      for (const s of execs) s.terminate();
+      for (const e of running) e.kill();
       await within(KILL_GRACE_MS + EXEC_DRAIN_MS, ended);
     }
     await this.sessions.closeAll();
@@ -179,6 +206,9 @@ export class Agent {
     if (this.conn?.isOpen) await this.conn.drain(0);
     this.conn?.close(1000, "agent stopping");
     for (const s of this.streams.values()) s.abort("lost");
+    this.execs.close();
+    // Whatever did not end in time is the reaper's to end.
+    await this.reaper?.close();
     this.wake?.();
   }
 
@@ -355,8 +385,15 @@ export class Agent {
         return;
       }
       case "req": {
-        if (msg.op === "kill_session" && typeof msg.args.session === "string") {
-          const ok = this.sessions.kill(msg.args.session);
+        if (msg.op === "sessions") {
+          const list = [
+            ...this.sessions.list().map((s) => ({ ...s, kind: "pty" as const })),
+            ...this.execs.list(),
+          ];
+          conn.send({ t: "res", id: msg.id, result: list });
+        } else if (msg.op === "kill_session" && typeof msg.args.session === "string") {
+          const ok = this.sessions.kill(msg.args.session) ||
+            this.execs.kill(msg.args.session);
           conn.send(
             ok ? { t: "res", id: msg.id, result: { killed: msg.args.session } } : {
               t: "res",
@@ -394,23 +431,33 @@ export class Agent {
     this.opts.onStream?.(open.kind);
     // exec, exec -t and connect all start in the same place.
     const msg = { ...open, cwd: resolve(this.workdir, open.cwd ?? ".") };
-    if (msg.kind === "exec") {
-      const s = new ExecStream(conn, msg.sid, msg, () => {
-        if (this.streams.get(msg.sid) === s) this.streams.delete(msg.sid);
-      });
-      this.streams.set(msg.sid, s);
-      s.start();
-      return;
+    const s = msg.kind === "exec" ? this.openExec(conn, msg) : this.sessions.open(conn, msg);
+    if ("code" in s) conn.send({ t: "error", sid: msg.sid, ...s });
+    else this.streams.set(msg.sid, s);
+  }
+
+  /** A new exec, or a watcher of one (`session`: exec --attach, or a resume). */
+  private openExec(conn: Conn, open: Open): ExecStream | WireError {
+    if (open.session) {
+      const e = this.execs.find(open.session);
+      if (!e) {
+        return {
+          code: "session_not_found",
+          message: `no exec '${open.session}' on ${this.info.name}`,
+          hint: "it may have ended longer ago than the agent keeps execs (agent run " +
+            "--exec-retention, 1h); `tether sessions` lists what is kept",
+        };
+      }
+      return e.watch(conn, open);
     }
-    const a = this.sessions.open(conn, msg);
-    if ("code" in a) conn.send({ t: "error", sid: msg.sid, ...a });
-    else this.streams.set(msg.sid, a);
+    const e = this.execs.start(open);
+    return "code" in e ? e : e.watch(conn, open);
   }
 
   private onFrame(f: Frame): void {
     const s = this.streams.get(f.sid);
     if (!s) return;
-    if (f.type === FRAME_DATA && f.channel === CH_STDIN) s.onStdin(f.payload);
+    if (f.type === FRAME_DATA && f.channel === CH_STDIN) s.onStdin(f.payload, f.offset);
     else if (f.type === FRAME_CREDIT) s.onCredit(f.bytes);
     else throw new ProtocolError("unexpected frame for the agent");
   }

@@ -34,6 +34,7 @@
  */
 import { Agent } from "./agent.ts";
 import { within } from "../common/async.ts";
+import { signalStatus } from "../common/signals.ts";
 import type { SessionInfo } from "../protocol/messages.ts";
 import {
   CONTINUE_FILE_LABEL,
@@ -88,8 +89,6 @@ export interface HoldOutcome {
 const DETACH_WAIT_MS = 1_000;
 /** Bound on stopping the agent and its sessions' processes. */
 const STOP_WAIT_MS = 10_000;
-
-const SIGNAL_NUMBERS: Partial<Record<Deno.Signal, number>> = { SIGINT: 2, SIGTERM: 15 };
 
 /** Runs a hold until it ends; throws only on configuration errors. */
 export async function runHold(
@@ -238,7 +237,7 @@ export async function runHold(
 
   signal.then((sig) =>
     finish({
-      code: 128 + (SIGNAL_NUMBERS[sig] ?? 1),
+      code: signalStatus(sig),
       reason: "signal",
       message: `${sig}: the job was cancelled; ending the hold`,
     })

@@ -1,40 +1,27 @@
 /**
  * PTY sessions: objects on the agent that outlive connections.
  *
- * A session owns a Pty and a ring buffer of its output, addressed by
- * absolute byte offset. Clients attach as streams; each attachment has a
- * cursor into the ring and sends from it under its own credit, so joining
- * replays what the ring holds and a resumed client gets exactly the bytes
- * after its last offset.
- *
- * Back-pressure: the Pty is read only while the ring still holds every byte
- * some attached client has not confirmed (credit comes back once written),
- * and every byte a client whose connection was lost has not confirmed (kept
- * for the grace window, so it can resume without a gap). With nobody
- * attached the ring simply keeps the most recent output.
+ * A session owns a Pty and the Fanout of its output (fanout.ts: one ring on
+ * channel 1, addressed by absolute byte offset). Clients attach as streams;
+ * each attachment is a watcher of the fanout, so joining replays what the
+ * ring holds, a resumed client gets exactly the bytes after its last offset,
+ * and a client that stops reading stops the program.
  *
  * Size policy: the PTY takes the size of the client that most recently
  * typed or resized.
  */
 import type { Conn } from "../protocol/conn.ts";
 import { Grant } from "../protocol/flow.ts";
-import {
-  CH_STDIN,
-  CH_STDOUT,
-  encodeCredit,
-  encodeData,
-  MAX_DATA_PAYLOAD,
-} from "../protocol/frames.ts";
-import type { Open, SessionInfo } from "../protocol/messages.ts";
+import { CH_STDIN, CH_STDOUT, encodeCredit } from "../protocol/frames.ts";
+import type { Open, SessionInfo, WireError } from "../protocol/messages.ts";
+import { Fanout, type Watcher } from "./fanout.ts";
 import { Pty, type PtyExit } from "./pty.ts";
-import { RingBuffer } from "./ring.ts";
-import { isSignalName } from "./exec.ts";
+import { isSignalName } from "../common/signals.ts";
 
 export const DEFAULT_RING_BYTES = 1024 * 1024;
 export const DEFAULT_GRACE_MS = 30_000;
 /** Credit granted to each attachment for input toward the PTY. */
 export const PTY_INPUT_WINDOW = 64 * 1024;
-const READ_CHUNK = 64 * 1024;
 
 export interface SessionOptions {
   ringBytes?: number;
@@ -43,42 +30,48 @@ export interface SessionOptions {
   shell?: string[];
 }
 
+/** What a SessionManager tells its owner. */
+export interface SessionHooks {
+  /** Sessions or their attached clients changed. */
+  changed(list: SessionInfo[]): void;
+  /** An attachment is gone (its stream is over). */
+  left(a: Attachment): void;
+  /** A process group now runs on the agent's behalf, or no longer does. */
+  started?(pid: number): void;
+  ended?(pid: number): void;
+}
+
 /** One client attached to a session through one stream. */
 export class Attachment {
-  readonly id = crypto.randomUUID();
-  credit: number;
   private readonly grant: Grant;
-  exitSent = false;
 
   constructor(
     readonly session: Session,
-    readonly conn: Conn,
-    readonly sid: number,
-    public cursor: number,
-    readonly window: number,
+    readonly watcher: Watcher,
     readonly readOnly: boolean,
     public cols: number,
     public rows: number,
   ) {
-    this.credit = window;
     this.grant = new Grant(
       PTY_INPUT_WINDOW,
-      (n) => conn.sendBinary(encodeCredit(sid, CH_STDIN, n)),
+      (n) => watcher.conn.sendBinary(encodeCredit(watcher.sid, CH_STDIN, n)),
     );
   }
 
-  /**
-   * Offset up to which the client has confirmed output (credit comes back
-   * only once bytes are written), as opposed to `cursor`, what was sent.
-   * A resuming client asks for an offset at or past this point.
-   */
-  get acked(): number {
-    return this.cursor - (this.window - this.credit);
+  get id(): string {
+    return this.watcher.id;
+  }
+
+  get sid(): number {
+    return this.watcher.sid;
+  }
+
+  get conn(): Conn {
+    return this.watcher.conn;
   }
 
   onCredit(bytes: number): void {
-    this.credit += bytes;
-    this.session.pump(this);
+    this.watcher.onCredit(bytes);
   }
 
   onStdin(payload: Uint8Array): void {
@@ -97,8 +90,8 @@ export class Attachment {
     if (!this.readOnly) this.session.signal(sig);
   }
 
-  abort(reason: "detach" | "lost" = "lost"): void {
-    this.session.leave(this, reason);
+  abort(reason: "detach" | "lost" | "kill" = "lost"): void {
+    this.session.leave(this, reason === "kill" ? "detach" : reason);
   }
 }
 
@@ -106,10 +99,8 @@ export class Session {
   readonly id: string;
   readonly created = Date.now();
   readonly pty: Pty;
-  readonly ring: RingBuffer;
+  readonly output: Fanout;
   readonly attachments = new Set<Attachment>();
-  /** Cursors of attachments whose connection was lost, by attachment id. */
-  readonly ghosts = new Map<string, { cursor: number; timer: ReturnType<typeof setTimeout> }>();
   cols: number;
   rows: number;
   lastActivity = Date.now();
@@ -117,7 +108,6 @@ export class Session {
   private graceTimer?: ReturnType<typeof setTimeout>;
   /** Resolves when the read loop has ended and exit statuses went out. */
   private finished: Promise<void>;
-  private roomWaiter?: () => void;
   private inputTail: Promise<void> = Promise.resolve();
   private terminating = false;
 
@@ -130,7 +120,10 @@ export class Session {
     this.id = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
     this.cols = open.cols ?? 80;
     this.rows = open.rows ?? 24;
-    this.ring = new RingBuffer(manager.ringBytes);
+    this.output = new Fanout([CH_STDOUT], manager.ringBytes, {
+      ghostMs: manager.graceMs,
+      onDone: (w) => this.done(w),
+    });
     this.pty = Pty.spawn({
       argv,
       env: { ...(open.env ?? {}), TERM: open.term || "xterm-256color", TETHER_SESSION: this.id },
@@ -138,6 +131,7 @@ export class Session {
       cols: this.cols,
       rows: this.rows,
     });
+    manager.hooks.started?.(this.pty.pid);
     this.finished = this.readLoop();
   }
 
@@ -154,26 +148,14 @@ export class Session {
   }
 
   attach(conn: Conn, open: Open): Attachment {
-    let cursor = this.ring.start;
     // A client that lost its connection may be back before the agent heard of the loss.
     for (const old of this.attachments) {
       if (old.id === open.resume) this.leave(old, "lost");
     }
-    const ghost = open.resume ? this.ghosts.get(open.resume) : undefined;
-    if (ghost) {
-      clearTimeout(ghost.timer);
-      this.ghosts.delete(open.resume!);
-      cursor = open.offset ?? ghost.cursor;
-    } else if (open.offset !== undefined) {
-      cursor = open.offset;
-    }
-    cursor = Math.min(Math.max(cursor, this.ring.start), this.ring.end);
+    const w = this.output.watch(conn, open.sid, open.window, [open.offset], open.resume);
     const a = new Attachment(
       this,
-      conn,
-      open.sid,
-      cursor,
-      open.window,
+      w,
       !!open.read_only,
       open.cols ?? this.cols,
       open.rows ?? this.rows,
@@ -188,33 +170,23 @@ export class Session {
       window: PTY_INPUT_WINDOW,
       session: this.id,
       attach_id: a.id,
-      offset: cursor,
-      end: this.ring.end,
+      offset: w.cursors[0],
+      end: this.output.rings[0].end,
     });
     if (!a.readOnly && (open.cols || open.rows)) this.sizeFrom(a);
-    this.pump(a);
+    this.output.pump(w);
     this.manager.changed();
     return a;
   }
 
-  /** Sends what the attachment may take; after the end of output, its exit status. */
-  pump(a: Attachment): void {
-    if (!this.attachments.has(a)) return;
-    while (a.credit > 0 && a.cursor < this.ring.end) {
-      if (a.cursor < this.ring.start) a.cursor = this.ring.start;
-      const chunk = this.ring.read(a.cursor, Math.min(a.credit, MAX_DATA_PAYLOAD));
-      a.conn.sendBinary(encodeData(a.sid, CH_STDOUT, a.cursor, chunk));
-      a.cursor += chunk.length;
-      a.credit -= chunk.length;
-    }
-    if (this.ended && a.cursor >= this.ring.end && !a.exitSent) {
-      a.exitSent = true;
-      a.conn.send({ t: "exit", sid: a.sid, code: this.ended.code, signal: this.ended.signal });
+  /** The fanout sent an attachment its exit status: it is over. */
+  private done(w: Watcher): void {
+    for (const a of this.attachments) {
+      if (a.watcher !== w) continue;
       this.attachments.delete(a);
-      this.manager.forget(a);
-      if (this.attachments.size === 0) this.manager.remove(this);
+      this.manager.hooks.left(a);
     }
-    this.wakeReader();
+    if (this.attachments.size === 0 && this.ended) this.manager.remove(this);
   }
 
   async input(a: Attachment, data: Uint8Array): Promise<void> {
@@ -244,15 +216,8 @@ export class Session {
   /** A client left: on purpose ("detach") or by losing its connection ("lost"). */
   leave(a: Attachment, reason: "detach" | "lost"): void {
     if (!this.attachments.delete(a)) return;
-    this.manager.forget(a);
-    if (reason === "lost" && !this.ephemeral && !this.ended) {
-      const timer = setTimeout(() => {
-        this.ghosts.delete(a.id);
-        this.wakeReader();
-      }, this.manager.graceMs);
-      this.ghosts.set(a.id, { cursor: a.acked, timer });
-    }
-    this.wakeReader();
+    this.manager.hooks.left(a);
+    this.output.leave(a.watcher, this.ephemeral ? "detach" : reason);
     if (this.attachments.size === 0) {
       if (this.ephemeral) this.terminate();
       else {
@@ -274,47 +239,25 @@ export class Session {
     this.terminating = true;
     clearTimeout(this.graceTimer);
     this.pty.terminate().catch(() => {});
-  }
-
-  private wakeReader(): void {
-    const w = this.roomWaiter;
-    this.roomWaiter = undefined;
-    w?.();
-  }
-
-  /** Bytes the Pty may be read for without overwriting output some client still needs. */
-  private room(): number {
-    let min = Infinity;
-    for (const a of this.attachments) min = Math.min(min, a.acked);
-    for (const g of this.ghosts.values()) min = Math.min(min, g.cursor);
-    if (min === Infinity) return READ_CHUNK;
-    return Math.min(READ_CHUNK, this.ring.capacity - (this.ring.end - min));
+    this.output.wake();
   }
 
   private async readLoop(): Promise<void> {
-    const buf = new Uint8Array(READ_CHUNK);
     try {
-      for (;;) {
-        let room = this.room();
-        while (room <= 0 && !this.terminating) {
-          await new Promise<void>((r) => (this.roomWaiter = r));
-          room = this.room();
-        }
-        const n = await this.pty.read(buf.subarray(0, Math.max(1, room)));
-        if (n === null) break;
-        this.ring.append(buf.subarray(0, n));
+      await this.output.pipe(0, async (into) => {
+        const n = await this.pty.read(into);
+        if (n === null) return null;
         this.lastActivity = Date.now();
-        for (const a of [...this.attachments]) this.pump(a);
-      }
+        return into.subarray(0, n);
+      }, () => this.terminating);
     } catch { /* read failed: the terminal is gone */ }
     // Children that still hold the terminal are ended with the session.
     const exit = await this.pty.terminate();
+    this.manager.hooks.ended?.(this.pty.pid);
     this.ended = exit;
     clearTimeout(this.graceTimer);
-    for (const g of this.ghosts.values()) clearTimeout(g.timer);
-    this.ghosts.clear();
+    this.output.end((sid) => ({ t: "exit", sid, code: exit.code, signal: exit.signal }));
     if (this.attachments.size === 0) this.manager.remove(this);
-    for (const a of [...this.attachments]) this.pump(a);
   }
 }
 
@@ -326,7 +269,7 @@ export class SessionManager {
   private readonly shell: string[];
   private pendingChange = false;
 
-  constructor(opts: SessionOptions, private readonly onChange: (s: SessionInfo[]) => void) {
+  constructor(opts: SessionOptions, readonly hooks: SessionHooks) {
     this.ringBytes = opts.ringBytes ?? DEFAULT_RING_BYTES;
     this.graceMs = opts.graceMs ?? DEFAULT_GRACE_MS;
     this.shell = opts.shell ?? [Deno.env.get("SHELL") || "/bin/sh", "-l"];
@@ -336,10 +279,7 @@ export class SessionManager {
    * Handles a pty `open`: joins `open.session` or starts a new session.
    * Returns the attachment, or an error for the client.
    */
-  open(
-    conn: Conn,
-    open: Open,
-  ): Attachment | { code: "session_not_found" | "internal"; message: string; hint?: string } {
+  open(conn: Conn, open: Open): Attachment | WireError {
     if (open.session) {
       const s = this.find(open.session);
       if (!s || s.ended) {
@@ -396,9 +336,6 @@ export class SessionManager {
     }
   }
 
-  /** Called when an attachment is gone; hook for the agent's stream table. */
-  forget(_a: Attachment): void {}
-
   list(): SessionInfo[] {
     return [...this.sessions.values()].filter((s) => !s.ended).map((s) => s.info());
   }
@@ -408,7 +345,7 @@ export class SessionManager {
     this.pendingChange = true;
     queueMicrotask(() => {
       this.pendingChange = false;
-      this.onChange(this.list());
+      this.hooks.changed(this.list());
     });
   }
 

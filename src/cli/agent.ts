@@ -38,6 +38,11 @@ export function registerAgent(program: Command) {
     .option("--session-grace <dur>", "how long a detached session lives", "30s")
     .option("--ring-bytes <n>", "output kept per session for replay and resume", "1048576")
     .option("--workdir <dir>", "where commands and sessions start (default: $HOME)")
+    .option(
+      "--exec-retention <dur>",
+      "how long an ended exec's output and exit status are kept (tether exec --attach)",
+      "1h",
+    )
     .action(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
@@ -60,6 +65,7 @@ export function registerAgent(program: Command) {
         dialTimeoutMs: dialTimeoutMs(g),
         sessions: { graceMs, ringBytes: parseSize(opts.ringBytes) },
         workdir: opts.workdir ? existingDir(opts.workdir, "--workdir") : undefined,
+        execRetentionMs: parseDuration(opts.execRetention, "--exec-retention"),
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);

@@ -259,7 +259,7 @@ async function attachToHold(
   const touch = `touch ${shellQuote(continueFileOf(target))}`;
   const status = say;
   try {
-    const session = fresh ? undefined : pickSession(await client.sessions(target.id));
+    const session = fresh ? undefined : pickSession(await client.sessions(target.id, "pty"));
     const held = holdAwareTerminal(processTerminal());
     const outcome = await attachWithBanner(cfg, client, target, {
       session,

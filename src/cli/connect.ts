@@ -108,7 +108,7 @@ export function registerConnect(program: Command) {
 
       let session = opts.session;
       if (!session && !opts.new) {
-        const live = await client.sessions(target.id);
+        const live = await client.sessions(target.id, "pty");
         if (live.length === 1) session = live[0].id;
         else if (live.length > 1) session = await chooseSession(g, target, live);
       }

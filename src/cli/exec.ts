@@ -3,13 +3,24 @@ import { openStreamStdin } from "../client/stdin.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { runExec } from "../client/exec.ts";
-import { RelayClient } from "../client/relay_client.ts";
+import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { authFor, chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
 import { clientConfig, collect, globals, parsePairs, state } from "./context.ts";
-import { asTetherError, writeAll } from "./output.ts";
+import { asTetherError, printJson, say, writeAll } from "./output.ts";
+import { signalStatus } from "../common/signals.ts";
+
+const EXEC_HELP = `
+Every exec runs on when its client goes away (a dropped network is resumed by itself,
+byte-exact, within 60 s or TETHER_RECONNECT_WINDOW); the agent keeps its output (the
+last 1 MiB of each stream) and its exit status for an hour. A second Ctrl-C ends the
+command; SIGTERM or SIGHUP to this client leave it running and say how to reattach.
+  tether exec --detach box -- ./long-job      prints the exec id, exits 0
+  tether exec --attach ID [--offset N]        its output from the start (or byte N of
+                                              stdout), then its exit code
+  tether sessions box                         lists execs: running, exited N, lost`;
 
 export function registerExec(program: Command) {
   program.command("exec")
@@ -26,6 +37,10 @@ export function registerExec(program: Command) {
     .option("--timeout <dur>", "end the command (SIGTERM, then SIGKILL) after this long")
     .option("--cwd <dir>", "remote working directory")
     .option("--env <k=v>", "remote environment variable; repeatable", collect, [] as string[])
+    .option("--detach", "start the command, print its exec id, and leave it running")
+    .option("--attach <id>", "watch an exec started earlier: its output, then its exit code")
+    .option("--offset <n>", "with --attach: start at this byte of its stdout")
+    .option("--stderr-offset <n>", "with --attach: start at this byte of its stderr")
     .option(
       "-l, --selector <k=v>",
       "pick the machine by label; repeatable",
@@ -35,24 +50,35 @@ export function registerExec(program: Command) {
     .option("--first", "with -l: take the first online match")
     .option("--online", "consider online machines only when resolving the name")
     .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
+    .addHelpText("after", EXEC_HELP)
     .action(async (machineArg, commandArgs, opts, cmd) => {
       let machine = machineArg;
       let command = commandArgs;
       state.failureCode = 255;
       const g = globals(cmd);
       ({ machine, command } = splitAtDashes(machine, command));
-      if (command.length === 0) {
+      const attachId = opts.attach;
+      if (attachId !== undefined) {
+        if (command.length > 0) throw usage("--attach watches a command; give none after --");
+        if (opts.detach || opts.tty) throw usage("--attach goes with neither --detach nor -t");
+      } else if (command.length === 0) {
         throw usage(
           "no command given",
           "put the command after --: tether exec MACHINE -- CMD [ARG…]",
         );
       }
+      if ((opts.offset || opts.stderrOffset) && attachId === undefined) {
+        throw usage("--offset and --stderr-offset go with --attach");
+      }
       if (opts.stream && opts.tty) throw usage("--stream never uses a PTY; drop -t");
+      if (opts.detach && opts.tty) throw usage("--detach runs without a PTY; drop -t");
       const timeoutMs = opts.timeout ? parseDuration(opts.timeout, "--timeout") : undefined;
       const env = parsePairs(opts.env, "--env");
       const cfg = clientConfig(g);
       const client = await RelayClient.connect(cfg);
-      const target = (await chooseMachine(client, g, machine, opts)).machine;
+      const target = attachId !== undefined && !machine && opts.selector.length === 0
+        ? await machineOfExec(client, attachId)
+        : (await chooseMachine(client, g, machine, opts)).machine;
       if (!target.online) {
         throw new TetherError(
           "machine_offline",
@@ -82,8 +108,9 @@ export function registerExec(program: Command) {
       }
       const events = opts.events ? new EventPrinter() : undefined;
       let brokenPipe = false;
-      const run = runExec(client, {
+      const run = runExec(client, () => RelayClient.connect(cfg), {
         machineId: target.id,
+        machineName: target.name,
         argv: command,
         cwd: opts.cwd,
         env: Object.keys(env).length ? env : undefined,
@@ -91,10 +118,28 @@ export function registerExec(program: Command) {
         timeoutMs,
         stream: !!opts.stream,
         auth,
+        detach: !!opts.detach,
+        attach: attachId === undefined ? undefined : {
+          id: attachId,
+          offset: opts.offset ? parseCount(opts.offset, "--offset") : undefined,
+          errOffset: opts.stderrOffset
+            ? parseCount(opts.stderrOffset, "--stderr-offset")
+            : undefined,
+        },
       }, {
         stdin: opts.stream && opts.stdin !== false ? openStreamStdin() : Deno.stdin,
-        warn: (line) => console.error(`tether: ${line}`),
-        started: (pid) => events?.emit({ type: "started", pid: pid ?? null }),
+        warn: (line) => say(`tether: ${line}`),
+        started: ({ pid, id }) => events?.emit({ type: "started", pid: pid ?? null, exec: id }),
+        dropped(ch, bytes) {
+          const stream = ch === CH_STDOUT ? "stdout" : "stderr";
+          if (events) events.emit({ type: "dropped", stream, bytes });
+          else {
+            say(
+              `tether: ${bytes} bytes of ${stream} are no longer kept on the machine ` +
+                "(it keeps the last 1 MiB of each stream)",
+            );
+          }
+        },
         async output(ch, chunk) {
           if (brokenPipe) return;
           try {
@@ -102,22 +147,51 @@ export function registerExec(program: Command) {
             else await writeAll(ch === CH_STDERR ? Deno.stderr : Deno.stdout, chunk);
           } catch (e) {
             if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
+            // Nobody reads our output any more: end the command, as ssh's SIGPIPE would.
             brokenPipe = true;
-            run.abort();
+            run.kill();
           }
         },
       });
+      // Ctrl-C goes to the command (a second one ends it); SIGTERM and SIGHUP (a closed
+      // terminal, a cancelled CI step) leave it running. Watching with --attach, any of
+      // them only stops the watching.
       let interrupts = 0;
-      const onInt = () => {
-        if (++interrupts === 1) run.signal("SIGINT");
-        else run.abort();
+      let leftBy: Deno.Signal | undefined;
+      const onSignal = (sig: Deno.Signal) => () => {
+        if (sig === "SIGINT" && attachId === undefined && ++interrupts === 1) {
+          run.signal("SIGINT");
+        } else if (sig === "SIGINT" && attachId === undefined) {
+          run.kill();
+        } else {
+          leftBy = sig;
+          run.detach();
+        }
       };
-      Deno.addSignalListener("SIGINT", onInt);
-      const onTerm = () => run.abort();
-      Deno.addSignalListener("SIGTERM", onTerm);
+      const handlers = (["SIGINT", "SIGTERM", "SIGHUP"] as const).map((sig) => {
+        const h = onSignal(sig);
+        Deno.addSignalListener(sig, h);
+        return () => Deno.removeSignalListener(sig, h);
+      });
       try {
         const result = await run.done;
         events?.flush();
+        if (result.detached) {
+          const how = `follow it: tether exec --attach ${result.id}`;
+          if (leftBy) {
+            say(`tether: ${leftBy}: left exec ${result.id} running on ${target.name}; ${how}`);
+            events?.emit({ type: "detached", exec: result.id, signal: leftBy });
+            state.exitCode = signalStatus(leftBy);
+          } else if (g.json || events) {
+            const o = { exec: result.id, machine: target.name, machine_id: target.id };
+            if (events) events.emit({ type: "detached", ...o });
+            else printJson(o);
+          } else {
+            console.log(result.id);
+            say(`tether: exec ${result.id} runs on ${target.name}; ${how}`);
+          }
+          return;
+        }
         events?.emit({ type: "exit", code: result.code, signal: result.signal ?? null });
         state.exitCode = result.code;
       } catch (e) {
@@ -131,11 +205,38 @@ export function registerExec(program: Command) {
         events.emit({ type: "error", error: err.toJSON() });
         state.exitCode = 255;
       } finally {
-        Deno.removeSignalListener("SIGINT", onInt);
-        Deno.removeSignalListener("SIGTERM", onTerm);
+        for (const off of handlers) off();
         client.close();
       }
     });
+}
+
+/** Which machine runs exec `id` (a unique prefix will do): asked of every machine's agent. */
+async function machineOfExec(client: RelayClient, id: string): Promise<MachineView> {
+  const hits = (await client.sessions(undefined, "exec")).filter((s) =>
+    s.id === id || s.id.startsWith(id)
+  );
+  if (hits.length !== 1) {
+    throw new TetherError(
+      "session_not_found",
+      hits.length ? `'${id}' matches ${hits.length} execs` : `no exec '${id}' on an online machine`,
+      {
+        hint: "`tether sessions` lists the execs machines keep (an hour after they end, by " +
+          "default); name the machine too if it is offline: tether exec MACHINE --attach ID",
+      },
+    );
+  }
+  const m = (await client.machines()).find((x) => x.id === hits[0].machine_id);
+  if (!m) throw new TetherError("machine_not_found", `machine ${hits[0].machine} is gone`);
+  return m;
+}
+
+function parseCount(text: string, flag: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) {
+    throw usage(`${flag} expects a byte offset, got '${text}'`);
+  }
+  return n;
 }
 
 /**

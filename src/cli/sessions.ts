@@ -1,6 +1,6 @@
 /** `tether sessions [MACHINE]` and `tether sessions kill ID`. */
 import type { Command } from "@commander-js/extra-typings";
-import { RelayClient } from "../client/relay_client.ts";
+import { RelayClient, type SessionView } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
@@ -9,9 +9,24 @@ import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 import { visible } from "../common/text.ts";
 
+/** A session's or an exec's state, as the table shows it. */
+function stateOf(s: SessionView): string {
+  if (s.kind === "pty") return s.attached ? "attached" : "detached";
+  switch (s.state) {
+    case "exited":
+      return s.signal ? `killed (${s.signal})` : `exited ${s.exit_code}`;
+    case "timeout":
+      return "timed out";
+    case "lost":
+      return "lost";
+    default:
+      return "running";
+  }
+}
+
 export function registerSessions(program: Command) {
   const sessions = program.command("sessions")
-    .description("list sessions (all machines, or one), or end one")
+    .description("list sessions and execs (all machines, or one), or end one")
     .argument("[machine]", "only this machine's sessions")
     .option(
       "-l, --selector <k=v>",
@@ -38,21 +53,22 @@ export function registerSessions(program: Command) {
       }
       const now = Date.now();
       console.log(table(
-        ["ID", "MACHINE", "CREATED", "CLIENTS", "STATE", "IDLE", "COMMAND"],
+        ["ID", "MACHINE", "KIND", "CREATED", "CLIENTS", "STATE", "IDLE", "COMMAND"],
         list.map((s) => [
           s.id,
           s.machine,
+          s.kind,
           `${formatAge(now - Date.parse(s.created))} ago`,
           String(s.clients),
-          s.attached ? "attached" : "detached",
-          formatAge(s.idle_ms),
+          stateOf(s),
+          s.kind === "pty" ? formatAge(s.idle_ms) : "-",
           s.command,
         ]),
       ));
     });
 
   sessions.command("kill")
-    .description("end a session and its processes")
+    .description("end a session or a running exec, and its processes")
     .argument("<id>", "session id (or a unique prefix)")
     .action(async (id, _opts, cmd) => {
       const g = globals(cmd);

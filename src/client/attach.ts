@@ -8,6 +8,7 @@
 import { backoff, delay } from "../common/async.ts";
 import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
+import { signalStatus } from "../common/signals.ts";
 import { visible } from "../common/text.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
@@ -77,7 +78,7 @@ export interface AttachOutcome {
 }
 
 /** Signals that end an attach cleanly (terminal restored, session left running). */
-const DETACH_SIGNALS: [Deno.Signal, number][] = [["SIGTERM", 15], ["SIGHUP", 1], ["SIGINT", 2]];
+const DETACH_SIGNALS: Deno.Signal[] = ["SIGTERM", "SIGHUP", "SIGINT"];
 
 export interface Terminal {
   read(buf: Uint8Array): Promise<number | null>;
@@ -259,10 +260,10 @@ export async function attach(
   const offResize = term.onResize(sendResize);
   // Killed from outside (or Ctrl-C on a non-raw stdin): leave like a detach, so the
   // terminal is restored and the session keeps running.
-  const signalHandlers = DETACH_SIGNALS.map(([sig, n]) => {
+  const signalHandlers = DETACH_SIGNALS.map((sig) => {
     const handler = () => {
       if (outcome) return;
-      outcome = { kind: "detach", code: 128 + n, session: session ?? "", signal: sig };
+      outcome = { kind: "detach", code: signalStatus(sig), session: session ?? "", signal: sig };
       finish();
     };
     try {

@@ -1,10 +1,18 @@
 /**
- * The client half of `tether exec`: opens an exec stream, forwards stdin
- * under the agent's credit, writes each output chunk as soon as it arrives
- * and grants the bytes back once written. Ends with the remote exit status
- * or a TetherError — never with a status it did not receive.
+ * The client half of `tether exec`: opens an exec stream (or watches an
+ * exec that runs already), forwards stdin under the agent's credit, writes
+ * each output chunk as soon as it arrives and grants the bytes back once
+ * written. Ends with the remote exit status or a TetherError — never with a
+ * status it did not receive.
+ *
+ * The command lives on the agent, not in this connection: when a connection
+ * on the way drops (ours to the relay, or the agent's), the stream is
+ * resumed on a new one within the reconnect window, byte-exact both ways:
+ * output from the offsets already written, stdin from the offset the agent
+ * says it has taken (the bytes it has not confirmed are kept until it does).
  */
-import { TetherError } from "../common/errors.ts";
+import { backoff, delay } from "../common/async.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import {
   CH_STDERR,
@@ -15,11 +23,14 @@ import {
   encodeCredit,
   encodeData,
 } from "../protocol/frames.ts";
-import type { WireError } from "../protocol/messages.ts";
+import type { Open, WireError } from "../protocol/messages.ts";
+import { reconnectWindowMs } from "./attach.ts";
 import type { RelayClient, StreamAuth } from "./relay_client.ts";
 
 export interface ExecRequest {
   machineId: string;
+  /** For messages (how to reattach). */
+  machineName: string;
   argv: string[];
   cwd?: string;
   env?: Record<string, string>;
@@ -30,13 +41,19 @@ export interface ExecRequest {
   stream?: boolean;
   /** Answers the machine's password challenge, if it has a password. */
   auth?: StreamAuth;
+  /** Watch an exec that runs (or ran) already, from these offsets, instead of starting one. */
+  attach?: { id: string; offset?: number; errOffset?: number };
+  /** Leave the command running once it started (exec --detach). */
+  detach?: boolean;
 }
 
 export interface ExecIO {
   stdin: { read(buf: Uint8Array): Promise<number | null> };
   /** Called with each output chunk; resolves once it is written. */
   output(channel: number, chunk: Uint8Array): Promise<void>;
-  started?(pid: number | undefined): void;
+  started?(info: { pid?: number; id: string }): void;
+  /** Output the machine no longer had: `bytes` on `channel` before what follows. */
+  dropped?(channel: number, bytes: number): void;
   /** A problem worth telling the user that does not end the command. */
   warn?(line: string): void;
 }
@@ -44,33 +61,64 @@ export interface ExecIO {
 export interface ExecResult {
   code: number;
   signal?: string | null;
+  /** With `detach`: the command runs on. */
+  detached?: boolean;
+  /** The exec's id (`exec --attach ID`). */
+  id: string;
 }
 
 /** Extra time past --timeout before the client gives up on hearing from the agent. */
 const TIMEOUT_BACKSTOP_MS = 10_000;
+/** A reattach that gets no answer this long is abandoned and tried again on a new connection. */
+const OPEN_TIMEOUT_MS = 10_000;
 
-export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
+export interface ExecRun {
   done: Promise<ExecResult>;
+  /** Sends a signal to the command's process group. */
   signal(sig: string): void;
-  abort(): void;
-} {
-  const credit = new Credit(0);
-  const offsets = [0, 0, 0];
+  /** Stops watching and ends the command (its status is not waited for). */
+  kill(): void;
+  /** Stops watching; the command runs on. Resolves with its id once known. */
+  detach(): string | undefined;
+}
+
+/**
+ * Runs (or watches) one exec. `redial` gives a new relay connection when the
+ * one in use has ended.
+ */
+export function runExec(
+  first: RelayClient,
+  redial: () => Promise<RelayClient>,
+  req: ExecRequest,
+  io: ExecIO,
+): ExecRun {
+  let client = first;
   let sid = 0;
+  /** Bumped for every open: handlers of an earlier one are ignored. */
+  let attempt = 0;
+  let id = req.attach?.id;
+  let attachId: string | undefined;
+  let started = false;
   let finished = false;
+  /** Next offset expected on each channel (index by channel number). */
+  const offsets = [0, req.attach?.offset ?? 0, req.attach?.errOffset ?? 0];
+  // stdin: what was sent and is not yet confirmed (credited) by the agent, for a resume.
+  let credit = new Credit(0);
+  let stdinSent = 0;
+  let stdinCredited = 0;
+  const unacked: { offset: number; data: Uint8Array }[] = [];
+  let eofSent = false;
+  let pumping = false;
   let resolveDone!: (r: ExecResult) => void;
   let rejectDone!: (e: TetherError) => void;
   const done = new Promise<ExecResult>((res, rej) => {
     resolveDone = res;
     rejectDone = rej;
   });
-  const grant = new Grant(
-    OUTPUT_WINDOW,
-    (n) => client.conn.sendBinary(encodeCredit(sid, CH_STDOUT, n)),
-  );
   // Output is written strictly in arrival order; credit goes back after each write.
   let writeChain = Promise.resolve();
   let backstop: ReturnType<typeof setTimeout> | undefined;
+  let wakeLost: ((err: WireError) => void) | undefined;
 
   const finish = (fn: () => void) => {
     if (finished) return;
@@ -79,70 +127,127 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
     credit.close();
     writeChain.then(fn, fn);
   };
-
-  sid = client.open({
-    machine: req.machineId,
-    kind: "exec",
-    argv: req.argv,
-    cwd: req.cwd,
-    env: req.env,
-    stdin: req.stdin,
-    timeout_ms: req.timeoutMs,
-    window: OUTPUT_WINDOW,
-  }, {
-    onStarted(msg) {
-      io.started?.(msg.pid);
-      credit.add(msg.window);
-      if (req.stdin) pumpStdin();
-    },
-    onData(channel, offset, payload) {
-      if (channel !== CH_STDOUT && channel !== CH_STDERR) return;
-      if (offset !== offsets[channel]) {
-        failWith({
-          code: "internal",
-          message: `output gap on ${channel === CH_STDOUT ? "stdout" : "stderr"}: ` +
-            `expected offset ${offsets[channel]}, got ${offset}`,
-        });
-        return;
-      }
-      offsets[channel] += payload.length;
-      writeChain = writeChain.then(() => io.output(channel, payload)).then(() =>
-        grant.consumed(payload.length)
-      );
-    },
-    onCredit(channel, bytes) {
-      if (channel === CH_STDIN) credit.add(bytes);
-    },
-    onExit(msg) {
-      finish(() => resolveDone({ code: msg.code, signal: msg.signal }));
-    },
-    onError(err) {
-      failWith(err);
-    },
-  }, req.auth);
-
-  function failWith(err: WireError) {
-    client.closeStream(sid);
+  const fail = (err: WireError) => {
+    client.closeStream(sid, "detach");
     finish(() =>
       rejectDone(
         new TetherError(err.code, err.message, { hint: err.hint, candidates: err.candidates }),
       )
     );
+  };
+
+  /** Opens (or reopens) the stream; resolves when it started or failed to. */
+  function open(): Promise<"ok" | WireError> {
+    const mine = ++attempt;
+    const c = client;
+    const streamCredit = new Credit(0);
+    let mySid = 0;
+    const grant = new Grant(
+      OUTPUT_WINDOW,
+      (n) => c.conn.sendBinary(encodeCredit(mySid, CH_STDOUT, n)),
+    );
+    const spec: Omit<Open, "t" | "sid"> = id
+      ? {
+        machine: req.machineId,
+        kind: "exec",
+        argv: [],
+        session: id,
+        ...(attachId ? { resume: attachId } : {}),
+        offset: offsets[CH_STDOUT],
+        err_offset: offsets[CH_STDERR],
+        stdin: req.stdin && !req.attach,
+        window: OUTPUT_WINDOW,
+      }
+      : {
+        machine: req.machineId,
+        kind: "exec",
+        argv: req.argv,
+        cwd: req.cwd,
+        env: req.env,
+        stdin: req.stdin && !req.detach,
+        timeout_ms: req.timeoutMs,
+        window: OUTPUT_WINDOW,
+      };
+    return new Promise((resolve) => {
+      let opened = false;
+      mySid = sid = c.open(spec, {
+        onStarted(msg) {
+          if (mine !== attempt) return;
+          opened = true;
+          const first = !started;
+          started = true;
+          id = msg.session ?? id;
+          attachId = msg.attach_id;
+          credit.close();
+          credit = streamCredit;
+          streamCredit.add(msg.window);
+          if (first) io.started?.({ pid: msg.pid, id: id ?? "" });
+          noteStart(CH_STDOUT, msg.offset);
+          noteStart(CH_STDERR, msg.err_offset);
+          if (req.detach) {
+            resolve("ok");
+            return;
+          }
+          resendStdin(msg.stdin_offset ?? 0);
+          if (req.stdin && !req.attach && !pumping) pumpStdin();
+          resolve("ok");
+        },
+        onData(channel, offset, payload) {
+          if (mine !== attempt || (channel !== CH_STDOUT && channel !== CH_STDERR)) return;
+          let data = payload;
+          const want = offsets[channel];
+          if (offset > want) io.dropped?.(channel, offset - want);
+          else if (offset < want) data = payload.subarray(Math.min(payload.length, want - offset));
+          offsets[channel] = Math.max(want, offset + payload.length);
+          const n = payload.length;
+          writeChain = writeChain.then(() => data.length ? io.output(channel, data) : undefined)
+            .then(() => grant.consumed(n));
+        },
+        onCredit(channel, bytes) {
+          if (mine !== attempt || channel !== CH_STDIN) return;
+          streamCredit.add(bytes);
+          stdinCredited += bytes;
+          while (unacked.length && unacked[0].offset + unacked[0].data.length <= stdinCredited) {
+            unacked.shift();
+          }
+        },
+        onExit(msg) {
+          if (mine !== attempt) return;
+          finish(() => resolveDone({ code: msg.code, signal: msg.signal, id: id ?? "" }));
+        },
+        onError(err) {
+          if (mine !== attempt) return;
+          streamCredit.close();
+          if (!opened) resolve(err);
+          else if (err.resumable && !isFinal(err.code) && !req.detach) wakeLost?.(err);
+          else fail(err);
+        },
+      }, req.auth);
+    });
   }
 
-  if (req.timeoutMs) {
-    backstop = setTimeout(() => {
-      failWith({
-        code: "timeout",
-        message: `no answer from the machine ${TIMEOUT_BACKSTOP_MS / 1000}s past the timeout`,
-        hint: "the remote process may still be running; check with `tether exec`",
-      });
-    }, req.timeoutMs + TIMEOUT_BACKSTOP_MS);
+  function noteStart(channel: number, at: number | undefined) {
+    if (at === undefined) return;
+    if (at > offsets[channel]) io.dropped?.(channel, at - offsets[channel]);
+    offsets[channel] = Math.max(offsets[channel], at);
+  }
+
+  /** After a resume: what the agent had not taken yet goes again, then the EOF if it went. */
+  function resendStdin(from: number) {
+    for (const u of unacked) {
+      const end = u.offset + u.data.length;
+      if (end <= from) continue;
+      const part = u.data.subarray(Math.max(0, from - u.offset));
+      const at = Math.max(from, u.offset);
+      credit.take(part.length);
+      client.conn.sendBinary(encodeData(sid, CH_STDIN, at, part));
+    }
+    if (eofSent) client.conn.send({ t: "eof", sid });
   }
 
   async function pumpStdin() {
+    pumping = true;
     const size = req.stream ? 16 * 1024 : 64 * 1024; // a pipe or terminal gives at most 64 KiB a read
-    let offset = 0;
     // One buffer, with room for the DATA header before what is read; the socket copies
     // each frame, so the buffer takes the next read at once.
     const buf = new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + size), DATA_FRAME_PREFIX, size);
@@ -151,24 +256,30 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
         const n = await io.stdin.read(buf);
         if (finished) return;
         if (n === null) {
+          eofSent = true;
           client.conn.send({ t: "eof", sid });
           return;
         }
         let off = 0;
         while (off < n) {
-          await credit.wait();
+          const c = credit;
+          await c.wait();
           if (finished) return;
+          if (c !== credit) continue; // the stream was resumed: the resend covered the rest
           await client.conn.drain();
           const m = Math.min(credit.available, n - off);
+          if (m <= 0) continue;
           credit.take(m);
-          if (off === 0) {
-            client.conn.sendBinary(
-              dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, offset),
-            );
+          // Kept until the agent confirms it: a resume sends it again.
+          unacked.push({ offset: stdinSent, data: buf.slice(off, off + m) });
+          if (off === 0 && m === n) {
+            client.conn.sendBinary(dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, stdinSent));
           } else {
-            client.conn.sendBinary(encodeData(sid, CH_STDIN, offset, buf.subarray(off, off + m)));
+            client.conn.sendBinary(
+              encodeData(sid, CH_STDIN, stdinSent, buf.subarray(off, off + m)),
+            );
           }
-          offset += m;
+          stdinSent += m;
           off += m;
         }
       }
@@ -176,17 +287,113 @@ export function runExec(client: RelayClient, req: ExecRequest, io: ExecIO): {
       if (finished) return;
       // Our stdin failed (closed terminal, EIO): treat as end of input.
       io.warn?.(`stdin: ${(e as Error).message}; treating it as end of input`);
+      eofSent = true;
       client.conn.send({ t: "eof", sid });
+    } finally {
+      pumping = false;
     }
   }
+
+  /** Reopens the stream after a lost connection, until the window closes or a refusal is final. */
+  async function resume(why: WireError): Promise<void> {
+    const deadline = Date.now() + reconnectWindowMs();
+    io.warn?.(`${why.message}; reconnecting…`);
+    let last = why.message;
+    for (let n = 1; Date.now() < deadline && !finished; n++) {
+      try {
+        if (!client.conn.isOpen) client = await redial();
+        const r = await Promise.race([
+          open(),
+          delay(OPEN_TIMEOUT_MS).then((): WireError => ({
+            code: "timeout",
+            message: "no answer to the reattach in time",
+          })),
+        ]);
+        if (r === "ok") {
+          io.warn?.("reconnected");
+          return;
+        }
+        if (r.code === "timeout") {
+          attempt++; // whatever that open brings later is ignored
+          client.closeStream(sid, "lost");
+          client.close();
+        } else if (!r.resumable && r.code !== "machine_offline") {
+          // The machine is back but does not have the command (or refuses): final.
+          return fail(
+            r.code === "session_not_found"
+              ? {
+                code: "session_lost",
+                message: `exec ${id} is gone from the machine (${r.message})`,
+                hint: "its exit status is unknown; the agent may have restarted",
+              }
+              : r,
+          );
+        }
+        last = r.message;
+      } catch (e) {
+        if (e instanceof TetherError && isFinal(e.code)) return fail(e.toJSON());
+        last = (e as Error).message;
+      }
+      await delay(backoff(n, 250, 2000));
+    }
+    if (!finished) {
+      fail({
+        code: "session_lost",
+        message: `could not reconnect within ${reconnectWindowMs() / 1000}s: ${last}`,
+        hint: `the command may still be running: tether exec --attach ${id}`,
+      });
+    }
+  }
+
+  (async () => {
+    const r = await open();
+    if (r !== "ok") return fail(r);
+    if (req.detach) {
+      client.closeStream(sid, "detach");
+      finish(() => resolveDone({ code: 0, detached: true, id: id ?? "" }));
+      return;
+    }
+    if (req.timeoutMs) {
+      backstop = setTimeout(() => {
+        fail({
+          code: "timeout",
+          message: `no answer from the machine ${TIMEOUT_BACKSTOP_MS / 1000}s past the timeout`,
+          hint: `the remote process may still be running: tether exec --attach ${id}`,
+        });
+      }, req.timeoutMs + TIMEOUT_BACKSTOP_MS);
+    }
+    while (!finished) {
+      const lost = await new Promise<WireError | null>((r) => {
+        wakeLost = r;
+        done.then(() => r(null), () => r(null));
+      });
+      if (!lost || finished) return;
+      await resume(lost);
+    }
+  })();
 
   return {
     done,
     signal(sig: string) {
       if (!finished) client.conn.send({ t: "signal", sid, signal: sig });
     },
-    abort() {
-      failWith({ code: "session_lost", message: "interrupted before the command finished" });
+    kill() {
+      if (finished) return;
+      client.closeStream(sid, "kill");
+      finish(() =>
+        rejectDone(
+          new TetherError("session_lost", "interrupted: the command was ended", {
+            hint: "its exit status was not waited for",
+          }),
+        )
+      );
+    },
+    detach() {
+      if (!finished && started) {
+        client.closeStream(sid, "detach");
+        finish(() => resolveDone({ code: 0, detached: true, id: id ?? "" }));
+      }
+      return id;
     },
   };
 }

@@ -95,8 +95,13 @@ export class RelayClient {
     return this.request("remove_machine", { machine: machineId });
   }
 
-  sessions(machineId?: string): Promise<SessionView[]> {
-    return this.request<SessionView[]>("sessions", machineId ? { machine: machineId } : {});
+  /** Sessions and execs (all machines, or one); `kind` keeps only those of that kind. */
+  async sessions(machineId?: string, kind?: "pty" | "exec"): Promise<SessionView[]> {
+    const all = await this.request<SessionView[]>(
+      "sessions",
+      machineId ? { machine: machineId } : {},
+    );
+    return kind ? all.filter((s) => s.kind === kind) : all;
   }
 
   killSession(machineId: string, session: string): Promise<{ killed: string }> {
@@ -107,7 +112,7 @@ export class RelayClient {
   open(spec: Omit<Open, "t" | "sid">, handlers: StreamHandlers, auth?: StreamAuth): number {
     const sid = this.nextSid++;
     if (this.closedReason !== undefined) {
-      queueMicrotask(() => handlers.onError(this.lostError().toJSON()));
+      queueMicrotask(() => handlers.onError(this.lostStream()));
       return sid;
     }
     this.streams.set(sid, handlers);
@@ -134,8 +139,11 @@ export class RelayClient {
     }, fail);
   }
 
-  /** Abandons a stream: the agent ends its process; no exit status will come. */
-  closeStream(sid: number, reason: "detach" | "lost" = "detach"): void {
+  /**
+   * Leaves a stream; no more messages come for it. "detach": the command or session
+   * runs on; "kill": an exec is ended as well; "lost": as if the connection had dropped.
+   */
+  closeStream(sid: number, reason: "detach" | "lost" | "kill" = "detach"): void {
     this.auths.delete(sid);
     if (this.streams.delete(sid)) this.conn.send({ t: "close", sid, reason });
   }
@@ -161,6 +169,12 @@ export class RelayClient {
         hint: "the remote exit status is unknown; check the relay and retry",
       },
     );
+  }
+
+  /** What a stream is told when this connection ends. */
+  private lostStream(): WireError {
+    const e = this.lostError();
+    return isFinal(e.code) ? e.toJSON() : { ...e.toJSON(), resumable: true };
   }
 
   private onControl(msg: Control): void {
@@ -236,6 +250,7 @@ export class RelayClient {
     this.pending.clear();
     const streams = [...this.streams.values()];
     this.streams.clear();
-    for (const h of streams) h.onError(err.toJSON());
+    const lost = this.lostStream();
+    for (const h of streams) h.onError(lost);
   }
 }

@@ -13,6 +13,8 @@ export const MAX_CONTROL_MESSAGE = 64 * 1024;
  * such as `machines` grow with the workspace (~250 bytes a machine).
  */
 export const MAX_RELAY_MESSAGE = 16 * 1024 * 1024;
+/** Largest control message the relay accepts from an agent (its list of sessions and execs). */
+export const MAX_AGENT_MESSAGE = 1024 * 1024;
 /** Most streams one connection may have open at once. */
 export const MAX_STREAMS_PER_CONN = 256;
 
@@ -38,6 +40,11 @@ export interface WireError {
   message: string;
   hint?: string;
   candidates?: { id: string; name: string; online?: boolean }[];
+  /**
+   * The stream broke, not what it ran: a connection on the way ended, and the command or
+   * session may still be running on the machine, to be watched again (`session`, `resume`).
+   */
+  resumable?: boolean;
 }
 
 export type StreamKind = "exec" | "pty";
@@ -91,12 +98,14 @@ export interface Open {
   term?: string;
   cols?: number;
   rows?: number;
-  /** pty: join this session instead of starting one. */
+  /** Join this session (pty) or watch this exec (exec) instead of starting one. */
   session?: string;
-  /** pty: take over the cursor of an attachment whose connection was lost. */
+  /** Take over the place of a watcher whose connection was lost (its `attach_id`). */
   resume?: string;
-  /** pty: replay output from this offset (default: all the ring buffer holds). */
+  /** Send output from this offset (stdout, or the terminal; default: all that is kept). */
   offset?: number;
+  /** exec: send stderr from this offset (default: all that is kept). */
+  err_offset?: number;
   /** pty: output only; the agent drops this client's input. */
   read_only?: boolean;
   /** pty: end the session when this client leaves (exec -t). */
@@ -140,12 +149,16 @@ export interface Started {
   pid?: number;
   /** Initial credit, in bytes, the agent grants for stdin toward it. */
   window: number;
-  /** pty: the session joined or started. */
+  /** The session joined or started (pty), or the exec's id (exec). */
   session?: string;
-  /** pty: this attachment's id, to resume it after a lost connection. */
+  /** This watcher's id, to resume it after a lost connection. */
   attach_id?: string;
-  /** pty: offset of the first output byte that will follow. */
+  /** Offset of the first output byte that will follow (stdout, or the terminal). */
   offset?: number;
+  /** exec: offset of the first stderr byte that will follow. */
+  err_offset?: number;
+  /** exec: stdin bytes the agent has taken so far; a resuming client sends from here. */
+  stdin_offset?: number;
   /** pty: offset where the replay of earlier output ends and live output begins. */
   end?: number;
 }
@@ -178,20 +191,33 @@ export interface ErrorMsg extends WireError {
 export interface Close {
   t: "close";
   sid: number;
-  /** "detach": the client left on purpose; "lost": its connection ended (it may resume). */
-  reason?: "detach" | "lost";
+  /**
+   * "detach": the client left on purpose (the command or session runs on); "lost": its
+   * connection ended (it may resume); "kill": exec only, end the command as well.
+   */
+  reason?: "detach" | "lost" | "kill";
 }
 
-/** A PTY session as the agent reports it. */
+/** A PTY session, or an exec, as the agent reports it. */
 export interface SessionInfo {
   id: string;
+  /** Absent: "pty". */
+  kind?: "pty" | "exec";
   created: number;
   command: string;
   clients: number;
   cols: number;
   rows: number;
   idle_ms: number;
+  /** exec: running, exited (with exit_code and signal), timeout, or lost (agent restarted). */
+  state?: ExecState;
+  exit_code?: number;
+  signal?: string | null;
+  /** exec: when it ended (ms since the epoch). */
+  ended?: number;
 }
+
+export type ExecState = "running" | "exited" | "timeout" | "lost";
 /** One machine in the answer to the `machines` request. */
 export interface MachineView {
   id: string;
@@ -211,9 +237,10 @@ export interface MachineView {
   retired?: boolean;
 }
 
-/** One session in the answer to the `sessions` request. */
+/** One session or exec in the answer to the `sessions` request. */
 export interface SessionView {
   id: string;
+  kind: "pty" | "exec";
   machine_id: string;
   machine: string;
   /** ISO time. */
@@ -224,6 +251,12 @@ export interface SessionView {
   idle_ms: number;
   cols: number;
   rows: number;
+  /** exec only: running, exited, timeout or lost. */
+  state?: ExecState;
+  exit_code?: number;
+  signal?: string | null;
+  /** exec only: ISO time it ended. */
+  ended?: string;
 }
 
 /** Agent → relay: the agent's sessions, sent whenever they change. */
@@ -333,7 +366,9 @@ const validators: Record<string, (o: Obj) => void> = {
     if (o.kind !== "exec" && o.kind !== "pty") fail("field 'kind' must be exec or pty");
     const argv = o.argv;
     if (!Array.isArray(argv) || argv.length > 4096) fail("field 'argv' must be an array");
-    if (o.kind === "exec" && argv.length === 0) fail("field 'argv' must not be empty");
+    if (o.kind === "exec" && argv.length === 0 && o.session === undefined) {
+      fail("field 'argv' must not be empty");
+    }
     for (const a of argv) if (typeof a !== "string") fail("field 'argv' must hold strings");
     str(o, "cwd", 4096, true);
     strMap(o, "env", true);
@@ -346,6 +381,7 @@ const validators: Record<string, (o: Obj) => void> = {
     str(o, "session", 64, true);
     str(o, "resume", 64, true);
     int(o, "offset", 0, Number.MAX_SAFE_INTEGER, true);
+    int(o, "err_offset", 0, Number.MAX_SAFE_INTEGER, true);
     optBool(o, "read_only");
     optBool(o, "ephemeral");
     str(o, "token", 1024, true);
@@ -376,6 +412,8 @@ const validators: Record<string, (o: Obj) => void> = {
     str(o, "session", 64, true);
     str(o, "attach_id", 64, true);
     int(o, "offset", 0, Number.MAX_SAFE_INTEGER, true);
+    int(o, "err_offset", 0, Number.MAX_SAFE_INTEGER, true);
+    int(o, "stdin_offset", 0, Number.MAX_SAFE_INTEGER, true);
     int(o, "end", 0, Number.MAX_SAFE_INTEGER, true);
   },
   eof(o) {
@@ -401,8 +439,10 @@ const validators: Record<string, (o: Obj) => void> = {
   },
   close(o) {
     int(o, "sid", 1, U32);
-    if (o.reason !== undefined && o.reason !== "detach" && o.reason !== "lost") {
-      fail("field 'reason' must be detach or lost");
+    if (
+      o.reason !== undefined && o.reason !== "detach" && o.reason !== "lost" && o.reason !== "kill"
+    ) {
+      fail("field 'reason' must be detach, lost or kill");
     }
   },
   sessions(o) {
@@ -410,16 +450,7 @@ const validators: Record<string, (o: Obj) => void> = {
     if (!Array.isArray(list) || list.length > MAX_STREAMS_PER_CONN) {
       fail("field 'sessions' must be an array");
     }
-    for (const x of list as Obj[]) {
-      if (!x || typeof x !== "object") fail("session must be an object");
-      str(x, "id", 64);
-      int(x, "created", 0, Number.MAX_SAFE_INTEGER);
-      str(x, "command", 4096);
-      int(x, "clients", 0, U32);
-      int(x, "cols", 1, 10_000);
-      int(x, "rows", 1, 10_000);
-      int(x, "idle_ms", 0, Number.MAX_SAFE_INTEGER);
-    }
+    for (const x of list) checkSessionInfo(x);
   },
   notice(o) {
     int(o, "sid", 1, U32);
@@ -427,11 +458,36 @@ const validators: Record<string, (o: Obj) => void> = {
   },
 };
 
+/** Checks one session or exec as an agent reports it; throws ProtocolError. */
+export function checkSessionInfo(v: unknown): asserts v is SessionInfo {
+  if (!v || typeof v !== "object") fail("session must be an object");
+  const x = v as Obj;
+  str(x, "id", 64);
+  if (x.kind !== undefined && x.kind !== "pty" && x.kind !== "exec") {
+    fail("field 'kind' must be pty or exec");
+  }
+  int(x, "created", 0, Number.MAX_SAFE_INTEGER);
+  str(x, "command", 4096);
+  int(x, "clients", 0, U32);
+  int(x, "cols", 1, 10_000);
+  int(x, "rows", 1, 10_000);
+  int(x, "idle_ms", 0, Number.MAX_SAFE_INTEGER);
+  if (
+    x.state !== undefined && !["running", "exited", "timeout", "lost"].includes(String(x.state))
+  ) {
+    fail("field 'state' must be running, exited, timeout or lost");
+  }
+  int(x, "exit_code", 0, 255, true);
+  if (x.signal !== undefined && x.signal !== null) str(x, "signal", 16);
+  int(x, "ended", 0, Number.MAX_SAFE_INTEGER, true);
+}
+
 function wireError(o: Obj): void {
   if (!o || typeof o !== "object") fail("error must be an object");
   if (!isErrorCode(o.code)) fail(`unknown error code '${String(o.code)}'`);
   str(o, "message", 4096);
   str(o, "hint", 4096, true);
+  optBool(o, "resumable");
 }
 
 /** Parses and validates one control message. */

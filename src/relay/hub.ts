@@ -18,6 +18,7 @@ import {
 } from "../protocol/frames.ts";
 import {
   type AgentInfo,
+  checkSessionInfo,
   type Control,
   type MachineView,
   MAX_STREAMS_PER_CONN,
@@ -58,7 +59,7 @@ export interface AgentLink {
   /** The agent's sessions as it last reported them. */
   sessions: SessionInfo[];
   /** Requests forwarded to the agent, by our request id. */
-  pending: Map<number, { client: ClientLink; id: number }>;
+  pending: Map<number, (answer: { result?: unknown; error?: WireError }) => void>;
   nextReq: number;
 }
 
@@ -67,6 +68,28 @@ export interface ClientLink {
   principal: Principal;
   workspace: string;
   routes: Map<number, Route>;
+}
+
+/** How long `sessions` waits for the agents' lists. */
+const GATHER_MS = 3_000;
+
+function sessionView(a: AgentLink, s: SessionInfo): SessionView {
+  return {
+    id: s.id,
+    kind: s.kind ?? "pty",
+    machine_id: a.machineId,
+    machine: a.info.name,
+    created: new Date(s.created).toISOString(),
+    command: s.command,
+    clients: s.clients,
+    attached: s.clients > 0,
+    idle_ms: s.idle_ms,
+    cols: s.cols,
+    rows: s.rows,
+    ...(s.state ? { state: s.state } : {}),
+    ...(s.exit_code !== undefined ? { exit_code: s.exit_code, signal: s.signal ?? null } : {}),
+    ...(s.ended !== undefined ? { ended: new Date(s.ended).toISOString() } : {}),
+  };
 }
 
 /** How often the last-seen times of online machines are written to the store. */
@@ -124,17 +147,17 @@ export class Hub {
         code: "session_lost",
         message: `lost the connection to machine ${link.info.name}: ${reason}`,
         hint: "the command's exit status is unknown; check the machine and retry",
+        resumable: true,
       });
     }
     link.routes.clear();
-    for (const p of link.pending.values()) {
-      p.client.conn.send({
-        t: "res",
-        id: p.id,
+    const pending = [...link.pending.values()];
+    link.pending.clear();
+    for (const answer of pending) {
+      answer({
         error: { code: "machine_offline", message: `machine ${link.info.name} went offline` },
       });
     }
-    link.pending.clear();
     try {
       this.store.touchMachines(new Map([[link.machineId, link.lastSeen]]));
     } catch { /* store closed during shutdown */ }
@@ -184,10 +207,9 @@ export class Hub {
         return;
       }
       case "res": {
-        const p = link.pending.get(msg.id);
-        if (!p) return;
+        const answer = link.pending.get(msg.id);
         link.pending.delete(msg.id);
-        p.client.conn.send({ ...msg, id: p.id });
+        answer?.(msg.error ? { error: msg.error } : { result: msg.result });
         return;
       }
       case "exit":
@@ -266,7 +288,8 @@ export class Hub {
         if (!r) return;
         if (msg.t === "close") {
           this.unroute(r);
-          this.audit(r, { error: msg.reason === "lost" ? "client_lost" : "detached" });
+          const why = { lost: "client_lost", kill: "killed", detach: "detached" } as const;
+          this.audit(r, { error: why[msg.reason ?? "detach"] });
         }
         r.agent.conn.send({ ...msg, sid: r.asid });
         return;
@@ -329,7 +352,8 @@ export class Hub {
         machine_id: row.id,
         machine_name: row.name,
         kind: msg.kind,
-        argv: msg.kind === "exec" || msg.argv.length ? msg.argv : null,
+        // A new command's argv; watching an exec (or joining a session) runs nothing new.
+        argv: msg.argv.length ? msg.argv : null,
         session: msg.session ?? null,
       });
     } catch (e) {
@@ -422,7 +446,8 @@ export class Hub {
       }
       case "sessions": {
         const machine = typeof req.args.machine === "string" ? req.args.machine : undefined;
-        return { t: "res", id: req.id, result: this.sessions(link.workspace, machine) };
+        this.gatherSessions(link, req.id, machine);
+        return undefined;
       }
       case "kill_session": {
         const { machine, session } = req.args;
@@ -433,9 +458,12 @@ export class Hub {
         if (!agent || agent.workspace !== link.workspace) {
           return fail({ code: "machine_offline", message: `machine ${machine} is not online` });
         }
-        const id = agent.nextReq++;
-        agent.pending.set(id, { client: link, id: req.id });
-        agent.conn.send({ t: "req", id, op: "kill_session", args: { session } });
+        this.ask(
+          agent,
+          "kill_session",
+          { session },
+          (a) => link.conn.send({ t: "res", id: req.id, ...a }),
+        );
         return undefined;
       }
       default:
@@ -443,28 +471,55 @@ export class Hub {
     }
   }
 
-  sessions(workspace: string, machineId?: string): SessionView[] {
-    const out: SessionView[] = [];
-    for (const a of this.agents.values()) {
-      if (a.workspace !== workspace || (machineId && a.machineId !== machineId)) continue;
-      for (const s of a.sessions) {
-        out.push({
-          id: s.id,
-          machine_id: a.machineId,
-          machine: a.info.name,
-          created: new Date(s.created).toISOString(),
-          command: s.command,
-          clients: s.clients,
-          attached: s.clients > 0,
-          idle_ms: s.idle_ms,
-          cols: s.cols,
-          rows: s.rows,
-        });
-      }
-    }
-    return out.sort((x, y) =>
-      x.machine.localeCompare(y.machine) || x.created.localeCompare(y.created)
+  /** Sends a request to an agent; `answer` gets its reply (or machine_offline if it leaves). */
+  private ask(
+    agent: AgentLink,
+    op: string,
+    args: Record<string, unknown>,
+    answer: (a: { result?: unknown; error?: WireError }) => void,
+  ): void {
+    const id = agent.nextReq++;
+    agent.pending.set(id, answer);
+    agent.conn.send({ t: "req", id, op, args });
+  }
+
+  /**
+   * Answers `sessions`: each online agent of the workspace (or the one machine)
+   * is asked for its sessions and execs; one that does not answer within
+   * GATHER_MS is represented by the PTY sessions it last reported.
+   */
+  private gatherSessions(link: ClientLink, reqId: number, machineId?: string): void {
+    const agents = [...this.agents.values()].filter((a) =>
+      a.workspace === link.workspace && (!machineId || a.machineId === machineId)
     );
+    const got = new Map<AgentLink, SessionInfo[]>();
+    let answered = false;
+    const reply = () => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      const out: SessionView[] = [];
+      for (const a of agents) {
+        for (const s of got.get(a) ?? a.sessions) out.push(sessionView(a, s));
+      }
+      out.sort((x, y) => x.machine.localeCompare(y.machine) || x.created.localeCompare(y.created));
+      link.conn.send({ t: "res", id: reqId, result: out });
+    };
+    const timer = setTimeout(reply, GATHER_MS);
+    if (agents.length === 0) return reply();
+    for (const a of agents) {
+      this.ask(a, "sessions", {}, (answer) => {
+        const list = Array.isArray(answer.result) ? answer.result : undefined;
+        try {
+          if (list) { for (const s of list) checkSessionInfo(s); }
+          if (list) got.set(a, list as SessionInfo[]);
+        } catch (e) {
+          this.log(`agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`);
+        }
+        if (!got.has(a)) got.set(a, a.sessions);
+        if (got.size === agents.length) reply();
+      });
+    }
   }
 
   machines(workspace: string, opts: { retired?: boolean } = {}): MachineView[] {

@@ -21,7 +21,7 @@ import { visible } from "../common/text.ts";
 import { delay } from "../common/async.ts";
 import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
 import { MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
-import { MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
+import { MAX_AGENT_MESSAGE, MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
 
 /**
  * Failed key checks per source address: 10 are answered at once, then 5 a
@@ -77,7 +77,8 @@ export function startRelay(opts: RelayOptions): Relay {
       port: opts.port,
       cert: opts.tls?.cert ?? (tls ? Deno.readTextFileSync(opts.tlsCert!) : undefined),
       key: opts.tls?.key ?? (tls ? Deno.readTextFileSync(opts.tlsKey!) : undefined),
-      maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE),
+      // The largest message anyone may send; Conn holds each role to its own limit.
+      maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE, MAX_AGENT_MESSAGE),
       log,
     }, (req) => handle(req, hub, pacer, log));
   } catch (e) {
@@ -175,7 +176,15 @@ function handle(
   }
   const peer = `${role} ${addr.hostname}:${addr.port}`;
   return {
-    upgrade: (ws) => accept(new Conn(ws, { label: peer }), role, principal, hub, log),
+    upgrade: (ws) =>
+      accept(
+        // Agents answer `sessions` with their execs too: more than a client ever sends.
+        new Conn(ws, { label: peer, maxControl: role === "agent" ? MAX_AGENT_MESSAGE : undefined }),
+        role,
+        principal,
+        hub,
+        log,
+      ),
   };
 }
 

@@ -39,3 +39,41 @@ Deno.test("ring: many small appends equal one big one", () => {
   assert.equal(r.end, all.length);
   assert.deepEqual([...r.read(r.start, 1000)], all.slice(all.length - 1000));
 });
+
+Deno.test("ring: memory grows with the output, up to the capacity; clear gives it back", () => {
+  const r = new RingBuffer(1024 * 1024);
+  r.append(bytes("one line\n"));
+  assert.ok(r.footprint <= 16 * 1024, "a line costs little");
+  const big = new Uint8Array(300_000).map((_, i) => i & 0xff);
+  r.append(big);
+  assert.ok(r.footprint >= 300_009 && r.footprint <= 1024 * 1024);
+  assert.deepEqual(r.read(9, big.length), big);
+  assert.equal(text(r.read(0, 9)), "one line\n");
+  for (let i = 0; i < 5; i++) r.append(big);
+  assert.equal(r.footprint, 1024 * 1024);
+  assert.equal(r.end - r.start, 1024 * 1024);
+  assert.deepEqual(r.read(r.end - big.length, big.length), big);
+  const end = r.end;
+  r.clear();
+  assert.equal(r.start, end);
+  assert.equal(r.end, end);
+  assert.ok(r.footprint <= 16 * 1024);
+  r.append(bytes("after"));
+  assert.equal(text(r.read(0, 100)), "after");
+  assert.equal(r.start, end);
+});
+
+Deno.test("ring: growth keeps wrapped data in order, at odd capacities", () => {
+  for (const cap of [5, 17, 16 * 1024 + 3, 40_000]) {
+    const r = new RingBuffer(cap);
+    const all: number[] = [];
+    for (let i = 0; i < 400; i++) {
+      const chunk = new Uint8Array((i * 37) % 301 + 1).fill(i & 0xff);
+      all.push(...chunk);
+      r.append(chunk);
+      const held = Math.min(cap, all.length);
+      assert.equal(r.end - r.start, held);
+    }
+    assert.deepEqual([...r.read(r.start, cap)], all.slice(all.length - Math.min(cap, all.length)));
+  }
+});

@@ -1,0 +1,29 @@
+/**
+ * Process groups, for everything the agent runs: each exec and each session
+ * leads its own process group (and session), so one signal reaches all of it.
+ */
+
+/** Time between SIGTERM and SIGKILL when a process group is ended. */
+export const KILL_GRACE_MS = 2_000;
+
+/** Sends `sig` to the whole process group led by `pid`; quiet if it is gone. */
+export function killGroup(pid: number, sig: Deno.Signal): void {
+  try {
+    Deno.kill(-pid, sig);
+  } catch {
+    try {
+      Deno.kill(pid, sig);
+    } catch { /* already gone */ }
+  }
+}
+
+/** SIGTERM to the group now, SIGKILL after the grace unless `done` settles first. */
+export function endGroup(pid: number, done: Promise<unknown>): void {
+  killGroup(pid, "SIGTERM");
+  const t = setTimeout(() => killGroup(pid, "SIGKILL"), KILL_GRACE_MS);
+  done.finally(() => {
+    clearTimeout(t);
+    // Children that outlived the leader still hold the group; finish them.
+    killGroup(pid, "SIGKILL");
+  });
+}
