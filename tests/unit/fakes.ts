@@ -1,0 +1,37 @@
+/** A stand-in for a Conn: records what the agent side sends, decoded. */
+import type { Conn } from "../../src/protocol/conn.ts";
+import { decodeFrame, FRAME_DATA } from "../../src/protocol/frames.ts";
+import type { Control } from "../../src/protocol/messages.ts";
+
+export interface Sent {
+  controls: Control[];
+  /** DATA frames as [channel, offset, text]. */
+  data: [number, number, string][];
+  credits: [number, number][];
+}
+
+export function fakeConn(): { conn: Conn; sent: Sent } {
+  const sent: Sent = { controls: [], data: [], credits: [] };
+  const dec = new TextDecoder();
+  const conn = {
+    isOpen: true,
+    send(msg: Control) {
+      sent.controls.push(structuredClone(msg));
+    },
+    sendBinary(buf: Uint8Array) {
+      const f = decodeFrame(buf.slice());
+      if (f.type === FRAME_DATA) sent.data.push([f.channel, f.offset, dec.decode(f.payload)]);
+      else sent.credits.push([f.channel, f.bytes]);
+    },
+    drain: () => Promise.resolve(),
+  };
+  return { conn: conn as unknown as Conn, sent };
+}
+
+/** A view with 16 bytes of room in front, as read loops hand data to a Fanout. */
+export function framed(text: string): Uint8Array {
+  const bytes = new TextEncoder().encode(text);
+  const buf = new Uint8Array(16 + bytes.length);
+  buf.set(bytes, 16);
+  return buf.subarray(16);
+}
