@@ -35,6 +35,7 @@ import { isSignalName } from "../common/signals.ts";
 import { writePrivate } from "../common/files.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
 import { endGroup, killGroup } from "./process_group.ts";
+import { findByPrefix, newShortId } from "./short_id.ts";
 
 /** Default of `agent run --exec-retention`. */
 export const DEFAULT_EXEC_RETENTION_MS = 60 * 60_000;
@@ -149,10 +150,7 @@ export class ExecManager {
 
   /** Finds an exec by id or unique id prefix. */
   find(id: string): Exec | undefined {
-    const exact = this.execs.get(id);
-    if (exact) return exact;
-    const hits = [...this.execs.values()].filter((e) => e.id.startsWith(id));
-    return hits.length === 1 ? hits[0] : undefined;
+    return findByPrefix(this.execs, id);
   }
 
   /** Ends a running exec's process group; its watchers get its exit status. */
@@ -242,7 +240,7 @@ export class ExecManager {
 }
 
 export class Exec {
-  readonly id = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+  readonly id: string = newShortId();
   readonly created: number;
   readonly argv: string[];
   readonly output: Fanout;
@@ -322,7 +320,6 @@ export class Exec {
   }
 
   start(open: Open): void {
-    this.manager.write(this.record());
     const problem = cwdProblem(open.cwd);
     if (problem) return this.failStart(problem.message, problem.code);
     try {
@@ -385,10 +382,12 @@ export class Exec {
   private async finish(child: Deno.ChildProcess, pumps: Promise<unknown>): Promise<void> {
     const status = await child.status;
     clearTimeout(this.timer);
-    this.manager.opts.ended?.(child.pid);
     // Ended by us: whatever its children still hold open is not waited for.
     if (this.forced) { for (const r of this.readers) r.cancel().catch(() => {}); }
     await pumps;
+    // Until now what it started in the background could still hold its output open: the
+    // reaper keeps watching the group until here.
+    this.manager.opts.ended?.(child.pid);
     this.finishWith(
       this.timedOut
         ? { state: "timeout", timeout_ms: this.timeoutMs! }

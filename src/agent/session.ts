@@ -17,6 +17,7 @@ import type { Open, SessionInfo, WireError } from "../protocol/messages.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
 import { Pty, type PtyExit } from "./pty.ts";
 import { isSignalName } from "../common/signals.ts";
+import { findByPrefix, newShortId } from "./short_id.ts";
 
 export const DEFAULT_RING_BYTES = 1024 * 1024;
 export const DEFAULT_GRACE_MS = 30_000;
@@ -117,7 +118,7 @@ export class Session {
     open: Open,
     readonly ephemeral: boolean,
   ) {
-    this.id = crypto.randomUUID().replaceAll("-", "").slice(0, 12);
+    this.id = newShortId();
     this.cols = open.cols ?? 80;
     this.rows = open.rows ?? 24;
     this.output = new Fanout([CH_STDOUT], manager.ringBytes, {
@@ -303,10 +304,7 @@ export class SessionManager {
 
   /** Finds a session by id or unique id prefix. */
   find(id: string): Session | undefined {
-    const exact = this.sessions.get(id);
-    if (exact) return exact;
-    const hits = [...this.sessions.values()].filter((s) => s.id.startsWith(id));
-    return hits.length === 1 ? hits[0] : undefined;
+    return findByPrefix(this.sessions, id);
   }
 
   /** Shows a line to every attached client (e.g. a CI hold about to end). */

@@ -193,7 +193,9 @@ export function runExec(
           resolve("ok");
         },
         onData(channel, offset, payload) {
-          if (mine !== attempt || (channel !== CH_STDOUT && channel !== CH_STDERR)) return;
+          // A detaching client leaves the output to whoever attaches.
+          if (mine !== attempt || req.detach) return;
+          if (channel !== CH_STDOUT && channel !== CH_STDERR) return;
           let data = payload;
           const want = offsets[channel];
           if (offset > want) io.dropped?.(channel, offset - want);
