@@ -6,10 +6,10 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { parse } from "yaml";
-import { ciIdentity, workflowFile } from "../src/agent/ci_env.ts";
-import { formatDuration, READY_MARKER, type ReadyInfo } from "../src/client/ci_contract.ts";
-import { injectHoldStep } from "../src/client/ci_inject.ts";
-import { waitForHold } from "../src/client/ci_wait.ts";
+import { ciIdentity, workflowFile } from "../src/ci/env.ts";
+import { formatDuration, READY_MARKER, type ReadyInfo } from "../src/ci/contract.ts";
+import { injectHoldStep } from "../src/ci/inject.ts";
+import { waitForHold } from "../src/ci/wait.ts";
 import type { MachineView } from "../src/client/relay_client.ts";
 import { TetherError } from "../src/common/errors.ts";
 import { baseEnv, Proc, ROOT, run, tetherArgv, World } from "./helpers.ts";

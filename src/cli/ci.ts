@@ -1,21 +1,21 @@
 /**
  * `tether ci hold|attach|inject`: debug a CI job by pausing it on its runner (issue 7).
- * The work lives in src/agent/ci_hold.ts (the hold), src/client/ci_wait.ts and
- * src/client/ci_attach.ts (waiting for and attaching to a hold) and src/client/ci_inject.ts
+ * The work lives in its own room, src/ci/ (it uses the agent and the client; neither uses it):
+ * hold.ts (the hold), wait.ts and attach.ts (waiting for and attaching to a hold), inject.ts
  * (the workflow edit); this file parses flags and prints.
  */
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { type Command, Option } from "@commander-js/extra-typings";
-import { ciIdentity } from "../agent/ci_env.ts";
-import { runHold } from "../agent/ci_hold.ts";
+import { ciIdentity } from "../ci/env.ts";
+import { runHold } from "../ci/hold.ts";
 import { processTerminal } from "../client/attach.ts";
 import {
   connectionInfo,
   holdAwareTerminal,
   type HoldConnectionInfo,
   pickSession,
-} from "../client/ci_attach.ts";
+} from "../ci/attach.ts";
 import {
   continueFileOf,
   DEFAULT_ATTACH_WAIT,
@@ -27,14 +27,14 @@ import {
   READY_MARKER,
   type ReadyInfo,
   shellQuote,
-} from "../client/ci_contract.ts";
+} from "../ci/contract.ts";
 import {
   DEFAULT_HOLD_CONDITION,
   injectHoldStep,
   type InjectResult,
   parseAfterStep,
-} from "../client/ci_inject.ts";
-import { gone, waitForHold, type WaitProgress } from "../client/ci_wait.ts";
+} from "../ci/inject.ts";
+import { gone, waitForHold, type WaitProgress } from "../ci/wait.ts";
 import { type ClientConfig, dialTimeoutMs, readStoredConfig } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";

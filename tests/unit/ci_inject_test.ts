@@ -8,7 +8,7 @@ import {
   type InjectOptions,
   type InjectResult,
   parseAfterStep,
-} from "../../src/client/ci_inject.ts";
+} from "../../src/ci/inject.ts";
 import { TetherError } from "../../src/common/errors.ts";
 
 const FIXTURES = new URL("../fixtures/workflows/", import.meta.url);

@@ -3,9 +3,9 @@
  * hold says it is ending, the choice of session to join, and the connection info printed
  * instead of attaching (no TTY, or `--json`).
  */
-import type { Terminal } from "./attach.ts";
-import { continueFileOf, HOLD_ENDED_NOTICE, shellQuote } from "./ci_contract.ts";
-import type { MachineView, SessionView } from "./relay_client.ts";
+import type { Terminal } from "../client/attach.ts";
+import { continueFileOf, HOLD_ENDED_NOTICE, shellQuote } from "./contract.ts";
+import type { MachineView, SessionView } from "../client/relay_client.ts";
 
 /**
  * Wraps a terminal so that a hold's final notice ends the attach as a detach: input reads

@@ -26,9 +26,9 @@
  */
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
-import { formatDuration, isHold } from "./ci_contract.ts";
-import type { MachineView } from "./relay_client.ts";
-import { resolveMachine } from "./resolve.ts";
+import { formatDuration, isHold } from "./contract.ts";
+import type { MachineView } from "../client/relay_client.ts";
+import { resolveMachine } from "../client/resolve.ts";
 
 export interface WaitProgress {
   elapsedMs: number;

@@ -9,7 +9,7 @@
  *   throwaway VM, so nothing is worth keeping; a re-run gets a new machine id under the
  *   same name (the old one stays listed as offline).
  * - **Labels.** `ci=hold` (what `ci attach` waits for) and `continue_file=PATH` (so
- *   `ci attach` can say what to touch), plus the CI's own (see ci_env.ts) and `--label`s.
+ *   `ci attach` can say what to touch), plus the CI's own (see env.ts) and `--label`s.
  *   The two hold labels cannot be overridden by `--label`.
  * - **Continue file.** The hold resumes (returns 0) as soon as the file appears. A file
  *   already there at start is *not* deleted (it may be anything the user named); the hold
@@ -32,7 +32,7 @@
  * - Configuration errors (no relay, no key, a key the relay refuses) fail the step (1): they
  *   are not timeouts. An unreachable relay is retried until the connect timeout.
  */
-import { Agent } from "./agent.ts";
+import { Agent } from "../agent/agent.ts";
 import { within } from "../common/async.ts";
 import { signalStatus } from "../common/signals.ts";
 import type { SessionInfo } from "../protocol/messages.ts";
@@ -45,7 +45,7 @@ import {
   type ReadyInfo,
   shellQuote,
   TTL_WARNING_MS,
-} from "../client/ci_contract.ts";
+} from "./contract.ts";
 
 export interface HoldConfig {
   relay: string;
