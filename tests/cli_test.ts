@@ -227,8 +227,7 @@ Deno.test({
 });
 
 Deno.test("machines that are gone: rm (refused while online), pruning, and --online for a mixed ambiguity", async () => {
-  await using w = await World.create({ startRelay: false });
-  await w.startRelay(["--prune-after", "3s"]);
+  await using w = await World.create();
   // Two machines named twin: an old one, offline, and a new one, online.
   const old = await w.startAgent("twin", { stateDir: join(w.home, "twin-old") });
   await old.stop();
@@ -260,6 +259,8 @@ Deno.test("machines that are gone: rm (refused while online), pruning, and --onl
 
   // A machine offline longer than --prune-after is forgotten by the relay itself.
   await w.agents[1].stop();
+  await w.stopRelay();
+  await w.startRelay(["--prune-after", "1s"]);
   await w.waitMachines((ms) => ms.length === 0, 20_000);
 });
 

@@ -7,7 +7,7 @@ import { TetherError, usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
 import { dialTimeoutMs, readStoredConfig } from "../client/config.ts";
 import { defaultConfigDir } from "../common/paths.ts";
-import { collect, globals, parsePairs, untilSignal, warnTransport } from "./context.ts";
+import { type Act, collect, globals, parsePairs, untilSignal, warnTransport } from "./context.ts";
 
 function parseSize(text: string): number {
   const n = Number(text);
@@ -28,7 +28,7 @@ export function existingDir(path: string, flag: string): string {
   return abs;
 }
 
-export function registerAgent(program: Command) {
+export function registerAgent(program: Command, act: Act) {
   const agent = program.command("agent").description("run the agent on a target machine");
   agent.command("run")
     .description("dial the relay and serve commands (enrollment key from TETHER_AGENT_KEY)")
@@ -43,7 +43,7 @@ export function registerAgent(program: Command) {
       "how long an ended exec's output and exit status are kept (tether exec --attach)",
       "1h",
     )
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
       const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
@@ -70,5 +70,5 @@ export function registerAgent(program: Command) {
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);
       await a.stop();
-    });
+    }));
 }

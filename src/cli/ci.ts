@@ -43,11 +43,11 @@ import { defaultConfigDir } from "../common/paths.ts";
 import { visible } from "../common/text.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import {
+  type Act,
   clientConfig,
   collect,
   globals,
   parsePairs,
-  state,
   untilSignal,
   warnTransport,
 } from "./context.ts";
@@ -55,11 +55,11 @@ import { printJson, say, writeAll } from "./output.ts";
 
 const enc = new TextEncoder();
 
-export function registerCi(program: Command) {
+export function registerCi(program: Command, act: Act) {
   const ci = program.command("ci").description("pause a CI job and attach to its runner");
-  registerHold(ci);
-  registerAttach(ci);
-  registerInject(ci);
+  registerHold(ci, act);
+  registerAttach(ci, act);
+  registerInject(ci, act);
 }
 
 // ------------------------------------------------------------------ ci hold
@@ -89,7 +89,7 @@ before the first step. A job that already has a hold step is an error, as are an
 range, an unknown job, several jobs without --job, and a file that is not a workflow; then
 nothing is written.`;
 
-function registerHold(ci: Command) {
+function registerHold(ci: Command, act: Act) {
   ci.command("hold")
     .description(
       "pause this CI job: run an agent labelled ci=hold until the continue file appears " +
@@ -124,7 +124,7 @@ function registerHold(ci: Command) {
         .hideHelp(),
     )
     .addHelpText("after", HOLD_HELP)
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const connectTimeoutMs = parseDuration(opts.connectTimeout, "--connect-timeout");
       const sessionTtlMs = parseDuration(opts.sessionTtl, "--session-ttl");
@@ -185,8 +185,8 @@ function registerHold(ci: Command) {
         say: (line) => console.error(line),
       }, untilSignal());
       console.error(`tether: ${outcome.message}`);
-      state.exitCode = outcome.code;
-    });
+      return outcome.code;
+    }));
 }
 
 /** Escapes the data of a GitHub Actions workflow command. */
@@ -196,7 +196,7 @@ function escapeCommand(s: string): string {
 
 // ------------------------------------------------------------------ ci attach
 
-function registerAttach(ci: Command) {
+function registerAttach(ci: Command, act: Act) {
   ci.command("attach")
     .description(
       "wait for a held CI job, then attach to it (TTY) or print how to connect (no TTY, --json)",
@@ -205,7 +205,7 @@ function registerAttach(ci: Command) {
     .option("--wait <dur>", "how long to wait for the hold to be online", DEFAULT_ATTACH_WAIT)
     .option("--new", "start a new session instead of joining the hold's running one")
     .addHelpText("after", ATTACH_HELP)
-    .action(async (query, opts, cmd) => {
+    .action(act(async (query, opts, cmd) => {
       const g = globals(cmd);
       const waitMs = parseDuration(opts.wait, "--wait");
       const cfg = clientConfig(g);
@@ -243,10 +243,10 @@ function registerAttach(ci: Command) {
       if (!interactive) {
         client.close();
         printConnectionInfo(info, g.json);
-        return;
+        return 0;
       }
-      await attachToHold(cfg, client, target, !!opts.new, info);
-    });
+      return await attachToHold(cfg, client, target, !!opts.new, info);
+    }));
 }
 
 async function attachToHold(
@@ -255,7 +255,7 @@ async function attachToHold(
   target: MachineView,
   fresh: boolean,
   info: HoldConnectionInfo,
-): Promise<void> {
+): Promise<number> {
   const touch = `touch ${shellQuote(continueFileOf(target))}`;
   const status = say;
   try {
@@ -271,19 +271,19 @@ async function attachToHold(
     if (ended) {
       const why = ended.slice(HOLD_ENDED_NOTICE.length).replace(/^:\s*/, "");
       status(`\nthe CI hold on ${target.name} ended: ${why}; detached`);
-      state.exitCode = 0;
+      return 0;
     } else if (outcome.kind === "detach") {
       status(
         `\ndetached from session ${outcome.session} on ${target.name}; the job stays held. ` +
           `Reattach: tether ci attach ${shellQuote(target.name)} — resume the job: ${info.resume}`,
       );
-      state.exitCode = 0;
+      return 0;
     } else {
       status(
         `\nsession ${outcome.session} on ${target.name} ended (exit ${outcome.code}); ` +
           `the job stays held — resume it: ${info.resume}`,
       );
-      state.exitCode = outcome.code;
+      return outcome.code;
     }
   } catch (e) {
     // Found online a moment ago, offline now: the job ended before we got in.
@@ -371,7 +371,7 @@ class ProgressLines {
 
 // ------------------------------------------------------------------ ci inject
 
-function registerInject(ci: Command) {
+function registerInject(ci: Command, act: Act) {
   ci.command("inject")
     .description(
       "add a `tether ci hold` step after step N of a job in a GitHub Actions workflow, " +
@@ -390,7 +390,7 @@ function registerInject(ci: Command) {
         "not after a cancel); '' for none",
     )
     .addHelpText("after", INJECT_HELP)
-    .action(async (workflow, opts, cmd) => {
+    .action(act(async (workflow, opts, cmd) => {
       const g = globals(cmd);
       const afterStep = parseAfterStep(opts.afterStep);
       let source: string;
@@ -423,7 +423,7 @@ function registerInject(ci: Command) {
         return;
       }
       console.error(describeInjection(r, out ?? "stdout"));
-    });
+    }));
 }
 
 function describeInjection(r: InjectResult, where: string): string {

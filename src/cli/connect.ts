@@ -7,13 +7,13 @@ import { machineLabel } from "../client/prompt_picker.ts";
 import { loadPrompts } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
-import { clientConfig, collect, globals, parsePairs, state } from "./context.ts";
+import { type Act, clientConfig, collect, globals, parsePairs } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import { listMachines } from "./machines.ts";
 import { say } from "./output.ts";
 
-export function registerConnect(program: Command) {
+export function registerConnect(program: Command, act: Act) {
   program.command("connect")
     .description(
       "attach to a shell on a machine (Ctrl-D detaches, or --detach-key; the session keeps running)",
@@ -40,13 +40,12 @@ export function registerConnect(program: Command) {
         "remote as EOF (then leave by ending the remote shell)",
       "ctrl-d",
     )
-    .action(async (machine, opts, cmd) => {
+    .action(act(async (machine, opts, cmd) => {
       const g = globals(cmd);
       if (opts.list) {
         await listMachines(g, parsePairs(opts.selector, "--selector"));
         return;
       }
-      state.failureCode = 255;
       if (opts.session && opts.new) throw usage("--session and --new exclude each other");
       const detachKey = parseDetachKey(opts.detachKey);
       if (detachKey === undefined) {
@@ -87,8 +86,7 @@ export function registerConnect(program: Command) {
         if (!ok) {
           client.close();
           status("not attaching");
-          state.exitCode = 1;
-          return;
+          return 1;
         }
       }
       say(`resolving ${machine ?? target.name} ... `, "");
@@ -124,16 +122,15 @@ export function registerConnect(program: Command) {
           `\n${outcome.signal}: detached from session ${outcome.session} on ${target.name}; ` +
             `it keeps running. Reattach: tether connect ${target.name} --session ${outcome.session}`,
         );
-        state.exitCode = outcome.code;
+        return outcome.code;
       } else if (outcome.kind === "detach") {
         status(
           `\ndetached from session ${outcome.session} on ${target.name}; it keeps running ` +
             `for the agent's grace window. Reattach: tether connect ${target.name} --session ${outcome.session}`,
         );
-        state.exitCode = 0;
-      } else {
-        status(`\nsession ${outcome.session} on ${target.name} ended (exit ${outcome.code})`);
-        state.exitCode = outcome.code;
+        return 0;
       }
-    });
+      status(`\nsession ${outcome.session} on ${target.name} ended (exit ${outcome.code})`);
+      return outcome.code;
+    }, { failure: 255 }));
 }

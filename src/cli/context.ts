@@ -1,18 +1,21 @@
-/** What every command shares: global flags, the exit code, and the failure code. */
+/** What every command shares: global flags, the client configuration, option parsers. */
 import type { Command } from "@commander-js/extra-typings";
 import { usage } from "../common/errors.ts";
 import { type ClientConfig, type GlobalFlags, resolveClientConfig } from "../client/config.ts";
 import { checkTransport } from "../protocol/dial.ts";
 
-export const state = {
-  /** Exit code when the command returns normally. */
-  exitCode: 0,
-  /** Exit code when tether itself fails: 255 for exec and connect (as ssh), 1 otherwise. */
-  failureCode: 1,
-  json: false,
-  /** The argv main() was given (to see where `--` was). */
-  argv: [] as string[],
-};
+/** A command's action: it returns its exit status (nothing means 0) or throws. */
+export type Run<A extends unknown[]> = (...args: A) => Promise<number | void> | number | void;
+
+/**
+ * Turns a command's action into commander's, so that the status it returns reaches
+ * main(). `failure`: the exit status a failure of tether itself gets from this command —
+ * 255 for exec and connect, as ssh (other commands: 1; bad usage: always 2).
+ */
+export type Act = <A extends unknown[]>(
+  fn: Run<A>,
+  opts?: { failure?: number },
+) => (...args: A) => Promise<void>;
 
 export interface Globals extends GlobalFlags {
   json: boolean;
@@ -24,7 +27,6 @@ export function globals(cmd: Command<any, any, any>): Globals {
   // A command's own option (login --relay) and the global one (tether --relay login) agree.
   const o = cmd.optsWithGlobals() as Record<string, unknown>;
   const json = !!o.json;
-  state.json = json;
   return {
     relay: o.relay as string | undefined,
     apiKey: o.apiKey as string | undefined,
@@ -88,4 +90,14 @@ export function untilSignal(): Promise<Deno.Signal> {
       Deno.addSignalListener(sig, () => resolve(sig));
     }
   });
+}
+
+/** The arguments the whole command line was given (to see where `--` was). */
+// deno-lint-ignore no-explicit-any
+export function rawArgs(cmd: Command<any, any, any>): string[] {
+  // deno-lint-ignore no-explicit-any
+  let root: Command<any, any, any> = cmd;
+  while (root.parent) root = root.parent;
+  // Commander keeps them on the program it parsed with (not in its typings).
+  return (root as unknown as { rawArgs?: string[] }).rawArgs ?? [];
 }

@@ -8,7 +8,7 @@ import { authFor, chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
-import { clientConfig, collect, globals, parsePairs, state } from "./context.ts";
+import { type Act, clientConfig, collect, globals, parsePairs, rawArgs } from "./context.ts";
 import { asTetherError, printJson, say, writeAll } from "./output.ts";
 import { signalStatus } from "../common/signals.ts";
 
@@ -22,7 +22,7 @@ command; SIGTERM or SIGHUP to this client leave it running and say how to reatta
                                               stdout), then its exit code
   tether sessions box                         lists execs: running, exited N, lost`;
 
-export function registerExec(program: Command) {
+export function registerExec(program: Command, act: Act) {
   program.command("exec")
     .description("run one command on a machine (argv as given, no shell); exits with its code")
     .argument("[machine]", "machine id, name, hostname or unique prefix (or use -l)")
@@ -51,12 +51,9 @@ export function registerExec(program: Command) {
     .option("--online", "consider online machines only when resolving the name")
     .option("--password <password>", "the machine's password (also: stored, TETHER_PASSWORD)")
     .addHelpText("after", EXEC_HELP)
-    .action(async (machineArg, commandArgs, opts, cmd) => {
-      let machine = machineArg;
-      let command = commandArgs;
-      state.failureCode = 255;
+    .action(act(async (machineArg, commandArgs, opts, cmd) => {
       const g = globals(cmd);
-      ({ machine, command } = splitAtDashes(machine, command));
+      const { machine, command } = splitAtDashes(machineArg, commandArgs, rawArgs(cmd));
       const attachId = opts.attach;
       if (attachId !== undefined) {
         if (command.length > 0) throw usage("--attach watches a command; give none after --");
@@ -103,8 +100,7 @@ export function registerExec(program: Command) {
           timeoutMs,
         }, processTerminal());
         client.close();
-        state.exitCode = outcome.code;
-        return;
+        return outcome.code;
       }
       const events = opts.events ? new EventPrinter() : undefined;
       let brokenPipe = false;
@@ -181,7 +177,7 @@ export function registerExec(program: Command) {
           if (leftBy) {
             say(`tether: ${leftBy}: left exec ${result.id} running on ${target.name}; ${how}`);
             events?.emit({ type: "detached", exec: result.id, signal: leftBy });
-            state.exitCode = signalStatus(leftBy);
+            return signalStatus(leftBy);
           } else if (g.json || events) {
             const o = { exec: result.id, machine: target.name, machine_id: target.id };
             if (events) events.emit({ type: "detached", ...o });
@@ -190,25 +186,22 @@ export function registerExec(program: Command) {
             console.log(result.id);
             say(`tether: exec ${result.id} runs on ${target.name}; ${how}`);
           }
-          return;
+          return 0;
         }
         events?.emit({ type: "exit", code: result.code, signal: result.signal ?? null });
-        state.exitCode = result.code;
+        return result.code;
       } catch (e) {
-        if (brokenPipe) {
-          state.exitCode = 141; // as a process killed by SIGPIPE
-          return;
-        }
+        if (brokenPipe) return 141; // as a process killed by SIGPIPE
         if (!events) throw e;
         const err = asTetherError(e);
         events.flush();
         events.emit({ type: "error", error: err.toJSON() });
-        state.exitCode = 255;
+        return 255;
       } finally {
         for (const off of handlers) off();
         client.close();
       }
-    });
+    }, { failure: 255 }));
 }
 
 /** Which machine runs exec `id` (a unique prefix will do): asked of every machine's agent. */
@@ -246,10 +239,11 @@ function parseCount(text: string, flag: string): number {
 function splitAtDashes(
   machine: string | undefined,
   command: string[],
+  argv: string[],
 ): { machine: string | undefined; command: string[] } {
-  const dd = state.argv.indexOf("--");
+  const dd = argv.indexOf("--");
   if (dd < 0) return { machine, command };
-  const after = state.argv.slice(dd + 1);
+  const after = argv.slice(dd + 1);
   const all = machine === undefined ? command : [machine, ...command];
   const before = all.slice(0, all.length - after.length);
   if (before.length > 1) {

@@ -13,12 +13,12 @@ import { writePrivate } from "../common/files.ts";
 import { relayBase } from "../protocol/dial.ts";
 import { fetchPinned, normalizeFingerprint } from "../protocol/tls_pin.ts";
 import { RelayClient } from "../client/relay_client.ts";
-import { globals, warnTransport } from "./context.ts";
+import { type Act, globals, warnTransport } from "./context.ts";
 import { interactiveRequired } from "../client/prompt_gate.ts";
 import { loadPrompts } from "../client/select.ts";
 import { printJson } from "./output.ts";
 
-export function registerLogin(program: Command) {
+export function registerLogin(program: Command, act: Act) {
   program.command("login")
     .description("check and store the relay URL and API key (config file, mode 0600)")
     .option("--relay <url>", "the relay: wss://HOST[:PORT] (ws:// on loopback)")
@@ -35,7 +35,7 @@ export function registerLogin(program: Command) {
         "TETHER_API_KEY also serve).\nExample: tether login --relay wss://relay.example.com " +
         "--api-key tether_client_…",
     )
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       let relay = g.relay || Deno.env.get("TETHER_RELAY");
       let apiKey = g.apiKey || Deno.env.get("TETHER_API_KEY");
@@ -95,11 +95,11 @@ export function registerLogin(program: Command) {
         console.log(`logged in to ${relay} (workspace ${workspace}); saved to ${path}`);
         if (fingerprint) console.error(`the relay's CA ${fingerprint} is pinned in ${caFile}`);
       }
-    });
+    }));
 
   program.command("logout")
     .description("remove the stored relay URL and API key")
-    .action((_opts, cmd) => {
+    .action(act((_opts, cmd) => {
       const g = globals(cmd);
       const path = join(configDir(g), CONFIG_FILE);
       let removed = true;
@@ -111,5 +111,5 @@ export function registerLogin(program: Command) {
       }
       if (g.json) printJson({ config: path, removed });
       else console.log(removed ? `removed ${path}` : `nothing to remove (${path} does not exist)`);
-    });
+    }));
 }

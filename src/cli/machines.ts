@@ -3,12 +3,12 @@ import type { Command } from "@commander-js/extra-typings";
 import { RelayClient } from "../client/relay_client.ts";
 import { matchesSelector } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
-import { clientConfig, collect, type Globals, globals, parsePairs } from "./context.ts";
+import { type Act, clientConfig, collect, type Globals, globals, parsePairs } from "./context.ts";
 import { printJson, table } from "./output.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { visible } from "../common/text.ts";
 
-export function registerMachines(program: Command) {
+export function registerMachines(program: Command, act: Act) {
   const machines = program.command("machines")
     .description("list machines: id, name, hostname, online, heartbeat age, labels, sessions")
     .option(
@@ -17,14 +17,14 @@ export function registerMachines(program: Command) {
       collect,
       [] as string[],
     )
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       await listMachines(globals(cmd), parsePairs(opts.selector, "--selector"));
-    });
+    }));
 
   machines.command("rm")
     .description("remove an offline machine from the registry (its agent must enroll again)")
     .argument("<machine>", "machine id, name, hostname or unique prefix")
-    .action(async (query, _opts, cmd) => {
+    .action(act(async (query, _opts, cmd) => {
       const g = globals(cmd);
       const client = await RelayClient.connect(clientConfig(g));
       try {
@@ -35,7 +35,7 @@ export function registerMachines(program: Command) {
       } finally {
         client.close();
       }
-    });
+    }));
 }
 
 /** Prints the machines (table or JSON); shared by `machines` and `connect --list`. */

@@ -1,14 +1,16 @@
 /**
- * The command line. Commands parse and print; the work lives in the role
- * folders; every failure reaches this one place, which prints it and picks
- * the exit code (DESIGN: 2 for usage, 255 from exec/connect, else 1).
+ * The command line. Commands parse and print and return their exit status;
+ * the work lives in the role folders; every failure is thrown to this one
+ * place, which prints it (two human lines, or one JSON object) and exits with
+ * the status it carries (README "Configuration": 2 for usage, 255 from exec
+ * and connect, else 1).
  */
 import { Command, CommanderError } from "@commander-js/extra-typings";
 import { usage } from "../common/errors.ts";
 import { isCancelled } from "../client/prompt_gate.ts";
 import { VERSION } from "../protocol/version.ts";
 import { registerAgent } from "./agent.ts";
-import { state } from "./context.ts";
+import type { Act } from "./context.ts";
 import { registerCi } from "./ci.ts";
 import { registerConnect } from "./connect.ts";
 import { registerExec } from "./exec.ts";
@@ -20,7 +22,17 @@ import { registerRelay } from "./relay.ts";
 import { registerSessions } from "./sessions.ts";
 import { registerUp } from "./up.ts";
 
-export function buildProgram(): Command {
+/** The program, and the exit status of the command that ran (once it ran). */
+export function buildProgram(): { program: Command; status(): number } {
+  let status = 0;
+  const act: Act = (fn, opts = {}) => async (...args) => {
+    try {
+      status = (await fn(...args)) ?? 0;
+    } catch (e) {
+      if (opts.failure === undefined || e instanceof CommanderError || isCancelled(e)) throw e;
+      throw asTetherError(e).withStatus(opts.failure);
+    }
+  };
   const program = new Command("tether")
     .description("a remote shell through a relay: no open port, no SSH key, no IP to remember")
     .version(VERSION, "-V, --version", "print the version")
@@ -39,26 +51,26 @@ export function buildProgram(): Command {
     .showSuggestionAfterError(true)
     .exitOverride()
     .configureOutput({ outputError: () => {} });
-  registerUp(program);
-  registerRelay(program);
-  registerAgent(program);
-  registerLogin(program);
-  registerMachines(program);
-  registerConnect(program);
-  registerExec(program);
-  registerSessions(program);
-  registerPassword(program);
-  registerCi(program);
-  program.command("version").description("print the version (same as -V)").action(() => {
-    console.log(VERSION);
-  });
+  registerUp(program, act);
+  registerRelay(program, act);
+  registerAgent(program, act);
+  registerLogin(program, act);
+  registerMachines(program, act);
+  registerConnect(program, act);
+  registerExec(program, act);
+  registerSessions(program, act);
+  registerPassword(program, act);
+  registerCi(program, act);
+  program.command("version").description("print the version (same as -V)").action(
+    act(() => console.log(VERSION)),
+  );
   // Subcommands inherit exitOverride and the quiet error output.
   const quiet = (c: Command) => {
     c.exitOverride().configureOutput({ outputError: () => {} });
     for (const s of c.commands) quiet(s as Command);
   };
   quiet(program);
-  return program;
+  return { program, status: () => status };
 }
 
 const SUCCESS_CODES = new Set(["commander.helpDisplayed", "commander.version", "commander.help"]);
@@ -103,10 +115,10 @@ export async function main(argv: string[]): Promise<number> {
   const wantsJson = argv.slice(0, Math.max(0, argv.indexOf("--")) || argv.length).includes(
     "--json",
   );
-  state.argv = argv;
+  const { program, status } = buildProgram();
   try {
-    await buildProgram().parseAsync(argv, { from: "user" });
-    return state.exitCode;
+    await program.parseAsync(argv, { from: "user" });
+    return status();
   } catch (e) {
     if (e instanceof CommanderError) {
       if (SUCCESS_CODES.has(e.code)) return 0;
@@ -119,7 +131,7 @@ export async function main(argv: string[]): Promise<number> {
       return e.exitCode;
     }
     const err = asTetherError(e);
-    printError(err, wantsJson || state.json);
-    return err.code === "usage" ? 2 : state.failureCode;
+    printError(err, wantsJson);
+    return err.exitStatus;
   }
 }

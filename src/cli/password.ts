@@ -9,7 +9,7 @@ import { resolveMachine } from "../client/resolve.ts";
 import { loadPrompts } from "../client/select.ts";
 import { TetherError } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
-import { clientConfig, type Globals, globals } from "./context.ts";
+import { type Act, clientConfig, type Globals, globals } from "./context.ts";
 import { printJson } from "./output.ts";
 
 /** A password from a terminal prompt (asked twice when `confirm`), or from piped stdin. */
@@ -34,14 +34,14 @@ async function readPassword(g: Globals, label: string, confirm: boolean): Promis
   return pw;
 }
 
-export function registerPassword(program: Command) {
+export function registerPassword(program: Command, act: Act) {
   const password = program.command("password").description("machine passwords");
 
   password.command("set")
     .description("set this machine's password (agent host; asked on a TTY or read from stdin)")
     .option("--state-dir <dir>", "the agent's state dir")
     .option("--clear", "remove the password")
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const dir = opts.stateDir || defaultAgentStateDir();
       if (opts.clear) {
@@ -55,13 +55,13 @@ export function registerPassword(program: Command) {
       else {
         console.log(`password set in ${dir}; every exec and attach must now pass it`);
       }
-    });
+    }));
 
   password.command("save")
     .description("store a machine's password for this client (config dir, mode 0600)")
     .argument("<machine>", "machine id, name, hostname or unique prefix")
     .option("--clear", "forget the stored password")
-    .action(async (machine, opts, cmd) => {
+    .action(act(async (machine, opts, cmd) => {
       const g = globals(cmd);
       const cfg = clientConfig(g);
       const client = await RelayClient.connect(cfg);
@@ -77,5 +77,5 @@ export function registerPassword(program: Command) {
               : `saved the password of ${target.name}`,
           ),
         );}
-    });
+    }));
 }

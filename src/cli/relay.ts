@@ -6,7 +6,7 @@ import { TetherError, usage } from "../common/errors.ts";
 import { defaultDataDir } from "../common/paths.ts";
 import { startRelay } from "../relay/server.ts";
 import { Store } from "../relay/store.ts";
-import { collect, globals, parseListen, untilSignal } from "./context.ts";
+import { type Act, collect, globals, parseListen, untilSignal } from "./context.ts";
 import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
 
@@ -20,7 +20,7 @@ function openStore(dataDir: string | undefined): Store {
   return new Store(dataDir || defaultRelayDataDir());
 }
 
-export function registerRelay(program: Command) {
+export function registerRelay(program: Command, act: Act) {
   const relay = program.command("relay").description("run a relay, or administer its data dir");
 
   relay.command("serve")
@@ -41,7 +41,7 @@ export function registerRelay(program: Command) {
       [] as string[],
     )
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
       if (opts.tlsSelfSigned && opts.tlsCert) {
@@ -85,13 +85,13 @@ export function registerRelay(program: Command) {
       }
       await Promise.race([untilSignal(), r.finished]);
       await r.shutdown();
-    });
+    }));
 
   relay.command("init")
     .description("create a workspace (default: 'default') and mint one client and one agent key")
     .option("--data-dir <dir>", "the relay's data dir")
     .option("--workspace <name>", "workspace name", "default")
-    .action((opts, cmd) => {
+    .action(act((opts, cmd) => {
       const g = globals(cmd);
       const store = openStore(opts.dataDir);
       try {
@@ -109,13 +109,13 @@ export function registerRelay(program: Command) {
       } finally {
         store.close();
       }
-    });
+    }));
 
   relay.command("audit")
     .description("show the audit log: every exec and attach, who, where, bytes, exit")
     .option("--data-dir <dir>", "the relay's data dir")
     .option("--limit <n>", "newest N entries", "1000")
-    .action((opts, cmd) => {
+    .action(act((opts, cmd) => {
       const g = globals(cmd);
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1) throw usage(`invalid --limit '${opts.limit}'`);
@@ -146,7 +146,7 @@ export function registerRelay(program: Command) {
       } finally {
         store.close();
       }
-    });
+    }));
 
   const keys = relay.command("keys").description("manage API and enrollment keys");
 
@@ -155,7 +155,7 @@ export function registerRelay(program: Command) {
     .requiredOption("--workspace <name>", "workspace the key belongs to")
     .requiredOption("--role <role>", "client or agent")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action((opts, cmd) => {
+    .action(act((opts, cmd) => {
       const g = globals(cmd);
       if (opts.role !== "client" && opts.role !== "agent") {
         throw usage(`--role must be client or agent, not '${opts.role}'`);
@@ -171,12 +171,12 @@ export function registerRelay(program: Command) {
       } finally {
         store.close();
       }
-    });
+    }));
 
   keys.command("list")
     .description("list keys (never their secrets)")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action((opts, cmd) => {
+    .action(act((opts, cmd) => {
       const g = globals(cmd);
       const store = openStore(opts.dataDir);
       try {
@@ -209,13 +209,13 @@ export function registerRelay(program: Command) {
       } finally {
         store.close();
       }
-    });
+    }));
 
   keys.command("revoke")
     .description("revoke a key: refused from now on, its connections closed")
     .argument("<id>", "key id (see `relay keys list`)")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action((id, opts, cmd) => {
+    .action(act((id, opts, cmd) => {
       const g = globals(cmd);
       const store = openStore(opts.dataDir);
       try {
@@ -229,5 +229,5 @@ export function registerRelay(program: Command) {
       } finally {
         store.close();
       }
-    });
+    }));
 }

@@ -4,7 +4,7 @@ import { RelayClient, type SessionView } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
-import { clientConfig, collect, globals, parsePairs } from "./context.ts";
+import { type Act, clientConfig, collect, globals, parsePairs } from "./context.ts";
 import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 import { visible } from "../common/text.ts";
@@ -24,7 +24,7 @@ function stateOf(s: SessionView): string {
   }
 }
 
-export function registerSessions(program: Command) {
+export function registerSessions(program: Command, act: Act) {
   const sessions = program.command("sessions")
     .description("list sessions and execs (all machines, or one), or end one")
     .argument("[machine]", "only this machine's sessions")
@@ -34,7 +34,7 @@ export function registerSessions(program: Command) {
       collect,
       [] as string[],
     )
-    .action(async (machine, opts, cmd) => {
+    .action(act(async (machine, opts, cmd) => {
       const g = globals(cmd);
       const selector = parsePairs(opts.selector, "--selector");
       const client = await RelayClient.connect(clientConfig(g));
@@ -65,12 +65,12 @@ export function registerSessions(program: Command) {
           s.command,
         ]),
       ));
-    });
+    }));
 
   sessions.command("kill")
     .description("end a session or a running exec, and its processes")
     .argument("<id>", "session id (or a unique prefix)")
-    .action(async (id, _opts, cmd) => {
+    .action(act(async (id, _opts, cmd) => {
       const g = globals(cmd);
       const client = await RelayClient.connect(clientConfig(g));
       const hits = (await client.sessions()).filter((s) => s.id === id || s.id.startsWith(id));
@@ -87,5 +87,5 @@ export function registerSessions(program: Command) {
       client.close();
       if (g.json) printJson({ killed: s.id, machine: s.machine });
       else console.log(visible(`ended session ${s.id} on ${s.machine}`));
-    });
+    }));
 }

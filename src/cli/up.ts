@@ -12,19 +12,19 @@ import { defaultDataDir } from "../common/paths.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { startRelay } from "../relay/server.ts";
 import type { Store } from "../relay/store.ts";
-import { globals, parseListen, untilSignal } from "./context.ts";
+import { type Act, globals, parseListen, untilSignal } from "./context.ts";
 import { DEFAULT_LISTEN } from "./relay.ts";
 import { printJson } from "./output.ts";
 
 const WORKSPACE = "default";
 
-export function registerUp(program: Command) {
+export function registerUp(program: Command, act: Act) {
   program.command("up")
     .description("run a local relay and an agent for this machine, and point the client at them")
     .option("--listen <host:port>", "relay address", DEFAULT_LISTEN)
     .option("--data-dir <dir>", "where the relay and agent keep their state")
     .option("--name <name>", "this machine's name (default: the hostname)")
-    .action(async (opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const dataDir = opts.dataDir || defaultDataDir();
       const stateDir = join(dataDir, "agent");
@@ -72,7 +72,7 @@ export function registerUp(program: Command) {
       await agent.stop();
       await relay.shutdown();
       await running.catch(() => {});
-    });
+    }));
 }
 
 /** The configured client key if this relay still accepts it. */

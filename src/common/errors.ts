@@ -67,11 +67,22 @@ export class TetherError extends Error {
   readonly candidates?: Candidate[];
   /** For `rate_limited`: how long the other side asked us to wait. */
   readonly retryAfterMs?: number;
+  /**
+   * The exit status the failing command's role implies (255 from exec and connect, as
+   * ssh); unset, the CLI exits 2 for `usage` and 1 otherwise.
+   */
+  readonly status?: number;
 
   constructor(
     code: ErrorCode,
     message: string,
-    opts: { hint?: string; candidates?: Candidate[]; cause?: unknown; retryAfterMs?: number } = {},
+    opts: {
+      hint?: string;
+      candidates?: Candidate[];
+      cause?: unknown;
+      retryAfterMs?: number;
+      status?: number;
+    } = {},
   ) {
     super(message, { cause: opts.cause });
     this.name = "TetherError";
@@ -79,6 +90,24 @@ export class TetherError extends Error {
     this.hint = opts.hint;
     this.candidates = opts.candidates;
     this.retryAfterMs = opts.retryAfterMs;
+    this.status = opts.status;
+  }
+
+  /** This error, failing a command whose role implies exit status `status`. */
+  withStatus(status: number): TetherError {
+    if (this.code === "usage" || this.status !== undefined) return this;
+    return new TetherError(this.code, this.message, {
+      hint: this.hint,
+      candidates: this.candidates,
+      cause: this.cause,
+      retryAfterMs: this.retryAfterMs,
+      status,
+    });
+  }
+
+  /** The exit status for this failure. */
+  get exitStatus(): number {
+    return this.status ?? (this.code === "usage" ? 2 : 1);
   }
 
   toJSON(): { code: ErrorCode; message: string; hint?: string; candidates?: Candidate[] } {
