@@ -6,11 +6,16 @@
 /** Time between SIGTERM and SIGKILL when a process group is ended. */
 export const KILL_GRACE_MS = 2_000;
 
-/** Sends `sig` to the whole process group led by `pid`; quiet if it is gone. */
-export function killGroup(pid: number, sig: Deno.Signal): void {
+/**
+ * Sends `sig` to the whole process group led by `pid`; quiet if it is gone. If there is
+ * no such group, to `pid` alone — unless `leaderAlive` is false: a reaped pid may be
+ * someone else's by now.
+ */
+export function killGroup(pid: number, sig: Deno.Signal, leaderAlive = true): void {
   try {
     Deno.kill(-pid, sig);
   } catch {
+    if (!leaderAlive) return;
     try {
       Deno.kill(pid, sig);
     } catch { /* already gone */ }

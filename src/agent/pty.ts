@@ -40,6 +40,9 @@
  * ```
  */
 
+import { signalName } from "../common/signals.ts";
+import { killGroup } from "./process_group.ts";
+
 /** How a Pty child is started. */
 export interface PtyOptions {
   /** Program and arguments. `argv[0]` is looked up in the child's `PATH` if it has no `/`. */
@@ -104,41 +107,6 @@ const X_OK = 1;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const POSIX_SPAWN_SETSID = 0x80;
-
-/** Signal names by number on Linux x86_64/aarch64. */
-const SIGNAL_NAMES: Record<number, string> = {
-  1: "SIGHUP",
-  2: "SIGINT",
-  3: "SIGQUIT",
-  4: "SIGILL",
-  5: "SIGTRAP",
-  6: "SIGABRT",
-  7: "SIGBUS",
-  8: "SIGFPE",
-  9: "SIGKILL",
-  10: "SIGUSR1",
-  11: "SIGSEGV",
-  12: "SIGUSR2",
-  13: "SIGPIPE",
-  14: "SIGALRM",
-  15: "SIGTERM",
-  16: "SIGSTKFLT",
-  17: "SIGCHLD",
-  18: "SIGCONT",
-  19: "SIGSTOP",
-  20: "SIGTSTP",
-  21: "SIGTTIN",
-  22: "SIGTTOU",
-  23: "SIGURG",
-  24: "SIGXCPU",
-  25: "SIGXFSZ",
-  26: "SIGVTALRM",
-  27: "SIGPROF",
-  28: "SIGWINCH",
-  29: "SIGIO",
-  30: "SIGPWR",
-  31: "SIGSYS",
-};
 
 const SYMBOLS = {
   posix_openpt: { parameters: ["i32"], result: "i32" },
@@ -386,7 +354,7 @@ let listening = false;
 function decodeStatus(status: number): PtyExit {
   const sig = status & 0x7f;
   if (sig === 0) return { code: (status >> 8) & 0xff, signal: null };
-  return { code: 128 + sig, signal: SIGNAL_NAMES[sig] ?? `SIG${sig}` };
+  return { code: 128 + sig, signal: signalName(sig) };
 }
 
 function reapWatched(): void {
@@ -796,15 +764,7 @@ export class Pty {
    * is gone.
    */
   kill(signal: Deno.Signal = "SIGTERM"): void {
-    try {
-      Deno.kill(-this.pid, signal);
-    } catch {
-      if (!this.#exit) {
-        try {
-          Deno.kill(this.pid, signal);
-        } catch { /* already gone */ }
-      }
-    }
+    killGroup(this.pid, signal, !this.#exit);
   }
 
   /**

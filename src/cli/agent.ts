@@ -3,11 +3,10 @@ import type { Command } from "@commander-js/extra-typings";
 import { resolve } from "node:path";
 import { Agent } from "../agent/agent.ts";
 import { parseDuration } from "../common/duration.ts";
-import { TetherError, usage } from "../common/errors.ts";
+import { usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
-import { dialTimeoutMs, readStoredConfig } from "../client/config.ts";
-import { defaultConfigDir } from "../common/paths.ts";
-import { type Act, collect, globals, parsePairs, untilSignal, warnTransport } from "./context.ts";
+import { dialTimeoutMs } from "../client/config.ts";
+import { type Act, agentRelay, collect, globals, parsePairs, untilSignal } from "./context.ts";
 
 function parseSize(text: string): number {
   const n = Number(text);
@@ -46,14 +45,7 @@ export function registerAgent(program: Command, act: Act) {
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
-      const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
-        readStoredConfig(g.configDir || defaultConfigDir()).relay;
-      if (!relay) {
-        throw new TetherError("not_configured", "no relay URL for the agent", {
-          hint: "pass --relay URL or set TETHER_RELAY",
-        });
-      }
-      warnTransport(relay, g.insecure);
+      const relay = agentRelay(g, "agent", "pass --relay URL or set TETHER_RELAY");
       const a = new Agent({
         insecure: g.insecure,
         relay,

@@ -35,23 +35,23 @@ import {
   parseAfterStep,
 } from "../ci/inject.ts";
 import { gone, waitForHold, type WaitProgress } from "../ci/wait.ts";
-import { type ClientConfig, dialTimeoutMs, readStoredConfig } from "../client/config.ts";
+import { type ClientConfig, dialTimeoutMs } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
-import { defaultConfigDir } from "../common/paths.ts";
 import { visible } from "../common/text.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import {
   type Act,
+  agentRelay,
   clientConfig,
   collect,
   globals,
   parsePairs,
   untilSignal,
-  warnTransport,
 } from "./context.ts";
-import { printJson, say, writeAll } from "./output.ts";
+import { printJson, say } from "./output.ts";
+import { writeAll } from "../common/bytes.ts";
 
 const enc = new TextEncoder();
 
@@ -131,14 +131,11 @@ function registerHold(ci: Command, act: Act) {
       const reminderMs = Math.max(1000, parseDuration(opts.reminder, "--reminder"));
       const pollMs = Math.max(1, parseDuration(opts.poll, "--poll"));
       const extra = parsePairs(opts.label, "--label");
-      const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
-        readStoredConfig(g.configDir || defaultConfigDir()).relay;
-      if (!relay) {
-        throw new TetherError("not_configured", "no relay URL for the hold", {
-          hint: "set TETHER_RELAY (on GitHub Actions: from the repository secret TETHER_RELAY)",
-        });
-      }
-      warnTransport(relay, g.insecure);
+      const relay = agentRelay(
+        g,
+        "hold",
+        "set TETHER_RELAY (on GitHub Actions: from the repository secret TETHER_RELAY)",
+      );
       const enrollKey = Deno.env.get("TETHER_AGENT_KEY");
       // The attached shells inherit this process's environment: keep the enrollment key out.
       Deno.env.delete("TETHER_AGENT_KEY");

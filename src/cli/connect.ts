@@ -6,7 +6,7 @@ import { noMachineGiven, requirePrompt } from "../client/prompt_gate.ts";
 import { machineLabel } from "../client/prompt_picker.ts";
 import { loadPrompts } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
-import { TetherError, usage } from "../common/errors.ts";
+import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { type Act, clientConfig, collect, globals, parsePairs } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { attachWithBanner } from "./attach_banner.ts";
@@ -92,15 +92,7 @@ export function registerConnect(program: Command, act: Act) {
       say(`resolving ${machine ?? target.name} ... `, "");
       if (!target.online) {
         status("offline");
-        throw new TetherError(
-          "machine_offline",
-          `machine ${target.name} (${target.id.slice(0, 8)}) is offline`,
-          {
-            hint: `last seen ${
-              formatAge(target.heartbeat_age_ms)
-            } ago; start its agent or pick another machine`,
-          },
-        );
+        throw machineOffline(target, formatAge(target.heartbeat_age_ms));
       }
       status(`ok (id ${target.id.slice(0, 8)}, online ${formatAge(target.heartbeat_age_ms)})`);
 

@@ -1,8 +1,15 @@
 /** What every command shares: global flags, the client configuration, option parsers. */
 import type { Command } from "@commander-js/extra-typings";
-import { usage } from "../common/errors.ts";
-import { type ClientConfig, type GlobalFlags, resolveClientConfig } from "../client/config.ts";
+import { TetherError, usage } from "../common/errors.ts";
+import { defaultConfigDir } from "../common/paths.ts";
+import {
+  type ClientConfig,
+  type GlobalFlags,
+  readStoredConfig,
+  resolveClientConfig,
+} from "../client/config.ts";
 import { checkTransport } from "../protocol/dial.ts";
+import { RelayClient } from "../client/relay_client.ts";
 
 /** A command's action: it returns its exit status (nothing means 0) or throws. */
 export type Run<A extends unknown[]> = (...args: A) => Promise<number | void> | number | void;
@@ -100,4 +107,29 @@ export function rawArgs(cmd: Command<any, any, any>): string[] {
   while (root.parent) root = root.parent;
   // Commander keeps them on the program it parsed with (not in its typings).
   return (root as unknown as { rawArgs?: string[] }).rawArgs ?? [];
+}
+
+/**
+ * The relay an agent (or a CI hold) dials: --relay, TETHER_RELAY, or the stored config;
+ * `not_configured` (with `hint`) without one. The transport policy applies.
+ */
+export function agentRelay(g: Globals, who: string, hint: string): string {
+  const relay = g.relay || Deno.env.get("TETHER_RELAY") ||
+    readStoredConfig(g.configDir || defaultConfigDir()).relay;
+  if (!relay) throw new TetherError("not_configured", `no relay URL for the ${who}`, { hint });
+  warnTransport(relay, g.insecure);
+  return relay;
+}
+
+/** Runs `fn` with a connection to the relay, closed afterwards whatever happens. */
+export async function withClient<T>(
+  g: Globals,
+  fn: (client: RelayClient) => Promise<T>,
+): Promise<T> {
+  const client = await RelayClient.connect(clientConfig(g));
+  try {
+    return await fn(client);
+  } finally {
+    client.close();
+  }
 }

@@ -6,11 +6,13 @@ import { runExec } from "../client/exec.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { authFor, chooseMachine } from "./target.ts";
 import { parseDuration } from "../common/duration.ts";
-import { TetherError, usage } from "../common/errors.ts";
+import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
 import { type Act, clientConfig, collect, globals, parsePairs, rawArgs } from "./context.ts";
-import { asTetherError, printJson, say, writeAll } from "./output.ts";
+import { asTetherError, printJson, say } from "./output.ts";
+import { writeAll } from "../common/bytes.ts";
 import { signalStatus } from "../common/signals.ts";
+import { concatBytes } from "../common/bytes.ts";
 
 const EXEC_HELP = `
 Every exec runs on when its client goes away (a dropped network is resumed by itself,
@@ -76,15 +78,7 @@ export function registerExec(program: Command, act: Act) {
       const target = attachId !== undefined && !machine && opts.selector.length === 0
         ? await machineOfExec(client, attachId)
         : (await chooseMachine(client, g, machine, opts)).machine;
-      if (!target.online) {
-        throw new TetherError(
-          "machine_offline",
-          `machine ${target.name} (${target.id.slice(0, 8)}) is offline`,
-          {
-            hint: "start its agent, or pick another machine with `tether machines`",
-          },
-        );
-      }
+      if (!target.online) throw machineOffline(target);
 
       const auth = authFor(cfg, client, target, opts.password, g);
       if (opts.tty) {
@@ -270,7 +264,7 @@ class EventPrinter {
 
   data(ch: number, chunk: Uint8Array): void {
     const type = ch === CH_STDOUT ? "stdout" : "stderr";
-    const bytes = concat(this.tails[ch], chunk);
+    const bytes = this.tails[ch].length ? concatBytes([this.tails[ch], chunk]) : chunk;
     const cut = incompleteTail(bytes);
     this.tails[ch] = bytes.slice(bytes.length - cut);
     this.write(type, bytes.subarray(0, bytes.length - cut));
@@ -292,14 +286,6 @@ class EventPrinter {
       this.emit({ type, data: bytes.toBase64(), encoding: "base64" });
     }
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b;
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 /**

@@ -1,9 +1,8 @@
 /** `tether machines`: the workspace's machines, as a table or JSON. */
 import type { Command } from "@commander-js/extra-typings";
-import { RelayClient } from "../client/relay_client.ts";
 import { matchesSelector } from "../client/select.ts";
 import { formatAge } from "../common/duration.ts";
-import { type Act, clientConfig, collect, type Globals, globals, parsePairs } from "./context.ts";
+import { type Act, collect, type Globals, globals, parsePairs, withClient } from "./context.ts";
 import { printJson, table } from "./output.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { visible } from "../common/text.ts";
@@ -26,23 +25,18 @@ export function registerMachines(program: Command, act: Act) {
     .argument("<machine>", "machine id, name, hostname or unique prefix")
     .action(act(async (query, _opts, cmd) => {
       const g = globals(cmd);
-      const client = await RelayClient.connect(clientConfig(g));
-      try {
+      const r = await withClient(g, async (client) => {
         const target = resolveMachine(await client.machines(), query);
-        const r = await client.removeMachine(target.id);
-        if (g.json) printJson({ removed: r.removed, name: r.name });
-        else console.log(visible(`removed machine ${r.name} (${r.removed})`));
-      } finally {
-        client.close();
-      }
+        return await client.removeMachine(target.id);
+      });
+      if (g.json) printJson({ removed: r.removed, name: r.name });
+      else console.log(visible(`removed machine ${r.name} (${r.removed})`));
     }));
 }
 
 /** Prints the machines (table or JSON); shared by `machines` and `connect --list`. */
 export async function listMachines(g: Globals, selector: Record<string, string>): Promise<void> {
-  const client = await RelayClient.connect(clientConfig(g));
-  const all = await client.machines();
-  client.close();
+  const all = await withClient(g, (client) => client.machines());
   const ms = all.filter((m) => matchesSelector(m, selector));
   if (g.json) {
     printJson(ms.map((m) => ({

@@ -8,11 +8,6 @@ import { visible } from "../common/text.ts";
 
 const enc = new TextEncoder();
 
-export async function writeAll(w: { write(p: Uint8Array): Promise<number> }, data: Uint8Array) {
-  let off = 0;
-  while (off < data.length) off += await w.write(data.subarray(off));
-}
-
 /**
  * A human status line on stderr (`end` "" leaves the line open, as for `resolving … `).
  * Each line is passed through visible(): status lines quote names others chose.

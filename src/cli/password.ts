@@ -4,12 +4,11 @@ import type { Command } from "@commander-js/extra-typings";
 import { clearPassword, setPassword } from "../agent/password.ts";
 import { savePassword } from "../client/machine_auth.ts";
 import { passwordRequired } from "../client/prompt_gate.ts";
-import { RelayClient } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { loadPrompts } from "../client/select.ts";
 import { TetherError } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
-import { type Act, clientConfig, type Globals, globals } from "./context.ts";
+import { type Act, clientConfig, type Globals, globals, withClient } from "./context.ts";
 import { printJson } from "./output.ts";
 
 /** A password from a terminal prompt (asked twice when `confirm`), or from piped stdin. */
@@ -64,9 +63,7 @@ export function registerPassword(program: Command, act: Act) {
     .action(act(async (machine, opts, cmd) => {
       const g = globals(cmd);
       const cfg = clientConfig(g);
-      const client = await RelayClient.connect(cfg);
-      const target = resolveMachine(await client.machines(), machine);
-      client.close();
+      const target = await withClient(g, async (c) => resolveMachine(await c.machines(), machine));
       const pw = opts.clear ? null : await readPassword(g, `save ${machine}`, false);
       savePassword(cfg.configDir, target.id, pw);
       if (g.json) printJson({ machine: target.id, name: target.name, saved: pw !== null });

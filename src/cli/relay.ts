@@ -16,8 +16,14 @@ export function defaultRelayDataDir(): string {
   return join(defaultDataDir(), "relay");
 }
 
-function openStore(dataDir: string | undefined): Store {
-  return new Store(dataDir || defaultRelayDataDir());
+/** Runs `fn` on the relay's store (offline admin), closed afterwards whatever happens. */
+function withStore<T>(dataDir: string | undefined, fn: (store: Store) => T): T {
+  const store = new Store(dataDir || defaultRelayDataDir());
+  try {
+    return fn(store);
+  } finally {
+    store.close();
+  }
 }
 
 export function registerRelay(program: Command, act: Act) {
@@ -93,8 +99,7 @@ export function registerRelay(program: Command, act: Act) {
     .option("--workspace <name>", "workspace name", "default")
     .action(act((opts, cmd) => {
       const g = globals(cmd);
-      const store = openStore(opts.dataDir);
-      try {
+      withStore(opts.dataDir, (store) => {
         store.ensureWorkspace(opts.workspace);
         const client = store.createKey(opts.workspace, "client");
         const agent = store.createKey(opts.workspace, "agent");
@@ -106,9 +111,7 @@ export function registerRelay(program: Command, act: Act) {
           console.log(`agent key (for TETHER_AGENT_KEY):               ${agent.key}`);
           console.error("These keys are shown once; the relay stores only their hashes.");
         }
-      } finally {
-        store.close();
-      }
+      });
     }));
 
   relay.command("audit")
@@ -119,8 +122,7 @@ export function registerRelay(program: Command, act: Act) {
       const g = globals(cmd);
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1) throw usage(`invalid --limit '${opts.limit}'`);
-      const store = openStore(opts.dataDir);
-      try {
+      withStore(opts.dataDir, (store) => {
         const rows = store.listAudit(limit);
         const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
         if (g.json) {
@@ -143,9 +145,7 @@ export function registerRelay(program: Command, act: Act) {
             r.error ?? (r.exit_code !== null ? `exit ${r.exit_code}` : "-"),
           ]),
         ));
-      } finally {
-        store.close();
-      }
+      });
     }));
 
   const keys = relay.command("keys").description("manage API and enrollment keys");
@@ -157,20 +157,18 @@ export function registerRelay(program: Command, act: Act) {
     .option("--data-dir <dir>", "the relay's data dir")
     .action(act((opts, cmd) => {
       const g = globals(cmd);
-      if (opts.role !== "client" && opts.role !== "agent") {
-        throw usage(`--role must be client or agent, not '${opts.role}'`);
+      const role = opts.role;
+      if (role !== "client" && role !== "agent") {
+        throw usage(`--role must be client or agent, not '${role}'`);
       }
-      const store = openStore(opts.dataDir);
-      try {
-        const k = store.createKey(opts.workspace, opts.role);
+      withStore(opts.dataDir, (store) => {
+        const k = store.createKey(opts.workspace, role);
         if (g.json) printJson({ id: k.id, key: k.key, role: k.role, workspace: k.workspace });
         else {
           console.log(k.key);
           console.error(`key ${k.id} (${k.role}, workspace ${k.workspace}); shown once`);
         }
-      } finally {
-        store.close();
-      }
+      });
     }));
 
   keys.command("list")
@@ -178,8 +176,7 @@ export function registerRelay(program: Command, act: Act) {
     .option("--data-dir <dir>", "the relay's data dir")
     .action(act((opts, cmd) => {
       const g = globals(cmd);
-      const store = openStore(opts.dataDir);
-      try {
+      withStore(opts.dataDir, (store) => {
         const rows = store.listKeys();
         const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
         if (g.json) {
@@ -206,9 +203,7 @@ export function registerRelay(program: Command, act: Act) {
             k.revoked_at ? "revoked" : "active",
           ]),
         ));
-      } finally {
-        store.close();
-      }
+      });
     }));
 
   keys.command("revoke")
@@ -217,8 +212,7 @@ export function registerRelay(program: Command, act: Act) {
     .option("--data-dir <dir>", "the relay's data dir")
     .action(act((id, opts, cmd) => {
       const g = globals(cmd);
-      const store = openStore(opts.dataDir);
-      try {
+      withStore(opts.dataDir, (store) => {
         if (!store.revokeKey(id)) {
           throw new TetherError("usage", `no key with id '${id}'`, {
             hint: "list keys with `tether relay keys list`",
@@ -226,8 +220,6 @@ export function registerRelay(program: Command, act: Act) {
         }
         if (g.json) printJson({ id, revoked: true });
         else console.log(`revoked key ${id}`);
-      } finally {
-        store.close();
-      }
+      });
     }));
 }

@@ -1,10 +1,10 @@
 /** `tether sessions [MACHINE]` and `tether sessions kill ID`. */
 import type { Command } from "@commander-js/extra-typings";
-import { RelayClient, type SessionView } from "../client/relay_client.ts";
+import type { SessionView } from "../client/relay_client.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { formatAge } from "../common/duration.ts";
 import { TetherError } from "../common/errors.ts";
-import { type Act, clientConfig, collect, globals, parsePairs } from "./context.ts";
+import { type Act, collect, globals, parsePairs, withClient } from "./context.ts";
 import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 import { visible } from "../common/text.ts";
@@ -37,12 +37,12 @@ export function registerSessions(program: Command, act: Act) {
     .action(act(async (machine, opts, cmd) => {
       const g = globals(cmd);
       const selector = parsePairs(opts.selector, "--selector");
-      const client = await RelayClient.connect(clientConfig(g));
-      const machines = (await client.machines()).filter((m) => matchesSelector(m, selector));
-      const machineId = machine ? resolveMachine(machines, machine).id : undefined;
-      const wanted = new Set(machines.map((m) => m.id));
-      const list = (await client.sessions(machineId)).filter((s) => wanted.has(s.machine_id));
-      client.close();
+      const list = await withClient(g, async (client) => {
+        const machines = (await client.machines()).filter((m) => matchesSelector(m, selector));
+        const machineId = machine ? resolveMachine(machines, machine).id : undefined;
+        const wanted = new Set(machines.map((m) => m.id));
+        return (await client.sessions(machineId)).filter((s) => wanted.has(s.machine_id));
+      });
       if (g.json) {
         printJson(list);
         return;
@@ -72,19 +72,18 @@ export function registerSessions(program: Command, act: Act) {
     .argument("<id>", "session id (or a unique prefix)")
     .action(act(async (id, _opts, cmd) => {
       const g = globals(cmd);
-      const client = await RelayClient.connect(clientConfig(g));
-      const hits = (await client.sessions()).filter((s) => s.id === id || s.id.startsWith(id));
-      if (hits.length !== 1) {
-        client.close();
-        throw new TetherError(
-          "session_not_found",
-          hits.length ? `'${id}' matches ${hits.length} sessions` : `no session '${id}'`,
-          { hint: "list sessions with `tether sessions`" },
-        );
-      }
-      const s = hits[0];
-      await client.killSession(s.machine_id, s.id);
-      client.close();
+      const s = await withClient(g, async (client) => {
+        const hits = (await client.sessions()).filter((s) => s.id === id || s.id.startsWith(id));
+        if (hits.length !== 1) {
+          throw new TetherError(
+            "session_not_found",
+            hits.length ? `'${id}' matches ${hits.length} sessions` : `no session '${id}'`,
+            { hint: "list sessions with `tether sessions`" },
+          );
+        }
+        await client.killSession(hits[0].machine_id, hits[0].id);
+        return hits[0];
+      });
       if (g.json) printJson({ killed: s.id, machine: s.machine });
       else console.log(visible(`ended session ${s.id} on ${s.machine}`));
     }));

@@ -6,6 +6,7 @@
  * from the last offset received, so nothing is lost or shown twice.
  */
 import { backoff, delay } from "../common/async.ts";
+import { concatBytes, writeAll } from "../common/bytes.ts";
 import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { signalStatus } from "../common/signals.ts";
@@ -98,10 +99,7 @@ export function processTerminal(): Terminal {
   let raw = false;
   return {
     read: (buf) => Deno.stdin.read(buf),
-    async write(data) {
-      let off = 0;
-      while (off < data.length) off += await Deno.stdout.write(data.subarray(off));
-    },
+    write: (data) => writeAll(Deno.stdout, data),
     status(line) {
       // Status lines quote the relay's and the agent's words (notices, reasons).
       const text = line.split("\n").map(visible).join(raw ? "\r\n" : "\n");
@@ -213,7 +211,7 @@ export async function attach(
           if (at < replayEnd && data.length > 0) {
             const cut = Math.min(data.length, replayEnd - at);
             const replayed = stripTerminalQueries(data.subarray(0, cut));
-            data = cut === data.length ? replayed : concat(replayed, data.subarray(cut));
+            data = cut === data.length ? replayed : concatBytes([replayed, data.subarray(cut)]);
           }
           const written = () =>
             grant.consumed(payload.length);
@@ -420,11 +418,4 @@ export async function attach(
       },
     );
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }

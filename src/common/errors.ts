@@ -133,3 +133,11 @@ export function errorBody(
     ? e.toJSON()
     : { code: "internal", message: (e as Error)?.message ?? String(e) };
 }
+
+/** A machine whose agent is not connected; `lastSeenAgo` (e.g. "5m") says since when. */
+export function machineOffline(m: { id: string; name: string }, lastSeenAgo?: string): TetherError {
+  return new TetherError("machine_offline", `machine ${m.name} (${m.id.slice(0, 8)}) is offline`, {
+    hint: `${lastSeenAgo ? `last seen ${lastSeenAgo} ago; ` : ""}start its agent ` +
+      "(`tether agent run`), or pick an online machine (`tether machines`)",
+  });
+}

@@ -1,25 +1,65 @@
-/** Signal names and numbers, shared by every role (a signal n is exit status 128+n). */
+/** Signal names and numbers (Linux), shared by every role: a signal n is exit status 128+n. */
 
-/** The signals a client may send, and their numbers on Linux. */
-export const SIGNAL_NUMBERS: Readonly<Partial<Record<Deno.Signal, number>>> = {
-  SIGHUP: 1,
-  SIGINT: 2,
-  SIGQUIT: 3,
-  SIGKILL: 9,
-  SIGUSR1: 10,
-  SIGUSR2: 12,
-  SIGTERM: 15,
-  SIGCONT: 18,
-  SIGSTOP: 19,
-  SIGTSTP: 20,
-  SIGWINCH: 28,
-};
+const NAMES = [
+  "SIGHUP",
+  "SIGINT",
+  "SIGQUIT",
+  "SIGILL",
+  "SIGTRAP",
+  "SIGABRT",
+  "SIGBUS",
+  "SIGFPE",
+  "SIGKILL",
+  "SIGUSR1",
+  "SIGSEGV",
+  "SIGUSR2",
+  "SIGPIPE",
+  "SIGALRM",
+  "SIGTERM",
+  "SIGSTKFLT",
+  "SIGCHLD",
+  "SIGCONT",
+  "SIGSTOP",
+  "SIGTSTP",
+  "SIGTTIN",
+  "SIGTTOU",
+  "SIGURG",
+  "SIGXCPU",
+  "SIGXFSZ",
+  "SIGVTALRM",
+  "SIGPROF",
+  "SIGWINCH",
+  "SIGIO",
+  "SIGPWR",
+  "SIGSYS",
+] as const;
+
+/** The signals a client may send to a remote process (the others are the kernel's to send). */
+const SENDABLE = new Set<string>([
+  "SIGHUP",
+  "SIGINT",
+  "SIGQUIT",
+  "SIGKILL",
+  "SIGUSR1",
+  "SIGUSR2",
+  "SIGTERM",
+  "SIGCONT",
+  "SIGSTOP",
+  "SIGTSTP",
+  "SIGWINCH",
+]);
 
 export function isSignalName(s: string): s is Deno.Signal {
-  return Object.hasOwn(SIGNAL_NUMBERS, s);
+  return SENDABLE.has(s);
+}
+
+/** `SIGTERM` for 15; `SIG<n>` for a number without a name. */
+export function signalName(n: number): string {
+  return NAMES[n - 1] ?? `SIG${n}`;
 }
 
 /** The exit status a shell gives a process ended by `sig` (128+n). */
-export function signalStatus(sig: Deno.Signal): number {
-  return 128 + (SIGNAL_NUMBERS[sig] ?? 1);
+export function signalStatus(sig: string): number {
+  const n = (NAMES as readonly string[]).indexOf(sig);
+  return 128 + (n >= 0 ? n + 1 : 1);
 }

@@ -61,8 +61,3 @@ const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 export async function acceptKey(key: string): Promise<string> {
   return new Uint8Array(await crypto.subtle.digest("SHA-1", enc.encode(key + GUID))).toBase64();
 }
-
-export async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}

@@ -11,7 +11,8 @@
  */
 import { MAX_RELAY_MESSAGE } from "./messages.ts";
 import { WsSocket } from "./ws_socket.ts";
-import { acceptKey, readHead, writeAll } from "./http1.ts";
+import { acceptKey, readHead } from "./http1.ts";
+import { writeAll } from "../common/bytes.ts";
 
 /** Largest message accepted from the relay (see MAX_RELAY_MESSAGE). */
 const MAX_MESSAGE = MAX_RELAY_MESSAGE + 1024;

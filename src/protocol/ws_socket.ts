@@ -26,6 +26,7 @@
  * peer chose, and refuse unmasked frames.
  */
 
+import { concatBytes } from "../common/bytes.ts";
 import { noteStreamBytes } from "../common/gc.ts";
 
 export const OPEN = 1, CLOSING = 2, CLOSED = 3;
@@ -293,7 +294,7 @@ export class WsSocket {
             if (fragSize > this.#maxMessage) throw new WsError("message too large");
             fragments.push(buf.slice(p0, p1));
             if (!fin) continue;
-            const whole = concat(fragments, fragSize);
+            const whole = concatBytes(fragments);
             const op = fragOpcode;
             fragments = [];
             fragOpcode = 0;
@@ -442,14 +443,4 @@ function decodeText(bytes: Uint8Array): string {
   } catch {
     throw new WsError("text message is not UTF-8");
   }
-}
-
-function concat(parts: Uint8Array[], size: number): Uint8Array {
-  const out = new Uint8Array(size);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
 }

@@ -7,7 +7,8 @@
  * another connection's write buffer with no allocation per frame, and set
  * TCP_NODELAY on every accepted connection.
  */
-import { acceptKey, HeadError, readHead, writeAll } from "../protocol/http1.ts";
+import { acceptKey, HeadError, readHead } from "../protocol/http1.ts";
+import { writeAll } from "../common/bytes.ts";
 import { WsSocket } from "../protocol/ws_socket.ts";
 
 /** A client must finish its request head (and TLS handshake) within this. */

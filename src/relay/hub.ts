@@ -5,7 +5,7 @@
  * arrives, and each route checks that the sender stays inside the credit
  * its receiver granted, so nothing in flight exceeds the stream windows.
  */
-import { errorBody } from "../common/errors.ts";
+import { errorBody, machineOffline } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
 import {
@@ -330,13 +330,7 @@ export class Hub {
       });
     }
     const agent = this.agents.get(row.id);
-    if (!agent) {
-      return fail({
-        code: "machine_offline",
-        message: `machine ${row.name} (${row.id.slice(0, 8)}) is offline`,
-        hint: "start its agent (`tether agent run`) or pick an online machine",
-      });
-    }
+    if (!agent) return fail(machineOffline(row).toJSON());
     if (agent.routes.size >= MAX_STREAMS_PER_CONN) {
       return fail({
         code: "rate_limited",

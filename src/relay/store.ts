@@ -90,6 +90,24 @@ export interface MachineRow {
   retired_at: number | null;
 }
 
+/** What an agent says of itself in its hello, as the machines table keeps it. */
+type AgentFacts = Pick<
+  MachineRow,
+  "name" | "hostname" | "labels" | "os" | "arch" | "agent_version"
+>;
+const FACTS = "name, hostname, labels, os, arch, agent_version";
+
+function facts(info: AgentFacts): string[] {
+  return [
+    info.name,
+    info.hostname,
+    JSON.stringify(info.labels),
+    info.os,
+    info.arch,
+    info.agent_version,
+  ];
+}
+
 export interface MintedKey {
   id: string;
   key: string;
@@ -382,50 +400,25 @@ export class Store {
   enrollMachine(
     workspace: string,
     enrolledBy: string,
-    info: Pick<MachineRow, "name" | "hostname" | "labels" | "os" | "arch" | "agent_version">,
+    info: AgentFacts,
   ): { id: string; secret: string } {
     const id = crypto.randomUUID();
     const secret = newSecret();
     const now = Date.now();
     this.write("enrollment", () =>
       this.db.prepare(
-        `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels, os,
-         arch, agent_version, first_seen, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      ).run(
-        id,
-        workspace,
-        hashSecret(secret),
-        enrolledBy,
-        info.name,
-        info.hostname,
-        JSON.stringify(info.labels),
-        info.os,
-        info.arch,
-        info.agent_version,
-        now,
-        now,
-      ));
+        `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, ${FACTS}, first_seen,
+         last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      ).run(id, workspace, hashSecret(secret), enrolledBy, ...facts(info), now, now));
     return { id, secret };
   }
 
-  updateMachine(
-    id: string,
-    info: Pick<MachineRow, "name" | "hostname" | "labels" | "os" | "arch" | "agent_version">,
-  ): void {
+  /** What a connecting agent says of itself, and that it was seen now. */
+  updateMachine(id: string, info: AgentFacts): void {
     this.write("machine", () =>
       this.db.prepare(
-        `UPDATE machines SET name = ?, hostname = ?, labels = ?, os = ?, arch = ?, agent_version = ?,
-         last_seen = ? WHERE id = ?`,
-      ).run(
-        info.name,
-        info.hostname,
-        JSON.stringify(info.labels),
-        info.os,
-        info.arch,
-        info.agent_version,
-        Date.now(),
-        id,
-      ));
+        `UPDATE machines SET (${FACTS}, last_seen) = (?, ?, ?, ?, ?, ?, ?) WHERE id = ?`,
+      ).run(...facts(info), Date.now(), id));
   }
 
   touchMachines(seen: Map<string, number>): void {

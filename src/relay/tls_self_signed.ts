@@ -11,6 +11,7 @@
 import { hostname } from "node:os";
 import { isIP } from "node:net";
 import { join } from "node:path";
+import { concatBytes } from "../common/bytes.ts";
 import { writePrivate } from "../common/files.ts";
 import { certFingerprint, derToPem, pemToDer } from "../protocol/tls_pin.ts";
 
@@ -256,25 +257,15 @@ function tlv(tag: number, body: Uint8Array): Uint8Array {
   return out;
 }
 
-function cat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-const seq = (...parts: Uint8Array[]) => tlv(0x30, cat(parts));
-const set = (...parts: Uint8Array[]) => tlv(0x31, cat(parts));
+const seq = (...parts: Uint8Array[]) => tlv(0x30, concatBytes(parts));
+const set = (...parts: Uint8Array[]) => tlv(0x31, concatBytes(parts));
 const tagged = (tag: number, body: Uint8Array) => tlv(tag, body);
 const octets = (b: Uint8Array) => tlv(0x04, b);
 const utf8 = (s: string) => tlv(0x0c, new TextEncoder().encode(s));
 const bool = (v: boolean) => tlv(0x01, new Uint8Array([v ? 0xff : 0]));
 
 function bitString(b: Uint8Array, unusedBits: number): Uint8Array {
-  return tlv(0x03, cat([new Uint8Array([unusedBits]), b]));
+  return tlv(0x03, concatBytes([new Uint8Array([unusedBits]), b]));
 }
 
 /** A non-negative INTEGER from big-endian bytes. */
@@ -282,7 +273,7 @@ function int(b: Uint8Array): Uint8Array {
   let i = 0;
   while (i < b.length - 1 && b[i] === 0) i++;
   const v = b.subarray(i);
-  return tlv(0x02, v[0] & 0x80 ? cat([new Uint8Array([0]), v]) : v);
+  return tlv(0x02, v[0] & 0x80 ? concatBytes([new Uint8Array([0]), v]) : v);
 }
 
 function oid(text: string): Uint8Array {
