@@ -505,8 +505,7 @@ export class Hub {
       this.ask(a, "sessions", {}, (answer) => {
         const list = Array.isArray(answer.result) ? answer.result : undefined;
         try {
-          if (list) { for (const s of list) checkSessionInfo(s); }
-          if (list) got.set(a, list as SessionInfo[]);
+          if (list) got.set(a, list.map(checkSessionInfo));
         } catch (e) {
           this.log(`agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`);
         }
