@@ -139,6 +139,8 @@ Deno.test({
     {
       await using t = await connectIn(w, ["keyed", "--new", "--detach-key", "none"]);
       await t.waitFor(/attached — no detach key \(--detach-key none\)/);
+      await t.line("echo shell-$((2+2))"); // the shell reads its input now
+      await t.waitFor(/^shell-4$/m);
       await t.keys("C-d"); // EOF for the login shell: it ends, and so does the session
       await t.waitFor(/session [0-9a-f]{12} on keyed ended \(exit 0\)[\s\S]*\[exited 0\]/);
     }

@@ -19,17 +19,15 @@
  *   exit status or an error) after the last byte of its output.
  */
 import type { Conn } from "../protocol/conn.ts";
-import {
-  DATA_FRAME_PREFIX,
-  dataFrameInPlace,
-  encodeData,
-  MAX_DATA_PAYLOAD,
-} from "../protocol/frames.ts";
+import { DATA_FRAME_PREFIX, dataFrameInPlace, MAX_DATA_PAYLOAD } from "../protocol/frames.ts";
 import type { Control } from "../protocol/messages.ts";
 import { RingBuffer } from "./ring.ts";
 
 /** Bytes per read of the process's output (a Linux pipe holds 64 KiB). */
 export const READ_CHUNK = 64 * 1024;
+
+/** Where pump() builds each frame from a ring; sendBinary copies it out at once. */
+const SCRATCH = new Uint8Array(DATA_FRAME_PREFIX + MAX_DATA_PAYLOAD);
 
 /** One client stream watching a Fanout. */
 export class Watcher {
@@ -218,10 +216,17 @@ export class Fanout {
       while (w.credit > 0 && w.cursors[i] < ring.end) {
         // Bytes dropped before this watcher could take them: the next frame's offset says so.
         if (w.cursors[i] < ring.start) w.cursors[i] = ring.start;
-        const chunk = ring.read(w.cursors[i], Math.min(w.credit, MAX_DATA_PAYLOAD));
-        w.conn.sendBinary(encodeData(w.sid, this.channels[i], w.cursors[i], chunk));
-        w.cursors[i] += chunk.length;
-        w.credit -= chunk.length;
+        // Built in one reused buffer: the socket copies the frame, so nothing is allocated.
+        const room = SCRATCH.subarray(
+          DATA_FRAME_PREFIX,
+          DATA_FRAME_PREFIX + Math.min(w.credit, MAX_DATA_PAYLOAD),
+        );
+        const n = ring.readInto(w.cursors[i], room);
+        w.conn.sendBinary(
+          dataFrameInPlace(room.subarray(0, n), w.sid, this.channels[i], w.cursors[i]),
+        );
+        w.cursors[i] += n;
+        w.credit -= n;
       }
     }
     if (this.last && !w.done && this.rings.every((r, i) => w.cursors[i] >= r.end)) {

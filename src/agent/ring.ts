@@ -54,14 +54,24 @@ export class RingBuffer {
   /** A copy of up to `max` bytes from `from` (clamped to what is held). */
   read(from: number, max: number): Uint8Array {
     const begin = Math.max(from, this.first);
-    const n = Math.max(0, Math.min(max, this.total - begin));
-    const out = new Uint8Array(n);
+    const out = new Uint8Array(Math.max(0, Math.min(max, this.total - begin)));
+    this.readInto(begin, out);
+    return out;
+  }
+
+  /**
+   * Copies bytes from offset `from` (clamped to what is held) into `dest`, as many as
+   * fit and are held; returns how many. Allocates nothing.
+   */
+  readInto(from: number, dest: Uint8Array): number {
+    const begin = Math.max(from, this.first);
+    const n = Math.max(0, Math.min(dest.length, this.total - begin));
     const size = this.buf.length;
     const at = begin % size;
     const head = Math.min(n, size - at);
-    out.set(this.buf.subarray(at, at + head));
-    if (head < n) out.set(this.buf.subarray(0, n - head), head);
-    return out;
+    dest.set(this.buf.subarray(at, at + head));
+    if (head < n) dest.set(this.buf.subarray(0, n - head), head);
+    return n;
   }
 
   /** Forgets every byte held (offsets go on from `end`) and gives the memory back. */

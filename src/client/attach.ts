@@ -6,13 +6,19 @@
  * from the last offset received, so nothing is lost or shown twice.
  */
 import { backoff, delay } from "../common/async.ts";
-import { concatBytes, writeAll } from "../common/bytes.ts";
+import { BufferPool, concatBytes, writeAll } from "../common/bytes.ts";
 import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { signalStatus } from "../common/signals.ts";
 import { visible } from "../common/text.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
-import { CH_STDIN, CH_STDOUT, encodeCredit, encodeData } from "../protocol/frames.ts";
+import {
+  CH_STDIN,
+  CH_STDOUT,
+  encodeCredit,
+  encodeData,
+  MAX_DATA_PAYLOAD,
+} from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
 import { RelayClient, type StreamAuth } from "./relay_client.ts";
@@ -142,6 +148,7 @@ export async function attach(
   opts: { onStarted?: (session: string) => void } = {},
 ): Promise<AttachOutcome> {
   let client = first;
+  const pool = new BufferPool(MAX_DATA_PAYLOAD);
   let sid = 0;
   let session = req.session;
   let attachId: string | undefined;
@@ -213,13 +220,20 @@ export async function attach(
             const replayed = stripTerminalQueries(data.subarray(0, cut));
             data = cut === data.length ? replayed : concatBytes([replayed, data.subarray(cut)]);
           }
-          const written = () =>
-            grant.consumed(payload.length);
+          const n = payload.length;
           if (data.length === 0) {
-            written();
+            grant.consumed(n);
             return;
           }
-          writeChain = writeChain.then(() => term.write(data)).then(written, written);
+          // The payload is borrowed: kept in a reused buffer until it is written.
+          const owned = pool.copy(data);
+          const written = () => {
+            pool.give(owned);
+            grant.consumed(n);
+          };
+          writeChain = writeChain.then(() =>
+            term.write(owned)
+          ).then(written, written);
         },
         onCredit(ch, bytes) {
           if (ch === CH_STDIN) streamCredit.add(bytes);

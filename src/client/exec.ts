@@ -12,6 +12,7 @@
  * says it has taken (the bytes it has not confirmed are kept until it does).
  */
 import { backoff, delay } from "../common/async.ts";
+import { BufferPool } from "../common/bytes.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import {
@@ -22,6 +23,7 @@ import {
   dataFrameInPlace,
   encodeCredit,
   encodeData,
+  MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
 import { reconnectWindowMs } from "./attach.ts";
@@ -93,6 +95,7 @@ export function runExec(
   io: ExecIO,
 ): ExecRun {
   let client = first;
+  const pool = new BufferPool(MAX_DATA_PAYLOAD);
   let sid = 0;
   /** Bumped for every open: handlers of an earlier one are ignored. */
   let attempt = 0;
@@ -196,21 +199,25 @@ export function runExec(
           // A detaching client leaves the output to whoever attaches.
           if (mine !== attempt || req.detach) return;
           if (channel !== CH_STDOUT && channel !== CH_STDERR) return;
-          let data = payload;
           const want = offsets[channel];
           if (offset > want) io.dropped?.(channel, offset - want);
-          else if (offset < want) data = payload.subarray(Math.min(payload.length, want - offset));
+          const skip = offset < want ? Math.min(payload.length, want - offset) : 0;
           offsets[channel] = Math.max(want, offset + payload.length);
           const n = payload.length;
+          // The payload is borrowed: kept in a reused buffer until it is written.
+          const data = pool.copy(payload.subarray(skip));
           writeChain = writeChain.then(() => data.length ? io.output(channel, data) : undefined)
-            .then(() => grant.consumed(n));
+            .then(() => {
+              pool.give(data);
+              grant.consumed(n);
+            });
         },
         onCredit(channel, bytes) {
           if (mine !== attempt || channel !== CH_STDIN) return;
           streamCredit.add(bytes);
           stdinCredited += bytes;
           while (unacked.length && unacked[0].offset + unacked[0].data.length <= stdinCredited) {
-            unacked.shift();
+            pool.give(unacked.shift()!.data);
           }
         },
         onExit(msg) {
@@ -273,7 +280,7 @@ export function runExec(
           if (m <= 0) continue;
           credit.take(m);
           // Kept until the agent confirms it: a resume sends it again.
-          unacked.push({ offset: stdinSent, data: buf.slice(off, off + m) });
+          unacked.push({ offset: stdinSent, data: pool.copy(buf.subarray(off, off + m)) });
           if (off === 0 && m === n) {
             client.conn.sendBinary(dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, stdinSent));
           } else {

@@ -23,6 +23,7 @@ export type { MachineView, SessionView } from "../protocol/messages.ts";
 
 export interface StreamHandlers {
   onStarted(msg: Started): void;
+  /** `payload` is valid only during the call (a view into the read buffer): copy to keep. */
   onData(channel: number, offset: number, payload: Uint8Array): void;
   onCredit(channel: number, bytes: number): void;
   /** Exactly one of onExit / onError ends every stream. */

@@ -21,3 +21,31 @@ export async function writeAll(
   let off = 0;
   while (off < data.length) off += await w.write(data.subarray(off));
 }
+
+/**
+ * Buffers for bytes kept a little while (output waiting to be written), given back once
+ * used, so that streaming makes no garbage: `copy()` takes a free buffer that fits (or
+ * makes one), `give()` returns it. At most `keep` free buffers are held.
+ */
+export class BufferPool {
+  private readonly free: ArrayBuffer[] = [];
+
+  constructor(readonly size: number, readonly keep = 32) {}
+
+  /** `data` copied into a pooled buffer (a fresh one when `data` is larger than `size`). */
+  copy(data: Uint8Array): Uint8Array {
+    const buf = data.length <= this.size
+      ? this.free.pop() ?? new ArrayBuffer(this.size)
+      : undefined;
+    const out = buf ? new Uint8Array(buf, 0, data.length) : new Uint8Array(data.length);
+    out.set(data);
+    return out;
+  }
+
+  /** Gives back a buffer `copy()` made, once nothing reads it any more. */
+  give(b: Uint8Array): void {
+    if (b.buffer.byteLength === this.size && this.free.length < this.keep) {
+      this.free.push(b.buffer as ArrayBuffer);
+    }
+  }
+}

@@ -107,6 +107,9 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
       headers: { Authorization: `Bearer ${opts.key}` },
       caCerts: caCerts(opts.caFile),
       timeoutMs,
+      // A client takes each output frame as a view into the read buffer and copies what
+      // it keeps into buffers it reuses; an agent queues stdin as it comes (a copy each).
+      borrowBinary: opts.role === "client",
     });
   } catch (e) {
     if (e instanceof TetherError) throw e;

@@ -10,7 +10,6 @@
  * channel, so a reader that reconnects can ask for "everything after N".
  */
 import { ProtocolError } from "./messages.ts";
-import { noteStreamBytes } from "../common/gc.ts";
 
 export const FRAME_DATA = 1;
 export const FRAME_CREDIT = 2;
@@ -49,7 +48,6 @@ export function encodeData(
   dv.setUint32(8, Math.floor(offset / TWO32), true);
   dv.setUint32(12, offset % TWO32, true);
   out.set(payload, DATA_HEADER);
-  noteStreamBytes(out.length);
   return out;
 }
 

@@ -45,7 +45,13 @@ const dec = new TextDecoder();
  */
 export async function connectWebSocket(
   url: string,
-  opts: { headers?: Record<string, string>; caCerts?: string[]; timeoutMs?: number } = {},
+  opts: {
+    headers?: Record<string, string>;
+    caCerts?: string[];
+    timeoutMs?: number;
+    /** Hand binary messages over as views valid only during onmessage (see ws_socket.ts). */
+    borrowBinary?: boolean;
+  } = {},
 ): Promise<WsSocket> {
   const u = new URL(url);
   const tls = u.protocol === "wss:";
@@ -85,7 +91,11 @@ export async function connectWebSocket(
     if (headers.get("sec-websocket-accept") !== await acceptKey(key)) {
       throw new Error("the server's Sec-WebSocket-Accept does not match");
     }
-    return new WsSocket(conn, rest, { role: "client", maxMessage: MAX_MESSAGE });
+    return new WsSocket(conn, rest, {
+      role: "client",
+      maxMessage: MAX_MESSAGE,
+      borrowBinary: opts.borrowBinary,
+    });
   };
   const attempt = handshake();
   try {

@@ -27,7 +27,6 @@
  */
 
 import { concatBytes } from "../common/bytes.ts";
-import { noteStreamBytes } from "../common/gc.ts";
 
 export const OPEN = 1, CLOSING = 2, CLOSED = 3;
 
@@ -355,10 +354,7 @@ export class WsSocket {
     let data: string | Uint8Array;
     if (opcode === OP_TEXT) data = decodeText(buf.subarray(p0, p1));
     else if (owned || this.#borrow) data = buf.subarray(p0, p1);
-    else {
-      data = buf.slice(p0, p1);
-      noteStreamBytes(p1 - p0);
-    }
+    else data = buf.slice(p0, p1);
     if (this.#onmessage) {
       this.#onmessage({ data });
     } else {
