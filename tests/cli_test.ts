@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { baseEnv, run, tetherArgv, World } from "./helpers.ts";
 import { hasTmux, Tmux } from "./tmux.ts";
 
-/** Asserts the DESIGN error shape: one JSON object on stdout, nothing else there. */
+/** Asserts the error shape README gives: one JSON object on stdout, nothing else there. */
 function jsonError(r: { stdout: string; code: number }, code: string, exit: number) {
   const lines = r.stdout.trim().split("\n");
   assert.equal(lines.length, 1, `one line on stdout: ${r.stdout}`);

@@ -1,5 +1,5 @@
 /**
- * The interactive attach with its banner (DESIGN "Interactive attach"): `dialing relay …
+ * The interactive attach with its banner (README "tether connect"): `dialing relay …
  * ok`, `auth … ok (session ID, new|joined)`, then `attached — …` once the remote side is
  * ready. Shared by `tether connect` and `tether ci attach`.
  */

@@ -1,5 +1,5 @@
 /**
- * The prompt gate (DESIGN "Prompts are TTY-gated"), apart from the prompts
+ * The prompt gate (README "Usage": no prompt ever blocks a script), apart from the prompts
  * themselves so a command can check it, and fail at once, without loading
  * @inquirer (about 60 ms of start-up). A prompt is allowed only when stdin and
  * stderr are terminals and neither `--no-interactive` nor `--json` is given;

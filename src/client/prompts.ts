@@ -1,5 +1,5 @@
 /**
- * Prompts (DESIGN "Prompts are TTY-gated"): the machine picker, confirm,
+ * Prompts (gated by prompt_gate.ts: only on a terminal): the machine picker, confirm,
  * password and text input. They render on stderr (stdout stays clean for
  * data) and read stdin, through @inquirer/core and @inquirer/prompts.
  *

@@ -1,5 +1,5 @@
 /**
- * The one machine resolver (DESIGN "Naming a machine"). The first rule that
+ * The one machine resolver (README "Naming machines"). The first rule that
  * matches decides: exact id; exact name; exact hostname; the part after the
  * last `:` of a name; a unique prefix (≥ 4 characters) of id, name or
  * hostname. A rule matching several machines is `ambiguous_machine`.

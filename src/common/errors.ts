@@ -1,4 +1,4 @@
-/** Error codes fixed by DESIGN.md; every failure a user or program sees carries one. */
+/** Error codes (README "Common errors", docs/PROTOCOL.md); every failure a user or program sees carries one. */
 export const ERROR_CODES = [
   "usage",
   "not_configured",

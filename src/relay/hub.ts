@@ -241,9 +241,11 @@ export class Hub {
     if (!r) return; // the stream ended on the other side; late frames are dropped
     if (f.type === FRAME_DATA) {
       if (f.channel === CH_STDIN) throw new ProtocolError("agent sent data on stdin");
+      if (f.payload.length > r.outCredit) {
+        throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
+      }
       r.outCredit -= f.payload.length;
       r.bytesOut += f.payload.length;
-      if (r.outCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
     } else if (f.type === FRAME_CREDIT) {
       r.inCredit += f.bytes;
     }
@@ -304,9 +306,11 @@ export class Hub {
     if (!r) return;
     if (f.type === FRAME_DATA) {
       if (f.channel !== CH_STDIN) throw new ProtocolError("client sent data on an output channel");
+      if (f.payload.length > r.inCredit) {
+        throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
+      }
       r.inCredit -= f.payload.length;
       r.bytesIn += f.payload.length;
-      if (r.inCredit < 0) throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
     } else if (f.type === FRAME_CREDIT) {
       if (f.channel !== CH_STDOUT) throw new ProtocolError("client granted credit on stdin");
       r.outCredit += f.bytes;

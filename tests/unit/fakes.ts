@@ -5,13 +5,15 @@ import type { Control } from "../../src/protocol/messages.ts";
 
 export interface Sent {
   controls: Control[];
+  /** close() and fail() calls, as [code, reason]. */
+  closed: [number, string][];
   /** DATA frames as [channel, offset, text]. */
   data: [number, number, string][];
   credits: [number, number][];
 }
 
 export function fakeConn(): { conn: Conn; sent: Sent } {
-  const sent: Sent = { controls: [], data: [], credits: [] };
+  const sent: Sent = { controls: [], data: [], credits: [], closed: [] };
   const dec = new TextDecoder();
   const conn = {
     isOpen: true,
@@ -24,6 +26,12 @@ export function fakeConn(): { conn: Conn; sent: Sent } {
       else sent.credits.push([f.channel, f.bytes]);
     },
     drain: () => Promise.resolve(),
+    close(code = 1000, reason = "") {
+      sent.closed.push([code, reason]);
+    },
+    fail(code: number, err: { message: string }) {
+      sent.closed.push([code, err.message]);
+    },
   };
   return { conn: conn as unknown as Conn, sent };
 }
