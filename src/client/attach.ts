@@ -6,10 +6,9 @@
  * from the last offset received, so nothing is lost or shown twice.
  */
 import { backoff, delay } from "../common/async.ts";
-import { BufferPool, concatBytes, writeAll } from "../common/bytes.ts";
+import { BufferPool, writeAll } from "../common/bytes.ts";
 import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
-import { signalStatus } from "../common/signals.ts";
 import { visible } from "../common/text.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
 import {
@@ -22,10 +21,9 @@ import {
 import type { Open, WireError } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
 import { RelayClient, type StreamAuth } from "./relay_client.ts";
-import { stripTerminalQueries } from "./replay_filter.ts";
+import { type AttachOutcome, AttachState, CTRL_D } from "./attach_state.ts";
 
-/** The default detach key: Ctrl-D. */
-export const CTRL_D = 0x04;
+export { type AttachOutcome, CTRL_D };
 
 /**
  * Parses `--detach-key`: `ctrl-X` or `^X` for a control character (X a letter or one of
@@ -73,15 +71,6 @@ export interface AttachRequest {
   env?: Record<string, string>;
   /** exec -t --timeout: end the session and fail with `timeout` after this long. */
   timeoutMs?: number;
-}
-
-export interface AttachOutcome {
-  /** "exit": the remote process ended with `code`; "detach": we left, it runs on. */
-  kind: "exit" | "detach";
-  code: number;
-  session: string;
-  /** Set when a signal to this process made us detach (then `code` is 128+n). */
-  signal?: Deno.Signal;
 }
 
 /** Signals that end an attach cleanly (terminal restored, session left running). */
@@ -138,7 +127,9 @@ export function processTerminal(): Terminal {
 
 /**
  * Attaches and runs until the remote process exits, we detach, or the
- * session cannot be recovered (then throws `session_lost`).
+ * session cannot be recovered (then throws `session_lost`). The decisions are
+ * AttachState's (attach_state.ts); this function does the I/O: the terminal,
+ * the stream, credit, signals and the reconnect loop.
  */
 export async function attach(
   cfg: ClientConfig,
@@ -147,22 +138,22 @@ export async function attach(
   term: Terminal,
   opts: { onStarted?: (session: string) => void } = {},
 ): Promise<AttachOutcome> {
+  const state = new AttachState({
+    oneShot: !!req.oneShot,
+    detachKey: req.detachKey === undefined ? CTRL_D : req.detachKey,
+    isTerminal: term.isTerminal,
+    machineName: req.machineName,
+    session: req.session,
+  });
   let client = first;
   const pool = new BufferPool(MAX_DATA_PAYLOAD);
   let sid = 0;
-  let session = req.session;
-  let attachId: string | undefined;
-  let cursor: number | undefined;
   let credit = new Credit(0);
-  let outcome: AttachOutcome | undefined;
-  let finish!: () => void;
-  const finished = new Promise<void>((r) => (finish = r));
+  /** Wakes the main loop: the attach is over, or the stream broke. */
+  let wake: (() => void) | undefined;
+  const poke = () => wake?.();
   let lost: WireError | undefined;
-  let wakeLost: (() => void) | undefined;
-  let rawSet = false;
   let writeChain = Promise.resolve();
-  /** Output before this offset is a replay: its terminal queries are removed. */
-  let replayEnd = 0;
 
   const openStream = (): Promise<"ok" | WireError> =>
     new Promise((resolve) => {
@@ -176,9 +167,7 @@ export async function attach(
         term: Deno.env.get("TERM") || "xterm-256color",
         cols: size.cols,
         rows: size.rows,
-        ...(session ? { session } : {}),
-        ...(attachId ? { resume: attachId } : {}),
-        ...(cursor !== undefined ? { offset: cursor } : {}),
+        ...state.openSpec(),
         ...(req.readOnly ? { read_only: true } : {}),
         ...(req.oneShot ? { ephemeral: true } : {}),
         ...(req.cwd ? { cwd: req.cwd } : {}),
@@ -187,18 +176,16 @@ export async function attach(
       const c = client;
       let started = false;
       const streamCredit = new Credit(0);
+      let mySid = 0;
       const grant = new Grant(OUTPUT_WINDOW, (n) =>
-        c.conn.sendBinary(encodeCredit(sid, CH_STDOUT, n)));
-      sid = c.open(spec, {
+        c.conn.sendBinary(encodeCredit(mySid, CH_STDOUT, n)));
+      mySid = sid = c.open(spec, {
         onStarted(msg) {
           started = true;
-          session = msg.session;
-          attachId = msg.attach_id;
-          if (cursor !== undefined && msg.offset !== undefined && msg.offset > cursor) {
-            term.status(`[tether: ${msg.offset - cursor} bytes of output were lost while away]`);
+          const notice = state.started(msg);
+          if (notice) {
+            term.status(notice);
           }
-          cursor = msg.offset ?? cursor ?? 0;
-          replayEnd = msg.end ?? 0;
           credit = streamCredit;
           streamCredit.add(msg.window);
           resolve("ok");
@@ -207,21 +194,9 @@ export async function attach(
           if (ch !== CH_STDOUT) {
             return;
           }
-          let data = payload;
-          let at = offset;
-          if (cursor !== undefined && offset < cursor) {
-            const skip = Math.min(payload.length, cursor - offset); // already shown
-            data = payload.subarray(skip);
-            at += skip;
-          }
-          cursor = offset + payload.length;
-          if (at < replayEnd && data.length > 0) {
-            const cut = Math.min(data.length, replayEnd - at);
-            const replayed = stripTerminalQueries(data.subarray(0, cut));
-            data = cut === data.length ? replayed : concatBytes([replayed, data.subarray(cut)]);
-          }
           const n = payload.length;
-          if (data.length === 0) {
+          const data = state.output(offset, payload);
+          if (!data) {
             grant.consumed(n);
             return;
           }
@@ -240,8 +215,8 @@ export async function attach(
         },
         onExit(msg) {
           writeChain.then(() => {
-            outcome = { kind: "exit", code: msg.code, session: session ?? "" };
-            finish();
+            state.exited(msg.code);
+            poke();
           });
         },
         onError(err) {
@@ -251,7 +226,7 @@ export async function attach(
             return;
           }
           lost = err;
-          wakeLost?.();
+          poke();
         },
         onNotice(message) {
           writeChain = writeChain.then(() => term.status(`[tether: ${message}]`));
@@ -263,7 +238,7 @@ export async function attach(
   if (firstOpen !== "ok") {
     throw new TetherError(firstOpen.code, firstOpen.message, { hint: firstOpen.hint });
   }
-  opts.onStarted?.(session!);
+  opts.onStarted?.(state.session!);
 
   const sendResize = () => {
     const { cols, rows } = term.size();
@@ -274,9 +249,8 @@ export async function attach(
   // terminal is restored and the session keeps running.
   const signalHandlers = DETACH_SIGNALS.map((sig) => {
     const handler = () => {
-      if (outcome) return;
-      outcome = { kind: "detach", code: signalStatus(sig), session: session ?? "", signal: sig };
-      finish();
+      state.signalled(sig);
+      poke();
     };
     try {
       Deno.addSignalListener(sig, handler);
@@ -298,38 +272,24 @@ export async function attach(
       } catch {
         n = null;
       }
-      if (outcome) return;
+      if (state.over) return;
       if (n === null) {
-        if (req.oneShot) client.conn.send({ t: "eof", sid });
-        else {
-          // End of a non-terminal stdin: leave the session running.
-          outcome = { kind: "detach", code: 0, session: session ?? "" };
-          finish();
-        }
+        if (state.inputEnded() === "eof") client.conn.send({ t: "eof", sid });
+        else poke();
         return;
       }
-      let data = buf.subarray(0, n);
-      let detach = false;
-      const detachKey = req.detachKey === undefined ? CTRL_D : req.detachKey;
-      if (!req.oneShot && term.isTerminal && detachKey !== null) {
-        const at = data.indexOf(detachKey);
-        if (at >= 0) {
-          data = data.subarray(0, at);
-          detach = true;
-        }
-      }
+      const data = state.input(buf.subarray(0, n));
       let off = 0;
       while (off < data.length && !lost) {
         await credit.wait();
-        if (lost || outcome) break;
+        if (lost || state.over) break;
         const m = Math.min(credit.available, data.length - off);
         credit.take(m);
         client.conn.sendBinary(encodeData(sid, CH_STDIN, 0, data.subarray(off, off + m)));
         off += m;
       }
-      if (detach) {
-        outcome = { kind: "detach", code: 0, session: session ?? "" };
-        finish();
+      if (state.over) {
+        poke();
         return;
       }
     }
@@ -339,32 +299,27 @@ export async function attach(
   const timer = req.timeoutMs
     ? setTimeout(() => {
       timedOut = true;
-      outcome = { kind: "detach", code: 255, session: session ?? "" };
-      finish();
+      poke();
     }, req.timeoutMs)
     : undefined;
+  let rawSet = false;
   try {
     term.setRaw(true);
     rawSet = true;
     pumpInput();
     for (;;) {
-      if (!lost && !outcome) {
-        await Promise.race([finished, new Promise<void>((r) => (wakeLost = r))]);
-      }
-      if (outcome) break;
+      if (!lost && !state.over && !timedOut) await new Promise<void>((r) => (wake = r));
+      if (state.over || timedOut) break;
       if (!lost) continue;
       // The stream broke: reconnect and resume from the last offset we showed.
       const why = lost;
       lost = undefined;
-      // A refusal such as a revoked key is final: redialing would only be refused again.
-      if (isFinal(why.code)) throw new TetherError(why.code, why.message, { hint: why.hint });
-      if (req.oneShot) {
-        throw new TetherError("session_lost", why.message, { hint: why.hint });
-      }
+      const next = state.lost(why);
+      if (next !== "reconnect") throw next;
       await writeChain;
       term.status(`[tether: connection lost (${why.message}) — reconnecting…]`);
-      const recovered = await reconnect();
-      if (recovered !== "ok") throw recovered;
+      await reconnect();
+      if (state.over) break;
       term.status("[tether: reconnected]");
       sendResize();
     }
@@ -374,22 +329,23 @@ export async function attach(
     for (const off of signalHandlers) off();
     if (rawSet) term.setRaw(false);
   }
-  if (timedOut) {
+  if (timedOut && !state.outcome) {
     client.closeStream(sid, "detach");
     throw new TetherError(
       "timeout",
       `the command ran past its timeout of ${req.timeoutMs} ms and was ended`,
     );
   }
-  const done = outcome as AttachOutcome;
+  const done = state.outcome!;
   if (done.kind === "detach") client.closeStream(sid, "detach");
   return done;
 
   /** Redials and reattaches until it works, the window closes, or a refusal is final. */
-  async function reconnect(): Promise<"ok" | TetherError> {
-    const deadline = Date.now() + reconnectWindowMs();
+  async function reconnect(): Promise<void> {
+    const windowMs = reconnectWindowMs();
+    const deadline = Date.now() + windowMs;
     let last = "";
-    for (let attempt = 1; Date.now() < deadline && !outcome; attempt++) {
+    for (let attempt = 1; Date.now() < deadline && !state.over; attempt++) {
       try {
         // The relay may still be there while the agent went away: then the same
         // connection serves; otherwise dial again.
@@ -403,33 +359,21 @@ export async function attach(
             )
           ),
         ]);
-        if (r !== "ok" && r.code === "timeout") {
+        if (r === "ok") return;
+        if (r.code === "timeout") {
           client.closeStream(sid, "lost");
           client.close(); // dial afresh next time
         }
-        if (r === "ok") return "ok";
-        if (r.code === "session_not_found") {
-          return new TetherError(
-            "session_lost",
-            `session ${session} ended while we were away (the machine no longer has it)`,
-            { hint: `start a new one: tether connect ${req.machineName} --new` },
-          );
-        }
-        if (isFinal(r.code)) return new TetherError(r.code, r.message, { hint: r.hint });
+        const refused = state.reattachRefused(r);
+        if (refused) throw refused;
         last = r.message;
       } catch (e) {
-        if (e instanceof TetherError && isFinal(e.code)) return e;
+        if (e instanceof TetherError && isFinal(e.code)) throw e;
+        if (e instanceof TetherError && state.over) throw e;
         last = (e as Error).message;
       }
       await delay(backoff(attempt, 250, 2000));
     }
-    return new TetherError(
-      "session_lost",
-      `could not reconnect within ${reconnectWindowMs() / 1000}s: ${last}`,
-      {
-        hint:
-          `the session may still be running: tether connect ${req.machineName} --session ${session}`,
-      },
-    );
+    if (!state.over) throw state.gaveUp(windowMs, last);
   }
 }
