@@ -21,9 +21,44 @@ function entry(): string {
   }
 }
 
-/** argv that runs the tether CLI under test. */
+/** Global options that take a value, to find the command in an argv. */
+const GLOBAL_VALUES = new Set([
+  "--relay",
+  "--api-key",
+  "--ca-file",
+  "--config-dir",
+  "--dial-timeout",
+]);
+
+/**
+ * The permission set (deno.json) a command runs with, as its role needs: the relay and
+ * the client without `run` and `ffi`; only what runs an agent (`agent run`, `up`, `ci
+ * hold`) with both.
+ */
+export function permissionSet(args: string[]): "relay" | "agent" | "client" {
+  const words: string[] = [];
+  for (let i = 0; i < args.length && words.length < 2; i++) {
+    if (GLOBAL_VALUES.has(args[i])) i++;
+    else if (!args[i].startsWith("-")) words.push(args[i]);
+  }
+  const [cmd, sub] = words;
+  if (cmd === "relay") return "relay";
+  if (cmd === "agent" || cmd === "up" || (cmd === "ci" && sub === "hold")) return "agent";
+  return "client";
+}
+
+/** argv that runs the tether CLI under test, with its role's permission set. */
 export function tetherArgv(args: string[]): string[] {
-  return [Deno.execPath(), "run", "-q", "-P", "--config", CONFIG, entry(), ...args];
+  return [
+    Deno.execPath(),
+    "run",
+    "-q",
+    `--permission-set=${permissionSet(args)}`,
+    "--config",
+    CONFIG,
+    entry(),
+    ...args,
+  ];
 }
 
 export interface RunResult {
