@@ -172,13 +172,15 @@ during a slow read.
   it is on the turn's path: a synchronous write whenever the pipe has room (checked through
   libc's FIONREAD) made no measurable difference over 4 alternating runs of 2000 turns, and
   was not kept.
-- **Slow reader.** Flow control holds every hop to its 1 MiB window. With the reused socket
-  buffers, the relay allocates nothing per frame and the agent reads into one buffer, so V8's
-  external memory stays flat (~2 MiB) over the whole 2 GiB; private memory grows by a few MiB
-  while the first back-pressured stream warms up and then stays flat. The remaining RSS growth
-  is file pages of the \`deno\` executable (code run for the first time), shared and
-  reclaimable. Frame buffers that are still allocated per message (the client's received
-  frames) are collected every 4 MiB of stream data (\`src/common/gc.ts\`).
+- **Slow reader.** Flow control holds every hop to its 1 MiB window. Nothing is allocated per
+  frame and no collection is forced: the relay forwards each frame from its read buffer into
+  the other socket's write buffer; the agent reads into one buffer, keeps output in the exec's
+  ring (grown once, to 1 MiB) and builds frames from it in one reused buffer
+  (\`src/agent/fanout.ts\`); the client takes each received frame as a view of its read buffer
+  and keeps it in pooled buffers until written (\`BufferPool\` in \`src/common/bytes.ts\`).
+  Private memory grows by a few MiB while the first back-pressured stream warms up and then
+  stays flat. The remaining RSS growth is file pages of the \`deno\` executable (code run for
+  the first time), shared and reclaimable.
 
 ## How each figure is taken
 
