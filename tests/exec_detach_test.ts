@@ -83,7 +83,8 @@ Deno.test("exec --detach prints the id and exits 0; --attach streams from the st
 
 Deno.test("exec keeps output bounded with nobody watching; a watcher is told what was dropped", async () => {
   await using w = await World.create();
-  await w.startAgent("chatty", { args: ["--ring-bytes", "65536"] });
+  const RING = 524288; // the least --ring-bytes takes
+  await w.startAgent("chatty", { args: ["--ring-bytes", String(RING)] });
   const d = await w.tether([
     "exec",
     "--detach",
@@ -91,23 +92,22 @@ Deno.test("exec keeps output bounded with nobody watching; a watcher is told wha
     "--",
     "sh",
     "-c",
-    "head -c 300000 /dev/zero | tr '\\0' x; echo; echo tail",
+    "head -c 800000 /dev/zero | tr '\\0' x; echo; echo tail",
   ]);
   const id = d.stdout.trim();
   await eventually(async () => (await execs(w))[0]?.state === "exited", "the exec to end");
   const r = await w.tether(["exec", "--attach", id]);
   assert.equal(r.code, 0, r.stderr);
-  assert.equal(r.stdoutBytes.length, 65536, "the newest 64 KiB");
+  assert.equal(r.stdoutBytes.length, RING, "the newest 512 KiB");
   assert.match(r.stdout, /x\ntail\n$/);
-  assert.match(
-    r.stderr,
-    /tether: 234,?\d* bytes of stdout are no longer kept|tether: \d+ bytes of stdout/,
-  );
+  assert.match(r.stderr, new RegExp(`tether: ${800006 - RING} bytes of stdout are no longer kept`));
   const ev = await w.tether(["exec", "--attach", id, "--events"]);
   const dropped = ev.stdout.trim().split("\n").map((l) => JSON.parse(l)).find((e) =>
     e.type === "dropped"
   );
-  assert.deepEqual(dropped, { type: "dropped", stream: "stdout", bytes: 300006 - 65536 });
+  assert.deepEqual(dropped, { type: "dropped", stream: "stdout", bytes: 800006 - RING });
+  const small = await w.tether(["agent", "run", "--ring-bytes", "65536", "--json"]);
+  assert.equal(small.code, 2, "a ring smaller than a quarter window would stall");
 });
 
 Deno.test("an exec outlives a client killed with -9, and one told SIGTERM (which says how to reattach)", async () => {
@@ -198,4 +198,68 @@ Deno.test({
       30_000,
     );
   },
+});
+
+Deno.test("resume with stdin backed up: nothing spins, every byte arrives once", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const flag = join(w.home, "go");
+  // The command reads nothing until told: 3 MiB of stdin fill every window on the way.
+  const p = w.spawn([
+    "exec",
+    "box",
+    "--",
+    "sh",
+    "-c",
+    `while [ ! -e ${flag} ]; do sleep 0.05; done; wc -c`,
+  ], { stdin: true });
+  const chunk = new Uint8Array(64 * 1024).fill(120);
+  const writing = (async () => {
+    for (let i = 0; i < 48; i++) await p.write(chunk);
+    await p.closeStdin();
+  })();
+  await eventually(async () => (await execs(w))[0]?.state === "running", "the exec");
+  await w.stopRelay("SIGKILL");
+  await p.waitFor(/reconnecting/);
+  await w.startRelay();
+  await p.waitFor(/reconnected/, "stderr", 30_000);
+  await Deno.writeTextFile(flag, "");
+  const st = await p.ended();
+  await writing;
+  assert.equal(st.code, 0, p.stderr);
+  assert.equal(p.stdout.trim(), String(48 * 64 * 1024));
+});
+
+Deno.test("--timeout covers what the command leaves running; a failing local write is tether's failure", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const tag = 4000 + Math.floor(Math.random() * 4000);
+  const t = await w.tether([
+    "exec",
+    "box",
+    "--timeout",
+    "1s",
+    "--json",
+    "--",
+    "sh",
+    "-c",
+    `sleep ${tag} & echo hi`,
+  ]);
+  assert.equal(t.code, 255);
+  assert.equal(JSON.parse(t.stdout.trim().split("\n").at(-1)!).error.code, "timeout");
+  await eventually(async () => !(await pgrep(`sleep ${tag}`)), "the background job to be ended");
+  // Our stdout is a full device: not the command's exit status, but tether's failure.
+  const full = await new Deno.Command("sh", {
+    args: [
+      "-c",
+      `${
+        tetherArgv(["exec", "box", "--", "echo", "hi"]).map((a) => `'${a}'`).join(" ")
+      } > /dev/full`,
+    ],
+    env: w.env(),
+    clearEnv: true,
+    stderr: "piped",
+  }).output();
+  assert.equal(full.code, 255);
+  assert.match(new TextDecoder().decode(full.stderr), /cannot write the command's output here/);
 });

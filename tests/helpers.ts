@@ -240,6 +240,22 @@ export class Proc {
     } catch { /* already gone */ }
   }
 
+  /** The exit status, or a failure (and SIGKILL) after `ms`: a hang fails the test. */
+  async ended(ms = 30_000): Promise<Deno.CommandStatus> {
+    let t: ReturnType<typeof setTimeout> | undefined;
+    const limit = new Promise<never>((_, reject) => {
+      t = setTimeout(() => {
+        this.kill("SIGKILL");
+        reject(new Error(`process did not end within ${ms} ms\nstderr: ${this.stderr}`));
+      }, ms);
+    });
+    try {
+      return await Promise.race([this.status, limit]);
+    } finally {
+      clearTimeout(t);
+    }
+  }
+
   /** Kills (if needed) and waits for the process to end. */
   async stop(sig: Deno.Signal = "SIGTERM"): Promise<Deno.CommandStatus> {
     await this.closeStdin();

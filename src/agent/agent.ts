@@ -13,6 +13,7 @@ import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/fram
 import {
   type AgentInfo,
   type Control,
+  MAX_AGENT_MESSAGE,
   type Open,
   ProtocolError,
   type SessionInfo,
@@ -386,11 +387,7 @@ export class Agent {
       }
       case "req": {
         if (msg.op === "sessions") {
-          const list = [
-            ...this.sessions.list().map((s) => ({ ...s, kind: "pty" as const })),
-            ...this.execs.list(),
-          ];
-          conn.send({ t: "res", id: msg.id, result: list });
+          conn.send({ t: "res", id: msg.id, result: this.sessionList() });
         } else if (msg.op === "kill_session" && typeof msg.args.session === "string") {
           const ok = this.sessions.kill(msg.args.session) ||
             this.execs.kill(msg.args.session);
@@ -425,6 +422,28 @@ export class Agent {
       default:
         throw new ProtocolError(`relay may not send '${msg.t}' to an agent`);
     }
+  }
+
+  /**
+   * Sessions and execs for the relay's `sessions` request: sessions first, then running
+   * execs, then ended ones newest first, as many as fit in what the relay takes from an
+   * agent (MAX_AGENT_MESSAGE, with room to spare).
+   */
+  private sessionList(): SessionInfo[] {
+    const all = [
+      ...this.sessions.list().map((s) => ({ ...s, kind: "pty" as const })),
+      ...this.execs.list().sort((a, b) =>
+        Number(!!a.ended) - Number(!!b.ended) || (b.ended ?? b.created) - (a.ended ?? a.created)
+      ),
+    ];
+    const out: SessionInfo[] = [];
+    let size = 0;
+    for (const s of all) {
+      size += JSON.stringify(s).length + 1;
+      if (size > MAX_AGENT_MESSAGE * 0.75) break;
+      out.push(s);
+    }
+    return out;
   }
 
   private startStream(conn: Conn, open: Open): void {

@@ -113,7 +113,9 @@ export class ExecManager {
         rec = JSON.parse(Deno.readTextFileSync(path));
         if (typeof rec.id !== "string" || !Array.isArray(rec.argv)) throw new Error("malformed");
       } catch {
-        Deno.removeSync(path);
+        try {
+          Deno.removeSync(path);
+        } catch { /* cannot: it is skipped again next time */ }
         continue;
       }
       if (!rec.end) {
@@ -128,6 +130,7 @@ export class ExecManager {
       this.execs.set(rec.id, Exec.restored(this, rec));
     }
     this.trim();
+    if (this.execs.size > 0) this.sweepSoon();
   }
 
   /** Starts a command for an `open` without `session`; returns the exec or a refusal. */
@@ -179,20 +182,25 @@ export class ExecManager {
   /** Drops what retention no longer covers: the oldest ended execs, then their output. */
   trim(): void {
     const now = Date.now();
-    const ended = [...this.execs.values()].filter((e) => e.end && e.output.watchers.size === 0)
+    const idle = [...this.execs.values()].filter((e) => e.end && e.output.watchers.size === 0)
       .sort((a, b) => a.endedAt - b.endedAt);
-    for (const [i, e] of ended.entries()) {
-      if (now - e.endedAt > this.retentionMs || ended.length - i > MAX_ENDED) {
+    const kept: Exec[] = [];
+    for (const [i, e] of idle.entries()) {
+      if (now - e.endedAt > this.retentionMs || idle.length - i > MAX_ENDED) {
         this.execs.delete(e.id);
         this.forgetRecord(e.id);
+      } else {
+        kept.push(e);
       }
     }
+    // Over the budget, the oldest lose their output first (their status stays).
     let bytes = 0;
     for (const e of this.execs.values()) if (e.end) bytes += e.output.footprint;
-    for (const e of ended) {
+    for (const e of kept) {
       if (bytes <= this.retainBytes) break;
       bytes -= e.output.footprint;
       e.output.discard();
+      bytes += e.output.footprint;
     }
   }
 
@@ -207,7 +215,7 @@ export class ExecManager {
     this.sweepTimer = setInterval(() => {
       this.trim();
       if (this.execs.size === 0) this.close();
-    }, Math.min(60_000, this.retentionMs));
+    }, Math.max(1000, Math.min(60_000, this.retentionMs)));
     Deno.unrefTimer(this.sweepTimer);
   }
 
@@ -253,6 +261,8 @@ export class Exec {
   /** The process is being ended by us (kill, timeout, agent stop): its output may go. */
   private forced = false;
   private timedOut = false;
+  /** The process it started has exited (its pid may be someone else's now). */
+  private leaderExited = false;
   private readers: ReadableStreamBYOBReader[] = [];
   // stdin
   private stdin?: WritableStreamDefaultWriter<Uint8Array>;
@@ -381,9 +391,9 @@ export class Exec {
 
   private async finish(child: Deno.ChildProcess, pumps: Promise<unknown>): Promise<void> {
     const status = await child.status;
-    clearTimeout(this.timer);
+    this.leaderExited = true;
     // Ended by us: whatever its children still hold open is not waited for.
-    if (this.forced) { for (const r of this.readers) r.cancel().catch(() => {}); }
+    if (this.forced) this.stopReading();
     await pumps;
     // Until now what it started in the background could still hold its output open: the
     // reaper keeps watching the group until here.
@@ -396,6 +406,8 @@ export class Exec {
   }
 
   private finishWith(end: ExecEnd): void {
+    // The timeout covers all of it: what the command left running holds its output open.
+    clearTimeout(this.timer);
     this.end = end;
     this.endedAt = Date.now();
     this.stdinQueue = [];
@@ -431,12 +443,20 @@ export class Exec {
   kill(): void {
     if (!this.child || this.end || this.forced) return;
     this.forced = true;
-    endGroup(this.child.pid, this.child.status);
+    endGroup(this.child.pid, this.child.status, !this.leaderExited);
+    // Its leader is gone already: what holds the output open is not waited for either.
+    if (this.leaderExited) this.stopReading();
     this.output.wake();
   }
 
   signal(sig: string): void {
-    if (this.child && !this.end && isSignalName(sig)) killGroup(this.child.pid, sig);
+    if (this.child && !this.end && isSignalName(sig)) {
+      killGroup(this.child.pid, sig, !this.leaderExited);
+    }
+  }
+
+  private stopReading(): void {
+    for (const r of this.readers) r.cancel().catch(() => {});
   }
 
   /** A watcher stream for `open` (a new exec's own stream, or one attaching to it). */
@@ -461,7 +481,9 @@ export class Exec {
       err_offset: w.cursors[1],
       stdin_offset: this.stdinOffset,
     });
-    this.output.pump(w);
+    // After the caller has registered the stream: an ended exec's last message may go out
+    // in this first pump, and the stream must be known then to be forgotten.
+    queueMicrotask(() => this.output.pump(w));
     return s;
   }
 

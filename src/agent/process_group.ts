@@ -22,13 +22,17 @@ export function killGroup(pid: number, sig: Deno.Signal, leaderAlive = true): vo
   }
 }
 
-/** SIGTERM to the group now, SIGKILL after the grace unless `done` settles first. */
-export function endGroup(pid: number, done: Promise<unknown>): void {
-  killGroup(pid, "SIGTERM");
-  const t = setTimeout(() => killGroup(pid, "SIGKILL"), KILL_GRACE_MS);
+/**
+ * SIGTERM to the group now, SIGKILL after the grace unless `done` (the leader's exit)
+ * settles first. `leaderAlive`: false once the leader was reaped.
+ */
+export function endGroup(pid: number, done: Promise<unknown>, leaderAlive = true): void {
+  killGroup(pid, "SIGTERM", leaderAlive);
+  const t = setTimeout(() => killGroup(pid, "SIGKILL", leaderAlive), KILL_GRACE_MS);
   done.finally(() => {
     clearTimeout(t);
-    // Children that outlived the leader still hold the group; finish them.
-    killGroup(pid, "SIGKILL");
+    // Children that outlived the leader still hold the group; finish them (the leader's
+    // pid alone may be someone else's by now).
+    killGroup(pid, "SIGKILL", false);
   });
 }

@@ -13,7 +13,12 @@
 import type { Conn } from "../protocol/conn.ts";
 import { Grant } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit } from "../protocol/frames.ts";
-import type { Open, SessionInfo, WireError } from "../protocol/messages.ts";
+import {
+  MAX_STREAMS_PER_CONN,
+  type Open,
+  type SessionInfo,
+  type WireError,
+} from "../protocol/messages.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
 import { Pty, type PtyExit } from "./pty.ts";
 import { isSignalName } from "../common/signals.ts";
@@ -140,7 +145,7 @@ export class Session {
     return {
       id: this.id,
       created: this.created,
-      command: this.argv.join(" "),
+      command: this.argv.join(" ").slice(0, 512),
       clients: this.attachments.size,
       cols: this.cols,
       rows: this.rows,
@@ -175,7 +180,9 @@ export class Session {
       end: this.output.rings[0].end,
     });
     if (!a.readOnly && (open.cols || open.rows)) this.sizeFrom(a);
-    this.output.pump(w);
+    // After the caller has registered the stream: an ended session's last message may go
+    // out in this first pump, and the stream must be known then to be forgotten.
+    queueMicrotask(() => this.output.pump(w));
     this.manager.changed();
     return a;
   }
@@ -219,7 +226,10 @@ export class Session {
     if (!this.attachments.delete(a)) return;
     this.manager.hooks.left(a);
     this.output.leave(a.watcher, this.ephemeral ? "detach" : reason);
-    if (this.attachments.size === 0) {
+    if (this.attachments.size === 0 && this.ended) {
+      // Its program ended while this client still had output to take: nothing is left.
+      this.manager.remove(this);
+    } else if (this.attachments.size === 0) {
       if (this.ephemeral) this.terminate();
       else {
         this.graceTimer = setTimeout(() => this.terminate(), this.manager.graceMs);
@@ -291,6 +301,14 @@ export class SessionManager {
         };
       }
       return s.attach(conn, open);
+    }
+    if (this.sessions.size >= MAX_STREAMS_PER_CONN) {
+      // Each is reported to the relay in one message of at most this many.
+      return {
+        code: "rate_limited",
+        message: `${this.sessions.size} sessions are open on this machine already`,
+        hint: "end some with `tether sessions kill ID`",
+      };
     }
     let s: Session;
     try {

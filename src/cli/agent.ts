@@ -6,12 +6,24 @@ import { parseDuration } from "../common/duration.ts";
 import { usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
 import { dialTimeoutMs } from "../client/config.ts";
-import { type Act, agentRelay, collect, globals, parsePairs, untilSignal } from "./context.ts";
+import {
+  type Act,
+  agentRelay,
+  collect,
+  globals,
+  parsePairs,
+  takeEnv,
+  untilSignal,
+} from "./context.ts";
 
+/**
+ * `--ring-bytes`: at least 512 KiB. A client gives credit back a quarter of its window
+ * (256 KiB) at a time, so a smaller ring would stop the reading before that credit comes.
+ */
 function parseSize(text: string): number {
   const n = Number(text);
-  if (!Number.isInteger(n) || n < 65536 || n > 1024 * 1024 * 1024) {
-    throw usage(`invalid --ring-bytes '${text}'`, "give a byte count from 65536 to 1073741824");
+  if (!Number.isInteger(n) || n < 524288 || n > 1024 * 1024 * 1024) {
+    throw usage(`invalid --ring-bytes '${text}'`, "give a byte count from 524288 to 1073741824");
   }
   return n;
 }
@@ -49,7 +61,7 @@ export function registerAgent(program: Command, act: Act) {
       const a = new Agent({
         insecure: g.insecure,
         relay,
-        enrollKey: Deno.env.get("TETHER_AGENT_KEY") || undefined,
+        enrollKey: takeEnv("TETHER_AGENT_KEY"),
         stateDir: opts.stateDir || defaultAgentStateDir(),
         name: opts.name,
         labels: parsePairs(opts.label, "--label"),

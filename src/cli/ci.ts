@@ -48,6 +48,7 @@ import {
   collect,
   globals,
   parsePairs,
+  takeEnv,
   untilSignal,
 } from "./context.ts";
 import { printJson, say } from "./output.ts";
@@ -136,9 +137,7 @@ function registerHold(ci: Command, act: Act) {
         "hold",
         "set TETHER_RELAY (on GitHub Actions: from the repository secret TETHER_RELAY)",
       );
-      const enrollKey = Deno.env.get("TETHER_AGENT_KEY");
-      // The attached shells inherit this process's environment: keep the enrollment key out.
-      Deno.env.delete("TETHER_AGENT_KEY");
+      const enrollKey = takeEnv("TETHER_AGENT_KEY");
       if (!enrollKey) {
         throw new TetherError("not_configured", "no agent key for the hold", {
           hint: "set TETHER_AGENT_KEY to an agent key (on GitHub Actions: from the repository " +

@@ -133,3 +133,13 @@ export async function withClient<T>(
     client.close();
   }
 }
+
+/**
+ * Reads an environment variable and removes it: the commands and shells an agent starts
+ * inherit its environment, and must not see its enrollment key.
+ */
+export function takeEnv(name: string): string | undefined {
+  const v = Deno.env.get(name) || undefined;
+  Deno.env.delete(name);
+  return v;
+}

@@ -12,6 +12,7 @@ import { type Act, clientConfig, collect, globals, parsePairs, rawArgs } from ".
 import { asTetherError, printJson, say } from "./output.ts";
 import { writeAll } from "../common/bytes.ts";
 import { signalStatus } from "../common/signals.ts";
+import { visible } from "../common/text.ts";
 import { concatBytes } from "../common/bytes.ts";
 
 const EXEC_HELP = `
@@ -177,7 +178,7 @@ export function registerExec(program: Command, act: Act) {
             if (events) events.emit({ type: "detached", ...o });
             else printJson(o);
           } else {
-            console.log(result.id);
+            console.log(visible(result.id));
             say(`tether: exec ${result.id} runs on ${target.name}; ${how}`);
           }
           return 0;

@@ -186,8 +186,10 @@ export async function attach(
           if (notice) {
             term.status(notice);
           }
+          const waiting = credit;
           credit = streamCredit;
           streamCredit.add(msg.window);
+          waiting.close(); // wakes the input pump, which then waits on the new stream's credit
           resolve("ok");
         },
         onData(ch, offset, payload) {
@@ -220,6 +222,9 @@ export async function attach(
           });
         },
         onError(err) {
+          // Input waits on a credit nobody adds to until a stream starts again (sending on
+          // the dead stream, or spinning on a closed credit, would be wrong).
+          if (credit === streamCredit) credit = new Credit(0);
           streamCredit.close();
           if (!started) {
             resolve(err);
@@ -280,11 +285,13 @@ export async function attach(
       }
       const data = state.input(buf.subarray(0, n));
       let off = 0;
-      while (off < data.length && !lost) {
-        await credit.wait();
-        if (lost || state.over) break;
-        const m = Math.min(credit.available, data.length - off);
-        credit.take(m);
+      while (off < data.length) {
+        const c = credit;
+        await c.wait();
+        if (state.over) break;
+        if (c !== credit || c.available <= 0) continue; // a new stream: wait on its credit
+        const m = Math.min(c.available, data.length - off);
+        c.take(m);
         client.conn.sendBinary(encodeData(sid, CH_STDIN, 0, data.subarray(off, off + m)));
         off += m;
       }

@@ -102,6 +102,10 @@ export function runExec(
   let id = req.attach?.id;
   let attachId: string | undefined;
   let started = false;
+  /** The current stream has started (false while reconnecting). */
+  let live = false;
+  /** A signal asked us to leave before the command had started. */
+  let detachAsked = false;
   let finished = false;
   /** Next offset expected on each channel (index by channel number). */
   const offsets = [0, req.attach?.offset ?? 0, req.attach?.errOffset ?? 0];
@@ -121,7 +125,13 @@ export function runExec(
   // Output is written strictly in arrival order; credit goes back after each write.
   let writeChain = Promise.resolve();
   let backstop: ReturnType<typeof setTimeout> | undefined;
-  let wakeLost: ((err: WireError) => void) | undefined;
+  /** A loss not yet handled: kept until the main loop takes it (it may come at any moment). */
+  let pendingLost: WireError | undefined;
+  let wakeLost: (() => void) | undefined;
+  const noteLost = (err: WireError) => {
+    pendingLost = err;
+    wakeLost?.();
+  };
 
   const finish = (fn: () => void) => {
     if (finished) return;
@@ -179,6 +189,7 @@ export function runExec(
           opened = true;
           const first = !started;
           started = true;
+          live = true;
           id = msg.session ?? id;
           attachId = msg.attach_id;
           credit.close();
@@ -197,7 +208,7 @@ export function runExec(
         },
         onData(channel, offset, payload) {
           // A detaching client leaves the output to whoever attaches.
-          if (mine !== attempt || req.detach) return;
+          if (mine !== attempt || req.detach || finished) return;
           if (channel !== CH_STDOUT && channel !== CH_STDERR) return;
           const want = offsets[channel];
           if (offset > want) io.dropped?.(channel, offset - want);
@@ -210,6 +221,15 @@ export function runExec(
             .then(() => {
               pool.give(data);
               grant.consumed(n);
+            }, (e) => {
+              // Our own output failed (a full disk, a closed file): say so, and leave the
+              // command running, its output kept for an attach.
+              writeChain = Promise.resolve();
+              fail({
+                code: "internal",
+                message: `cannot write the command's output here: ${(e as Error).message}`,
+                hint: `it runs on; watch it elsewhere: tether exec --attach ${id}`,
+              });
             });
         },
         onCredit(channel, bytes) {
@@ -222,13 +242,19 @@ export function runExec(
         },
         onExit(msg) {
           if (mine !== attempt) return;
+          // A detaching client does not wait for the end: the status is kept for an attach.
+          if (req.detach) return;
           finish(() => resolveDone({ code: msg.code, signal: msg.signal, id: id ?? "" }));
         },
         onError(err) {
           if (mine !== attempt) return;
+          // The stdin pump waits on a credit nobody adds to until a stream starts again
+          // (sending on the dead stream, or spinning on a closed credit, would be wrong).
+          if (credit === streamCredit) credit = new Credit(0);
           streamCredit.close();
+          live = false;
           if (!opened) resolve(err);
-          else if (err.resumable && !isFinal(err.code) && !req.detach) wakeLost?.(err);
+          else if (err.resumable && !isFinal(err.code) && !req.detach) noteLost(err);
           else fail(err);
         },
       }, req.auth);
@@ -326,8 +352,11 @@ export function runExec(
           attempt++; // whatever that open brings later is ignored
           client.closeStream(sid, "lost");
           client.close();
-        } else if (!r.resumable && r.code !== "machine_offline") {
-          // The machine is back but does not have the command (or refuses): final.
+        } else if (
+          r.code === "session_not_found" || isFinal(r.code) ||
+          (r.code === "session_lost" && !r.resumable)
+        ) {
+          // The machine is back but does not have the command, or refuses: final.
           return fail(
             r.code === "session_not_found"
               ? {
@@ -357,7 +386,7 @@ export function runExec(
   (async () => {
     const r = await open();
     if (r !== "ok") return fail(r);
-    if (req.detach) {
+    if (req.detach || detachAsked) {
       client.closeStream(sid, "detach");
       finish(() => resolveDone({ code: 0, detached: true, id: id ?? "" }));
       return;
@@ -372,10 +401,14 @@ export function runExec(
       }, req.timeoutMs + TIMEOUT_BACKSTOP_MS);
     }
     while (!finished) {
-      const lost = await new Promise<WireError | null>((r) => {
-        wakeLost = r;
-        done.then(() => r(null), () => r(null));
-      });
+      if (!pendingLost) {
+        await new Promise<void>((r) => {
+          wakeLost = r;
+          done.then(() => r(), () => r());
+        });
+      }
+      const lost = pendingLost;
+      pendingLost = undefined;
       if (!lost || finished) return;
       await resume(lost);
     }
@@ -388,16 +421,23 @@ export function runExec(
     },
     kill() {
       if (finished) return;
+      // While reconnecting there is no stream to tell: the command may run on.
+      const told = live;
       client.closeStream(sid, "kill");
       finish(() =>
         rejectDone(
-          new TetherError("session_lost", "interrupted: the command was ended", {
-            hint: "its exit status was not waited for",
-          }),
+          told
+            ? new TetherError("session_lost", "interrupted: the command was ended", {
+              hint: "its exit status was not waited for",
+            })
+            : new TetherError("session_lost", "interrupted while reconnecting", {
+              hint: `the command may still run: tether exec --attach ${id} (or sessions kill)`,
+            }),
         )
       );
     },
     detach() {
+      if (!finished && !started) detachAsked = true; // done once it started
       if (!finished && started) {
         client.closeStream(sid, "detach");
         finish(() => resolveDone({ code: 0, detached: true, id: id ?? "" }));

@@ -12,6 +12,8 @@
 export const OUTPUT_WINDOW = 1024 * 1024;
 /** Default window for stdin toward an agent. */
 export const STDIN_WINDOW = 1024 * 1024;
+/** The largest window a peer may announce: what one stream may have in flight at a hop. */
+export const MAX_WINDOW = 16 * 1024 * 1024;
 
 /** The sender's side: how many bytes it may still send. */
 export class Credit {

@@ -14,6 +14,7 @@
  */
 import * as v from "valibot";
 import { ERROR_CODES } from "../common/errors.ts";
+import { MAX_WINDOW } from "./flow.ts";
 
 /** Largest JSON control message the relay accepts from agents and clients. */
 export const MAX_CONTROL_MESSAGE = 64 * 1024;
@@ -156,7 +157,7 @@ export const Open = v.pipe(
     stdin: v.boolean(),
     timeout_ms: opt(int(1, 365 * 86_400_000)),
     /** Initial credit, in bytes, the opener grants for output toward it. */
-    window: int(1, U32),
+    window: int(1, MAX_WINDOW),
     term: opt(str(128)),
     cols: opt(size),
     rows: opt(size),
@@ -210,7 +211,7 @@ export const Started = v.object({
   sid,
   pid: opt(int(0, U32)),
   /** Initial credit, in bytes, the agent grants for stdin toward it. */
-  window: int(1, U32),
+  window: int(1, MAX_WINDOW),
   /** The session joined or started (pty), or the exec's id (exec). */
   session: opt(str(64)),
   /** This watcher's id, to resume it after a lost connection. */

@@ -36,10 +36,12 @@ interface Route {
   csid: number;
   agent: AgentLink;
   asid: number;
-  /** Bytes the agent may still send toward the client. */
+  /** Bytes the agent may still send toward the client, and at most (the client's window). */
   outCredit: number;
-  /** Bytes the client may still send toward the agent. */
+  outWindow: number;
+  /** Bytes the client may still send toward the agent, and at most (the agent's window). */
   inCredit: number;
+  inWindow: number;
   /** Audit row of this exec or attach, and what it carried. */
   auditId: number;
   bytesIn: number;
@@ -173,6 +175,7 @@ export class Hub {
         const r = link.routes.get(msg.sid);
         if (!r) return;
         r.inCredit += msg.window;
+        r.inWindow = msg.window;
         r.session = msg.session;
         r.client.conn.send({ ...msg, sid: r.csid });
         return;
@@ -247,7 +250,12 @@ export class Hub {
       r.outCredit -= f.payload.length;
       r.bytesOut += f.payload.length;
     } else if (f.type === FRAME_CREDIT) {
+      // Credit is bytes handed on: never more than the window. More would let the other
+      // side buffer without bound here.
       r.inCredit += f.bytes;
+      if (r.inCredit > r.inWindow) {
+        throw new ProtocolError(`stream ${f.sid} credit beyond its window`);
+      }
     }
     setFrameSid(raw, r.csid);
     r.client.conn.sendBinary(raw);
@@ -314,6 +322,9 @@ export class Hub {
     } else if (f.type === FRAME_CREDIT) {
       if (f.channel !== CH_STDOUT) throw new ProtocolError("client granted credit on stdin");
       r.outCredit += f.bytes;
+      if (r.outCredit > r.outWindow) {
+        throw new ProtocolError(`stream ${f.sid} credit beyond its window`);
+      }
     }
     setFrameSid(raw, r.asid);
     r.agent.conn.sendBinary(raw);
@@ -371,7 +382,9 @@ export class Hub {
       agent,
       asid,
       outCredit: msg.window,
+      outWindow: msg.window,
       inCredit: 0,
+      inWindow: 0,
       auditId,
       bytesIn: 0,
       bytesOut: 0,
@@ -475,10 +488,11 @@ export class Hub {
     op: string,
     args: Record<string, unknown>,
     answer: (a: { result?: unknown; error?: WireError }) => void,
-  ): void {
+  ): number {
     const id = agent.nextReq++;
     agent.pending.set(id, answer);
     agent.conn.send({ t: "req", id, op, args });
+    return id;
   }
 
   /**
@@ -491,11 +505,14 @@ export class Hub {
       a.workspace === link.workspace && (!machineId || a.machineId === machineId)
     );
     const got = new Map<AgentLink, SessionInfo[]>();
+    const asked = new Map<AgentLink, number>();
     let answered = false;
     const reply = () => {
       if (answered) return;
       answered = true;
       clearTimeout(timer);
+      // An agent that did not answer in time is not waited for any more.
+      for (const [a, id] of asked) if (!got.has(a)) a.pending.delete(id);
       const out: SessionView[] = [];
       for (const a of agents) {
         for (const s of got.get(a) ?? a.sessions) out.push(sessionView(a, s));
@@ -506,16 +523,19 @@ export class Hub {
     const timer = setTimeout(reply, GATHER_MS);
     if (agents.length === 0) return reply();
     for (const a of agents) {
-      this.ask(a, "sessions", {}, (answer) => {
-        const list = Array.isArray(answer.result) ? answer.result : undefined;
-        try {
-          if (list) got.set(a, list.map(checkSessionInfo));
-        } catch (e) {
-          this.log(`agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`);
-        }
-        if (!got.has(a)) got.set(a, a.sessions);
-        if (got.size === agents.length) reply();
-      });
+      asked.set(
+        a,
+        this.ask(a, "sessions", {}, (answer) => {
+          const list = Array.isArray(answer.result) ? answer.result : undefined;
+          try {
+            if (list) got.set(a, list.map(checkSessionInfo));
+          } catch (e) {
+            this.log(`agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`);
+          }
+          if (!got.has(a)) got.set(a, a.sessions);
+          if (got.size === agents.length) reply();
+        }),
+      );
     }
   }
 

@@ -134,7 +134,7 @@ function handle(
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
   if (req.path === "/readyz") {
-    const problem = hub.store.health();
+    const problem = readiness(hub);
     return problem
       ? { status: 503, body: `not ready: ${problem}\n` }
       : { status: 200, body: "ready\n" };
@@ -304,4 +304,16 @@ function hello(
   conn.send({ ...base, machine });
   hub.addAgent(link);
   return link;
+}
+
+/** Answers to /readyz are reused for a second: each one writes a probe file. */
+const READY_CACHE_MS = 1_000;
+const lastHealth = new WeakMap<Hub, { at: number; problem: string | undefined }>();
+
+function readiness(hub: Hub): string | undefined {
+  const last = lastHealth.get(hub);
+  if (last && Date.now() - last.at < READY_CACHE_MS) return last.problem;
+  const problem = hub.store.health();
+  lastHealth.set(hub, { at: Date.now(), problem });
+  return problem;
 }

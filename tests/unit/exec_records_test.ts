@@ -48,6 +48,7 @@ Deno.test("exec records: after a restart, what ran is lost (never 0) and what en
 
     const lost = fakeConn();
     m.find("aaaa")!.watch(lost.conn, open({ session: "aaaa" }));
+    await Promise.resolve(); // the first pump runs once the stream is registered
     assert.equal(lost.sent.controls[0].t, "started");
     assert.deepEqual(
       (({ t, code }) => ({ t, code }))(lost.sent.controls[1] as { t: string; code: string }),
@@ -55,6 +56,7 @@ Deno.test("exec records: after a restart, what ran is lost (never 0) and what en
     );
     const kept = fakeConn();
     m.find("bbbbbbbbbbbb")!.watch(kept.conn, open({ session: "bbbbbbbbbbbb", sid: 2 }));
+    await Promise.resolve();
     const started = kept.sent.controls[0] as { offset: number; err_offset: number };
     assert.deepEqual([started.offset, started.err_offset], [10, 2], "the output was not kept");
     assert.deepEqual(kept.sent.controls[1], { t: "exit", sid: 2, code: 4, signal: null });
@@ -75,6 +77,7 @@ Deno.test("exec: a command runs, is recorded, and is kept with its output once i
     assert.deepEqual([info.state, info.exit_code], ["exited", 3]);
     const { conn, sent } = fakeConn();
     e.watch(conn, open({ session: e.id }));
+    await Promise.resolve();
     assert.deepEqual(sent.data.map(([ch, , t]) => [ch, t]), [[1, "out\n"], [2, "err\n"]]);
     assert.deepEqual(sent.controls.at(-1), { t: "exit", sid: 1, code: 3, signal: null });
     const rec = JSON.parse(Deno.readTextFileSync(join(dir, "execs", `${e.id}.json`)));
@@ -86,6 +89,7 @@ Deno.test("exec: a command runs, is recorded, and is kept with its output once i
     await bad.ended;
     const b = fakeConn();
     bad.watch(b.conn, open({ session: bad.id }));
+    await Promise.resolve();
     assert.match(b.sent.data[0][2], /^tether: \/no\/such\/program: /);
     assert.deepEqual(b.sent.controls.at(-1), { t: "exit", sid: 1, code: 127, signal: null });
     m.close();

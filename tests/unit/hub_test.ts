@@ -201,3 +201,21 @@ Deno.test("hub: a revoked key's connections are closed by the sweep", async () =
   assert.deepEqual(c.sent.closed, [[4401, "the relay revoked this key"]]);
   assert.deepEqual(w.agentSent.closed, [], "the agent's key is fine");
 });
+
+Deno.test("hub: credit beyond a stream's window is refused (it would let the relay buffer without bound)", async () => {
+  await using w = await world();
+  const c = w.client();
+  w.hub.onClientControl(c.link, open(w.machine));
+  const asid = (w.agentSent.controls[0] as { sid: number }).sid;
+  w.hub.onAgentControl(w.agent, { t: "started", sid: asid, window: 50 });
+  const credit = encodeCredit(1, CH_STDOUT, 1);
+  assert.throws(
+    () => w.hub.onClientFrame(c.link, decodeFrame(credit), credit),
+    /beyond its window/,
+  );
+  const agentCredit = encodeCredit(asid, CH_STDIN, 1);
+  assert.throws(
+    () => w.hub.onAgentFrame(w.agent, decodeFrame(agentCredit), agentCredit),
+    /beyond its window/,
+  );
+});
