@@ -413,12 +413,12 @@ Deno.test("a relay on a port that is taken says so", async () => {
 
 Deno.test("machines lists a workspace of 400 machines (answers larger than a client's message limit)", async () => {
   await using w = await World.create();
-  const { Store } = await import("../src/relay/store.ts");
-  const store = new Store(w.relayDir);
+  const { SqliteStore } = await import("../src/relay/store_sqlite.ts");
+  const store = new SqliteStore(w.relayDir);
   try {
-    const key = store.listKeys().find((k) => k.role === "agent")!;
+    const key = (await store.listKeys()).find((k) => k.role === "agent")!;
     for (let i = 0; i < 400; i++) {
-      store.enrollMachine("default", key.id, {
+      await store.enrollMachine("default", key.id, {
         name: `bulk-${String(i).padStart(3, "0")}-with-a-longish-name`,
         hostname: `host-${i}.example.internal`,
         labels: { env: "bulk", index: String(i) },
@@ -428,7 +428,7 @@ Deno.test("machines lists a workspace of 400 machines (answers larger than a cli
       });
     }
   } finally {
-    store.close();
+    await store.close();
   }
   const r = await w.tether(["machines", "--json"]);
   assert.equal(r.code, 0, r.stdout + r.stderr);

@@ -5,7 +5,8 @@ import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultDataDir } from "../common/paths.ts";
 import { startRelay } from "../relay/server.ts";
-import { Store } from "../relay/store.ts";
+import type { Store } from "../relay/store.ts";
+import { openStore, storeLabel } from "../relay/open_store.ts";
 import { type Act, collect, globals, parseListen, untilSignal } from "./context.ts";
 import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
@@ -17,13 +18,23 @@ export function defaultRelayDataDir(): string {
 }
 
 /** Runs `fn` on the relay's store (offline admin), closed afterwards whatever happens. */
-function withStore<T>(dataDir: string | undefined, fn: (store: Store) => T): T {
-  const store = new Store(dataDir || defaultRelayDataDir());
+async function withStore<T>(
+  opts: { dataDir?: string; store?: string },
+  fn: (store: Store) => Promise<T>,
+): Promise<T> {
+  const store = await openStore(storeSpec(opts), opts.dataDir || defaultRelayDataDir());
   try {
-    return fn(store);
+    return await fn(store);
   } finally {
-    store.close();
+    await store.close();
   }
+}
+
+const STORE_HELP = "PostgreSQL URL shared by a fleet of relays (env TETHER_STORE, which keeps " +
+  "the password out of ps); default: SQLite in --data-dir";
+
+function storeSpec(opts: { store?: string }): string | undefined {
+  return opts.store || Deno.env.get("TETHER_STORE") || undefined;
 }
 
 export function registerRelay(program: Command, act: Act) {
@@ -33,6 +44,7 @@ export function registerRelay(program: Command, act: Act) {
     .description("run a relay")
     .option("--listen <host:port>", "address to listen on", DEFAULT_LISTEN)
     .option("--data-dir <dir>", "where the relay keeps its SQLite state")
+    .option("--store <url>", STORE_HELP)
     .option("--tls-cert <file>", "PEM certificate; serves wss:// with --tls-key")
     .option("--tls-key <file>", "PEM private key")
     .option(
@@ -61,10 +73,12 @@ export function registerRelay(program: Command, act: Act) {
           ...opts.tlsName,
         ])
         : undefined;
+      const store = await openStore(storeSpec(opts), dataDir);
       const r = startRelay({
         hostname,
         port,
         dataDir,
+        store,
         tls: self,
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
@@ -74,12 +88,14 @@ export function registerRelay(program: Command, act: Act) {
         printJson({
           listening: r.url,
           data_dir: r.dataDir,
+          store: store.kind,
           ...(self
             ? { fingerprint: self.fingerprint, ca_file: self.caFile, names: self.names }
             : {}),
         });
       } else {
         console.log(`relay listening on ${r.url}`);
+        console.error(`store: ${storeLabel(store, dataDir)}`);
         if (self) {
           console.error(
             `TLS: private CA ${self.fingerprint} (certificate: ${self.caFile}); ` +
@@ -96,13 +112,14 @@ export function registerRelay(program: Command, act: Act) {
   relay.command("init")
     .description("create a workspace (default: 'default') and mint one client and one agent key")
     .option("--data-dir <dir>", "the relay's data dir")
+    .option("--store <url>", STORE_HELP)
     .option("--workspace <name>", "workspace name", "default")
-    .action(act((opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
-      withStore(opts.dataDir, (store) => {
-        store.ensureWorkspace(opts.workspace);
-        const client = store.createKey(opts.workspace, "client");
-        const agent = store.createKey(opts.workspace, "agent");
+      await withStore(opts, async (store) => {
+        await store.ensureWorkspace(opts.workspace);
+        const client = await store.createKey(opts.workspace, "client");
+        const agent = await store.createKey(opts.workspace, "agent");
         if (g.json) {
           printJson({ workspace: opts.workspace, client_key: client.key, agent_key: agent.key });
         } else {
@@ -117,13 +134,14 @@ export function registerRelay(program: Command, act: Act) {
   relay.command("audit")
     .description("show the audit log: every exec and attach, who, where, bytes, exit")
     .option("--data-dir <dir>", "the relay's data dir")
+    .option("--store <url>", STORE_HELP)
     .option("--limit <n>", "newest N entries", "1000")
-    .action(act((opts, cmd) => {
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1) throw usage(`invalid --limit '${opts.limit}'`);
-      withStore(opts.dataDir, (store) => {
-        const rows = store.listAudit(limit);
+      await withStore(opts, async (store) => {
+        const rows = await store.listAudit(limit);
         const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
         if (g.json) {
           printJson(
@@ -155,14 +173,15 @@ export function registerRelay(program: Command, act: Act) {
     .requiredOption("--workspace <name>", "workspace the key belongs to")
     .requiredOption("--role <role>", "client or agent")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action(act((opts, cmd) => {
+    .option("--store <url>", STORE_HELP)
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const role = opts.role;
       if (role !== "client" && role !== "agent") {
         throw usage(`--role must be client or agent, not '${role}'`);
       }
-      withStore(opts.dataDir, (store) => {
-        const k = store.createKey(opts.workspace, role);
+      await withStore(opts, async (store) => {
+        const k = await store.createKey(opts.workspace, role);
         if (g.json) printJson({ id: k.id, key: k.key, role: k.role, workspace: k.workspace });
         else {
           console.log(k.key);
@@ -174,10 +193,11 @@ export function registerRelay(program: Command, act: Act) {
   keys.command("list")
     .description("list keys (never their secrets)")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action(act((opts, cmd) => {
+    .option("--store <url>", STORE_HELP)
+    .action(act(async (opts, cmd) => {
       const g = globals(cmd);
-      withStore(opts.dataDir, (store) => {
-        const rows = store.listKeys();
+      await withStore(opts, async (store) => {
+        const rows = await store.listKeys();
         const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
         if (g.json) {
           printJson(rows.map((k) => ({
@@ -210,10 +230,11 @@ export function registerRelay(program: Command, act: Act) {
     .description("revoke a key: refused from now on, its connections closed")
     .argument("<id>", "key id (see `relay keys list`)")
     .option("--data-dir <dir>", "the relay's data dir")
-    .action(act((id, opts, cmd) => {
+    .option("--store <url>", STORE_HELP)
+    .action(act(async (id, opts, cmd) => {
       const g = globals(cmd);
-      withStore(opts.dataDir, (store) => {
-        if (!store.revokeKey(id)) {
+      await withStore(opts, async (store) => {
+        if (!(await store.revokeKey(id))) {
           throw new TetherError("usage", `no key with id '${id}'`, {
             hint: "list keys with `tether relay keys list`",
           });

@@ -30,17 +30,17 @@ export function registerUp(program: Command, act: Act) {
       const stateDir = join(dataDir, "agent");
       const { hostname, port } = parseListen(opts.listen);
       const relay = startRelay({ hostname, port, dataDir: join(dataDir, "relay") });
-      relay.store.ensureWorkspace(WORKSPACE);
+      await relay.store.ensureWorkspace(WORKSPACE);
 
       const cfgDir = configDir(g);
       const stored = readStoredConfig(cfgDir);
       // The stored key is reused while this relay accepts it, even if the port changed.
-      const apiKey = reusableClientKey(relay.store, stored.api_key) ??
-        relay.store.createKey(WORKSPACE, "client").key;
+      const apiKey = await reusableClientKey(relay.store, stored.api_key) ??
+        (await relay.store.createKey(WORKSPACE, "client")).key;
       const cfgPath = writeStoredConfig(cfgDir, { relay: relay.url, api_key: apiKey });
 
-      const enrollKey = agentNeedsKey(relay.store, stateDir)
-        ? relay.store.createKey(WORKSPACE, "agent").key
+      const enrollKey = await agentNeedsKey(relay.store, stateDir)
+        ? (await relay.store.createKey(WORKSPACE, "agent")).key
         : undefined;
       let announced = false;
       const agent = new Agent({
@@ -76,17 +76,20 @@ export function registerUp(program: Command, act: Act) {
 }
 
 /** The configured client key if this relay still accepts it. */
-function reusableClientKey(store: Store, key: string | undefined): string | undefined {
+async function reusableClientKey(
+  store: Store,
+  key: string | undefined,
+): Promise<string | undefined> {
   const parsed = key ? parseKey(key) : null;
-  const p = parsed ? store.authenticate(parsed) : null;
+  const p = parsed ? await store.authenticate(parsed) : null;
   return p?.kind === "client" && p.workspace === WORKSPACE ? key : undefined;
 }
 
 /** Whether the local agent must enroll (no identity, or one this relay no longer knows). */
-function agentNeedsKey(store: Store, stateDir: string): boolean {
+async function agentNeedsKey(store: Store, stateDir: string): Promise<boolean> {
   const id = loadIdentity(stateDir);
   if (!id) return true;
-  const known = store.authenticate({ kind: "machine", id: id.id, secret: id.secret });
+  const known = await store.authenticate({ kind: "machine", id: id.id, secret: id.secret });
   if (known) return false;
   Deno.removeSync(join(stateDir, IDENTITY_FILE));
   return true;

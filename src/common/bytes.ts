@@ -23,21 +23,27 @@ export async function writeAll(
 }
 
 /**
- * Buffers for bytes kept a little while (output waiting to be written), given back once
- * used, so that streaming makes no garbage: `copy()` takes a free buffer that fits (or
- * makes one), `give()` returns it. At most `keep` free buffers are held.
+ * Buffers for bytes kept a little while (output waiting to be written, stdin waiting for
+ * the agent's credit), given back once used, so that bulk streaming makes no garbage:
+ * `copy()` takes a free buffer (or makes one), `give()` returns it. Small data (a turn's
+ * line) gets an exact copy instead: it may wait long (credit comes back in batches), and a
+ * whole pooled buffer for each would cost far more than the copy. At most `keep` free
+ * buffers are held.
  */
 export class BufferPool {
   private readonly free: ArrayBuffer[] = [];
+  /** Below this, data is copied exactly rather than into a pooled buffer. */
+  readonly small: number;
 
-  constructor(readonly size: number, readonly keep = 32) {}
+  constructor(readonly size: number, readonly keep = 32) {
+    this.small = size / 16;
+  }
 
-  /** `data` copied into a pooled buffer (a fresh one when `data` is larger than `size`). */
+  /** `data` copied into a pooled buffer, or an exact copy when small or larger than `size`. */
   copy(data: Uint8Array): Uint8Array {
-    const buf = data.length <= this.size
-      ? this.free.pop() ?? new ArrayBuffer(this.size)
-      : undefined;
-    const out = buf ? new Uint8Array(buf, 0, data.length) : new Uint8Array(data.length);
+    if (data.length < this.small || data.length > this.size) return data.slice();
+    const buf = this.free.pop() ?? new ArrayBuffer(this.size);
+    const out = new Uint8Array(buf, 0, data.length);
     out.set(data);
     return out;
   }

@@ -147,12 +147,24 @@ export class Conn {
     if (this.ended) return;
     this.lastRecv = Date.now();
     const h = this.handlers!;
-    try {
+    this.guard(() => {
       if (typeof data === "string") {
         h.onControl(parseControl(data, this.maxControl));
       } else {
         h.onFrame(decodeFrame(data), data);
       }
+    });
+  }
+
+  /**
+   * Runs `fn` the way a received message is handled: a ProtocolError (or a bug) ends
+   * the connection with an error, never the process. For work picked up later, such as
+   * messages that waited for the store.
+   */
+  guard(fn: () => void): void {
+    if (this.ended) return;
+    try {
+      fn();
     } catch (e) {
       if (e instanceof ProtocolError) {
         this.fail(CLOSE_PROTOCOL, { code: "internal", message: `protocol error: ${e.message}` });

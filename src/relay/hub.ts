@@ -70,7 +70,21 @@ export interface ClientLink {
   principal: Principal;
   workspace: string;
   routes: Map<number, Route>;
+  /** Opens waiting for the store, by the client's sid. */
+  opening: Map<number, Opening>;
 }
+
+/**
+ * An open the store has not answered yet. Controls the client sends meanwhile wait
+ * here (in order) for the route; a close ends the open instead.
+ */
+export interface Opening {
+  closed: string | undefined;
+  queued: Control[];
+}
+
+/** Controls held for one pending open; a client that sends more is broken. */
+const MAX_QUEUED_CONTROLS = 64;
 
 /** How long `sessions` waits for the agents' lists. */
 const GATHER_MS = 3_000;
@@ -111,6 +125,7 @@ export interface HubOptions {
 export class Hub {
   private lastFlush = 0;
   private lastPrune = 0;
+  private sweeping = false;
   /** Set while the relay shuts down: new connections are turned away. */
   closing = false;
   readonly agents = new Map<string, AgentLink>();
@@ -160,9 +175,9 @@ export class Hub {
         error: { code: "machine_offline", message: `machine ${link.info.name} went offline` },
       });
     }
-    try {
-      this.store.touchMachines(new Map([[link.machineId, link.lastSeen]]));
-    } catch { /* store closed during shutdown */ }
+    this.store.touchMachines(new Map([[link.machineId, link.lastSeen]])).catch(() => {
+      /* best effort: the store may be closed (shutdown) or failing; the next flush helps */
+    });
     this.log(`agent offline: ${link.info.name} (${link.machineId}): ${reason}`);
   }
 
@@ -200,13 +215,10 @@ export class Hub {
           });
           return;
         }
-        try {
-          this.store.retireMachine(link.machineId);
+        this.store.retireMachine(link.machineId).then(() => {
           this.log(`machine ${link.info.name} (${link.machineId}) retired`);
           link.conn.send({ t: "res", id: msg.id, result: { retired: link.machineId } });
-        } catch (e) {
-          link.conn.send({ t: "res", id: msg.id, error: errorBody(e) });
-        }
+        }, (e) => link.conn.send({ t: "res", id: msg.id, error: errorBody(e) }));
         return;
       }
       case "res": {
@@ -282,8 +294,10 @@ export class Hub {
       case "ping":
         return;
       case "req": {
-        const answer = this.answer(link, msg);
-        if (answer) link.conn.send(answer);
+        this.answer(link, msg).then(
+          (answer) => answer && link.conn.send(answer),
+          (e) => link.conn.send({ t: "res", id: msg.id, error: errorBody(e) }),
+        );
         return;
       }
       case "open":
@@ -294,6 +308,17 @@ export class Hub {
       case "resize":
       case "auth":
       case "close": {
+        const opening = link.opening.get(msg.sid);
+        if (opening) {
+          if (msg.t === "close") {
+            opening.closed = { lost: "client_lost", kill: "killed", detach: "detached" }[
+              msg.reason ?? "detach"
+            ];
+          } else if (opening.queued.push(msg) > MAX_QUEUED_CONTROLS) {
+            throw new ProtocolError(`stream ${msg.sid}: too many messages before it opened`);
+          }
+          return;
+        }
         const r = link.routes.get(msg.sid);
         if (!r) return;
         if (msg.t === "close") {
@@ -330,13 +355,38 @@ export class Hub {
     r.agent.conn.sendBinary(raw);
   }
 
+  /**
+   * Checks an open at once (a protocol error closes the connection), then routes it
+   * once the store answered: the machine, and the audit row that must be written before
+   * anything runs. A client that leaves, or closes the stream, meanwhile is honoured.
+   */
   private open(link: ClientLink, msg: Open): void {
-    const fail = (e: WireError) => link.conn.send({ t: "error", sid: msg.sid, ...e });
-    if (link.routes.has(msg.sid)) throw new ProtocolError(`stream ${msg.sid} is already open`);
-    if (link.routes.size >= MAX_STREAMS_PER_CONN) {
+    if (link.routes.has(msg.sid) || link.opening.has(msg.sid)) {
+      throw new ProtocolError(`stream ${msg.sid} is already open`);
+    }
+    if (link.routes.size + link.opening.size >= MAX_STREAMS_PER_CONN) {
       throw new ProtocolError(`more than ${MAX_STREAMS_PER_CONN} streams on one connection`);
     }
-    const row = msg.machine ? this.store.getMachine(msg.machine) : undefined;
+    const pending: Opening = { closed: undefined, queued: [] };
+    link.opening.set(msg.sid, pending);
+    this.route(link, msg, pending).catch((e) => {
+      this.log(`open failed: ${(e as Error).message}`);
+      link.conn.send({ t: "error", sid: msg.sid, ...errorBody(e) });
+    }).finally(() => {
+      link.opening.delete(msg.sid);
+      // What the client sent meanwhile goes the way it would have gone.
+      if (!this.clients.has(link)) return;
+      for (const m of pending.queued) link.conn.guard(() => this.onClientControl(link, m));
+    });
+  }
+
+  private async route(
+    link: ClientLink,
+    msg: Open,
+    pending: Opening,
+  ): Promise<void> {
+    const fail = (e: WireError) => link.conn.send({ t: "error", sid: msg.sid, ...e });
+    const row = msg.machine ? await this.store.getMachine(msg.machine) : undefined;
     if (!row || row.workspace !== link.workspace) {
       return fail({
         code: "machine_not_found",
@@ -344,18 +394,10 @@ export class Hub {
         hint: "list machines with `tether machines`",
       });
     }
-    const agent = this.agents.get(row.id);
-    if (!agent) return fail(machineOffline(row).toJSON());
-    if (agent.routes.size >= MAX_STREAMS_PER_CONN) {
-      return fail({
-        code: "rate_limited",
-        message: `machine ${row.name} has too many open streams`,
-      });
-    }
-    const asid = agent.nextSid++;
+    if (!this.agents.get(row.id)) return fail(machineOffline(row).toJSON());
     let auditId: number;
     try {
-      auditId = this.store.auditStart({
+      auditId = await this.store.auditStart({
         workspace: link.workspace,
         key_id: link.principal.keyId,
         machine_id: row.id,
@@ -376,6 +418,31 @@ export class Hub {
           "`tether machines` still works",
       });
     }
+    const end = (error: string) =>
+      this.store.auditEnd(auditId, {
+        bytes_in: 0,
+        bytes_out: 0,
+        exit_code: null,
+        signal: null,
+        error,
+        session: null,
+      }).catch(() => {});
+    // While the store answered, the client may have gone or given up, the agent may have left.
+    if (!this.clients.has(link)) return void end("client_lost");
+    if (pending.closed) return void end(pending.closed);
+    const agent = this.agents.get(row.id);
+    if (!agent) {
+      end("machine_offline");
+      return fail(machineOffline(row).toJSON());
+    }
+    if (agent.routes.size >= MAX_STREAMS_PER_CONN) {
+      end("rate_limited");
+      return fail({
+        code: "rate_limited",
+        message: `machine ${row.name} has too many open streams`,
+      });
+    }
+    const asid = agent.nextSid++;
     const route: Route = {
       client: link,
       csid: msg.sid,
@@ -400,18 +467,14 @@ export class Hub {
     r: Route,
     end: { exit_code?: number; signal?: string | null; error?: string },
   ): void {
-    try {
-      this.store.auditEnd(r.auditId, {
-        bytes_in: r.bytesIn,
-        bytes_out: r.bytesOut,
-        exit_code: end.exit_code ?? null,
-        signal: end.signal ?? null,
-        error: end.error ?? null,
-        session: r.session ?? null,
-      });
-    } catch (e) {
-      this.log(`audit write failed: ${(e as Error).message}`);
-    }
+    this.store.auditEnd(r.auditId, {
+      bytes_in: r.bytesIn,
+      bytes_out: r.bytesOut,
+      exit_code: end.exit_code ?? null,
+      signal: end.signal ?? null,
+      error: end.error ?? null,
+      session: r.session ?? null,
+    }).catch((e) => this.log(`audit write failed: ${(e as Error).message}`));
   }
 
   private unroute(r: Route): void {
@@ -420,18 +483,18 @@ export class Hub {
   }
 
   /** Answers a client request, or forwards it to an agent (then returns undefined). */
-  private answer(link: ClientLink, req: Req): Control | undefined {
+  private async answer(link: ClientLink, req: Req): Promise<Control | undefined> {
     const fail = (e: WireError): Control => ({ t: "res", id: req.id, error: e });
     switch (req.op) {
       case "machines":
         return {
           t: "res",
           id: req.id,
-          result: this.machines(link.workspace, { retired: req.args.retired === true }),
+          result: await this.machines(link.workspace, { retired: req.args.retired === true }),
         };
       case "remove_machine": {
         const id = req.args.machine;
-        const row = typeof id === "string" ? this.store.getMachine(id) : undefined;
+        const row = typeof id === "string" ? await this.store.getMachine(id) : undefined;
         if (!row || row.workspace !== link.workspace) {
           return fail({
             code: "machine_not_found",
@@ -447,11 +510,7 @@ export class Hub {
             hint: "stop its agent first",
           });
         }
-        try {
-          this.store.removeMachine(row.id);
-        } catch (e) {
-          return fail(errorBody(e));
-        }
+        await this.store.removeMachine(row.id);
         this.log(`machine ${row.name} (${row.id}) removed by key ${link.principal.keyId}`);
         return { t: "res", id: req.id, result: { removed: row.id, name: row.name } };
       }
@@ -539,9 +598,10 @@ export class Hub {
     }
   }
 
-  machines(workspace: string, opts: { retired?: boolean } = {}): MachineView[] {
+  async machines(workspace: string, opts: { retired?: boolean } = {}): Promise<MachineView[]> {
+    const rows = await this.store.listMachines(workspace, opts);
     const now = Date.now();
-    return this.store.listMachines(workspace, opts).map((m: MachineRow) => {
+    return rows.map((m: MachineRow) => {
       const live = this.agents.get(m.id);
       const lastSeen = live ? live.lastSeen : m.last_seen;
       return {
@@ -561,30 +621,45 @@ export class Hub {
     });
   }
 
-  /** Persists heartbeat times and closes connections whose key was revoked. */
-  sweep(): void {
+  /**
+   * Persists heartbeat times and key use, forgets long-gone machines, and closes
+   * connections whose key was revoked. Each step is best effort: a failing store is
+   * logged and tried again next sweep. Sweeps never overlap.
+   */
+  async sweep(): Promise<void> {
+    if (this.sweeping) return;
+    this.sweeping = true;
+    try {
+      await this.sweepOnce();
+    } finally {
+      this.sweeping = false;
+    }
+  }
+
+  private async sweepOnce(): Promise<void> {
     // Online machines' heartbeat times live in memory; the store gets them now and then
     // (and at disconnect), not on every ping.
     if (Date.now() - this.lastFlush >= LAST_SEEN_FLUSH_MS) {
-      try {
-        this.flushLastSeen();
-      } catch (e) {
-        this.log(`cannot write heartbeat times: ${(e as Error).message}`);
-      }
+      await this.flushLastSeen().catch((e) =>
+        this.log(`cannot write heartbeat times: ${(e as Error).message}`)
+      );
     }
-    try {
-      this.store.flushKeyUse();
-    } catch { /* best effort: kept for the next sweep */ }
+    await this.store.flushKeyUse().catch(() => {/* kept for the next sweep */});
     const pruneAfter = this.opts.pruneAfterMs ?? DEFAULT_PRUNE_AFTER_MS;
     const every = pruneAfter > 0 ? Math.min(PRUNE_EVERY_MS, pruneAfter) : PRUNE_EVERY_MS;
-    if (Date.now() - this.lastPrune >= every) this.prune();
+    if (Date.now() - this.lastPrune >= every) await this.prune();
     const links: { conn: Conn; principal: Principal }[] = [
       ...this.agents.values(),
       ...this.clients,
     ];
-    const revoked = new Set(
-      this.store.revokedAmong([...new Set(links.map((l) => l.principal.keyId))]),
-    );
+    let revoked: Set<string>;
+    try {
+      revoked = new Set(
+        await this.store.revokedAmong([...new Set(links.map((l) => l.principal.keyId))]),
+      );
+    } catch (e) {
+      return this.log(`cannot check revoked keys: ${(e as Error).message}`);
+    }
     for (const l of links) {
       if (revoked.has(l.principal.keyId)) {
         l.conn.fail(CLOSE_AUTH, {
@@ -597,11 +672,11 @@ export class Hub {
   }
 
   /** Forgets machines offline longer than --prune-after, and retired ones after an hour. */
-  prune(): void {
+  async prune(): Promise<void> {
     this.lastPrune = Date.now();
     const after = this.opts.pruneAfterMs ?? DEFAULT_PRUNE_AFTER_MS;
     try {
-      const gone = this.store.pruneMachines(
+      const gone = await this.store.pruneMachines(
         after > 0 ? Date.now() - after : -Infinity,
         Date.now() - RETIRED_KEEP_MS,
         new Set(this.agents.keys()),
@@ -612,11 +687,11 @@ export class Hub {
     }
   }
 
-  flushLastSeen(): void {
+  async flushLastSeen(): Promise<void> {
     this.lastFlush = Date.now();
     const seen = new Map<string, number>();
     for (const a of this.agents.values()) seen.set(a.machineId, a.lastSeen);
-    this.store.touchMachines(seen);
+    await this.store.touchMachines(seen);
   }
 
   closeAll(): void {

@@ -15,12 +15,13 @@ import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
-import { type Principal, Store } from "./store.ts";
+import type { Principal, Store } from "./store.ts";
+import { SqliteStore } from "./store_sqlite.ts";
 import { FailurePacer } from "../common/throttle.ts";
 import { visible } from "../common/text.ts";
 import { delay } from "../common/async.ts";
 import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
-import { MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
+import { decodeFrame, type Frame, MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
 import { MAX_AGENT_MESSAGE, MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
 
 /**
@@ -44,6 +45,8 @@ export interface RelayOptions {
   /** Forget machines offline longer than this (default 7 days; 0 never). */
   pruneAfterMs?: number;
   log?: (line: string) => void;
+  /** The store to use; by default the SQLite database in dataDir. The relay closes it. */
+  store?: Store;
 }
 
 export interface Relay {
@@ -62,7 +65,7 @@ const SWEEP_MS = 2_000;
 
 export function startRelay(opts: RelayOptions): Relay {
   const log = opts.log ?? ((line: string) => console.error(`relay: ${visible(line)}`));
-  const store = new Store(opts.dataDir);
+  const store = opts.store ?? new SqliteStore(opts.dataDir);
   const hub = new Hub(store, log, { pruneAfterMs: opts.pruneAfterMs });
   const tls = !!(opts.tlsCert && opts.tlsKey) || !!opts.tls;
   const pacer = new FailurePacer(
@@ -82,7 +85,7 @@ export function startRelay(opts: RelayOptions): Relay {
       log,
     }, (req) => handle(req, hub, pacer, log));
   } catch (e) {
-    store.close();
+    store.close().catch(() => {});
     if (e instanceof Deno.errors.AddrInUse) {
       throw new TetherError("usage", `${opts.hostname}:${opts.port} is already in use`, {
         hint: "another relay (or `tether up`) may be running; pick another --listen port",
@@ -93,11 +96,7 @@ export function startRelay(opts: RelayOptions): Relay {
   const addr = server.addr;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
   const sweep = setInterval(() => {
-    try {
-      hub.sweep();
-    } catch (e) {
-      log(`sweep failed: ${(e as Error).message}`);
-    }
+    hub.sweep().catch((e) => log(`sweep failed: ${(e as Error).message}`));
   }, SWEEP_MS);
   let down: Promise<void> | undefined;
   return {
@@ -115,10 +114,8 @@ export function startRelay(opts: RelayOptions): Relay {
         const stopped = server.shutdown();
         hub.closeAll();
         await stopped;
-        try {
-          hub.flushLastSeen();
-        } catch { /* best effort */ }
-        store.close();
+        await hub.flushLastSeen().catch(() => {/* best effort */});
+        await store.close();
       })();
       return down;
     },
@@ -134,10 +131,9 @@ function handle(
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
   if (req.path === "/readyz") {
-    const problem = readiness(hub);
-    return problem
-      ? { status: 503, body: `not ready: ${problem}\n` }
-      : { status: 200, body: "ready\n" };
+    return readiness(hub).then((problem) =>
+      problem ? { status: 503, body: `not ready: ${problem}\n` } : { status: 200, body: "ready\n" }
+    );
   }
   const role: Role | undefined = req.path === "/v1/agent"
     ? "agent"
@@ -146,11 +142,34 @@ function handle(
     : undefined;
   if (!role) return { status: 404, body: "not found\n" };
 
-  const addr = req.remote;
   const auth = req.headers.get("authorization") ?? "";
   const m = /^Bearer\s+(\S+)$/i.exec(auth);
   const parsed = m ? parseKey(m[1]) : null;
-  const principal = parsed ? hub.store.authenticate(parsed) : null;
+  if (!parsed) return admit(req, role, null, hub, pacer, log);
+  return hub.store.authenticate(parsed).then(
+    (principal) => admit(req, role, principal, hub, pacer, log),
+    (e) => {
+      // The store cannot answer: nobody is refused for it, everybody may retry.
+      log(`cannot check a key: ${(e as Error).message}`);
+      return {
+        status: 503,
+        body: "relay_unavailable: the relay cannot check keys right now\n",
+        headers: { "retry-after": "2" },
+      };
+    },
+  );
+}
+
+/** Answers a request whose key was checked (`principal` null: missing or invalid). */
+function admit(
+  req: HttpRequest,
+  role: Role,
+  principal: Principal | null,
+  hub: Hub,
+  pacer: FailurePacer,
+  log: (l: string) => void,
+): HttpAnswer | Promise<HttpAnswer> {
+  const addr = req.remote;
   if (!principal) {
     const wait = pacer.fail(addr.hostname);
     if (wait < 0) {
@@ -194,42 +213,75 @@ function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l:
     return;
   }
   let link: AgentLink | ClientLink | undefined;
+  // While the hello is being answered (the store may be asked), later messages wait here.
+  let waiting: (() => void)[] | undefined;
   const helloTimer = setTimeout(() => {
     if (!link) conn.fail(CLOSE_PROTOCOL, { code: "internal", message: "no hello in time" });
   }, HELLO_TIMEOUT_MS);
+  const later = (fn: () => void) => {
+    if (waiting!.push(fn) > MAX_WAITING_MESSAGES) {
+      throw new ProtocolError("too many messages before the welcome");
+    }
+  };
 
-  conn.start({
-    onControl(msg) {
+  const handlers = {
+    onControl(msg: Control) {
+      if (waiting) return later(() => handlers.onControl(msg));
       if (!link) {
         clearTimeout(helloTimer);
-        link = hello(conn, role, principal, msg, hub, log);
+        waiting = [];
+        hello(conn, role, principal, msg, hub, log).then((met) => {
+          const queued = waiting!;
+          waiting = undefined;
+          // A peer that left while the store answered is not added.
+          if (!met || !conn.isOpen) return;
+          link = met.link;
+          conn.send(met.welcome);
+          if (role === "agent") hub.addAgent(link as AgentLink);
+          else hub.addClient(link as ClientLink);
+          for (const fn of queued) conn.guard(fn);
+        }, (e) => {
+          waiting = undefined;
+          conn.guard(() => {
+            throw e;
+          });
+        });
         return;
       }
       if (role === "agent") hub.onAgentControl(link as AgentLink, msg);
       else hub.onClientControl(link as ClientLink, msg);
     },
-    onFrame(f, raw) {
+    onFrame(f: Frame, raw: Uint8Array) {
+      if (waiting) {
+        const copy = raw.slice(); // the socket may reuse its buffer
+        return later(() => handlers.onFrame(decodeFrame(copy), copy));
+      }
       if (!link) throw new ProtocolError("binary frame before hello");
       if (role === "agent") hub.onAgentFrame(link as AgentLink, f, raw);
       else hub.onClientFrame(link as ClientLink, f, raw);
     },
-    onClose(reason) {
+    onClose(reason: string) {
       clearTimeout(helloTimer);
       if (!link) return;
       if (role === "agent") hub.dropAgent(link as AgentLink, reason);
       else hub.dropClient(link as ClientLink);
     },
-  });
+  };
+  conn.start(handlers);
 }
 
-function hello(
+/** Messages a peer may send before its welcome; a peer that sends more is broken. */
+const MAX_WAITING_MESSAGES = 64;
+
+/** Checks a hello; returns the link to add and the welcome to send, or undefined if refused. */
+async function hello(
   conn: Conn,
   role: Role,
   principal: Principal,
   msg: Control,
   hub: Hub,
   log: (l: string) => void,
-): AgentLink | ClientLink | undefined {
+): Promise<{ link: AgentLink | ClientLink; welcome: Control } | undefined> {
   if (msg.t !== "hello") throw new ProtocolError(`expected hello, got '${msg.t}'`);
   if (msg.v !== PROTOCOL_VERSION) {
     conn.fail(CLOSE_VERSION, {
@@ -241,7 +293,7 @@ function hello(
     return undefined;
   }
   if (msg.role !== role) throw new ProtocolError(`hello says ${msg.role} on the ${role} endpoint`);
-  const base = {
+  const welcome = {
     t: "welcome" as const,
     v: PROTOCOL_VERSION,
     version: VERSION,
@@ -255,10 +307,9 @@ function hello(
       principal,
       workspace: principal.workspace,
       routes: new Map(),
+      opening: new Map(),
     };
-    hub.addClient(link);
-    conn.send(base);
-    return link;
+    return { link, welcome };
   }
   if (!msg.agent) throw new ProtocolError("agent hello without agent info");
   const info = {
@@ -272,15 +323,13 @@ function hello(
   let machine: { id: string; secret?: string };
   if (principal.kind === "machine") {
     machine = { id: principal.machineId };
-    try {
-      hub.store.updateMachine(principal.machineId, info);
-    } catch (e) {
+    await hub.store.updateMachine(principal.machineId, info).catch((e) => {
       // Best effort: a full disk must not keep a known machine offline.
       log(`machine ${principal.machineId}: ${(e as Error).message}`);
-    }
+    });
   } else {
     try {
-      machine = hub.store.enrollMachine(principal.workspace, principal.keyId, info);
+      machine = await hub.store.enrollMachine(principal.workspace, principal.keyId, info);
     } catch (e) {
       // The agent retries: enrollment works again once the store can be written.
       conn.fail(CLOSE_UNAVAILABLE, errorBody(e));
@@ -301,19 +350,17 @@ function hello(
     pending: new Map(),
     nextReq: 1,
   };
-  conn.send({ ...base, machine });
-  hub.addAgent(link);
-  return link;
+  return { link, welcome: { ...welcome, machine } };
 }
 
 /** Answers to /readyz are reused for a second: each one writes a probe file. */
 const READY_CACHE_MS = 1_000;
 const lastHealth = new WeakMap<Hub, { at: number; problem: string | undefined }>();
 
-function readiness(hub: Hub): string | undefined {
+async function readiness(hub: Hub): Promise<string | undefined> {
   const last = lastHealth.get(hub);
   if (last && Date.now() - last.at < READY_CACHE_MS) return last.problem;
-  const problem = hub.store.health();
+  const problem = await hub.store.health().catch((e) => (e as Error).message);
   lastHealth.set(hub, { at: Date.now(), problem });
   return problem;
 }

@@ -32,6 +32,14 @@ export function fakeConn(): { conn: Conn; sent: Sent } {
     fail(code: number, err: { message: string }) {
       sent.closed.push([code, err.message]);
     },
+    // As Conn.guard: a protocol error closes the connection (here: recorded as closed).
+    guard(fn: () => void) {
+      try {
+        fn();
+      } catch (e) {
+        sent.closed.push([4002, (e as Error).message]);
+      }
+    },
   };
   return { conn: conn as unknown as Conn, sent };
 }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type AgentLink, type ClientLink, Hub } from "../../src/relay/hub.ts";
-import { Store } from "../../src/relay/store.ts";
+import { SqliteStore } from "../../src/relay/store_sqlite.ts";
 import {
   CH_STDIN,
   CH_STDOUT,
@@ -22,11 +22,11 @@ const facts = {
 
 async function world() {
   const dir = await Deno.makeTempDir();
-  const store = new Store(dir);
-  store.ensureWorkspace("w");
-  store.ensureWorkspace("other");
-  const agentKey = store.createKey("w", "agent");
-  const m = store.enrollMachine("w", agentKey.id, facts);
+  const store = new SqliteStore(dir);
+  await store.ensureWorkspace("w");
+  await store.ensureWorkspace("other");
+  const agentKey = await store.createKey("w", "agent");
+  const m = await store.enrollMachine("w", agentKey.id, facts);
   const logs: string[] = [];
   const hub = new Hub(store, (l) => logs.push(l));
   const a = fakeConn();
@@ -51,6 +51,7 @@ async function world() {
       principal: { kind: "client", keyId: "k1", workspace },
       workspace,
       routes: new Map(),
+      opening: new Map(),
     };
     hub.addClient(link);
     return { link, sent: c.sent };
@@ -64,11 +65,14 @@ async function world() {
     client,
     logs,
     async [Symbol.asyncDispose]() {
-      store.close();
+      await store.close();
       await Deno.remove(dir, { recursive: true });
     },
   };
 }
+
+/** Lets the store's answers (promises) reach the hub: opens and requests wait on them. */
+const settled = () => new Promise((r) => setTimeout(r, 0));
 
 const open = (machine: string, o: Record<string, unknown> = {}) => ({
   t: "open" as const,
@@ -85,6 +89,7 @@ Deno.test("hub: an open is routed (machine stripped, client key set by the relay
   await using w = await world();
   const c = w.client();
   w.hub.onClientControl(c.link, open(w.machine, { client_key: "forged" }));
+  await settled();
   const fwd = w.agentSent.controls[0] as Record<string, unknown>;
   assert.equal(fwd.t, "open");
   assert.equal(fwd.machine, undefined);
@@ -110,7 +115,7 @@ Deno.test("hub: an open is routed (machine stripped, client key set by the relay
   assert.deepEqual(c.sent.controls.at(-1), { t: "exit", sid: 1, code: 3 });
   assert.equal(c.link.routes.size, 0);
   assert.equal(w.agent.routes.size, 0);
-  const [row] = w.store.listAudit();
+  const [row] = await w.store.listAudit();
   assert.deepEqual([row.argv, row.bytes_in, row.bytes_out, row.exit_code, row.session], [
     ["cat"],
     50,
@@ -124,10 +129,13 @@ Deno.test("hub: other workspaces and offline machines; a lost agent or client en
   await using w = await world();
   const stranger = w.client("other");
   w.hub.onClientControl(stranger.link, open(w.machine));
+  await settled();
   assert.equal((stranger.sent.controls[0] as { code: string }).code, "machine_not_found");
   const c = w.client();
   w.hub.onClientControl(c.link, open(w.machine));
+  await settled();
   w.hub.onClientControl(c.link, open(w.machine, { sid: 2 }));
+  await settled();
   // The agent goes: both streams are told, resumable (the command may run on).
   w.hub.dropAgent(w.agent, "connection reset");
   const lost = c.sent.controls.filter((m) => m.t === "error") as {
@@ -139,10 +147,12 @@ Deno.test("hub: other workspaces and offline machines; a lost agent or client en
     true,
   ]]);
   w.hub.onClientControl(c.link, open(w.machine, { sid: 3 }));
+  await settled();
   assert.equal((c.sent.controls.at(-1) as { code: string }).code, "machine_offline");
   // A client that goes tells the agent its streams were lost (not detached).
   w.hub.addAgent(w.agent);
   w.hub.onClientControl(c.link, open(w.machine, { sid: 4 }));
+  await settled();
   const asid = (w.agentSent.controls.at(-1) as { sid: number }).sid;
   w.hub.dropClient(c.link);
   assert.deepEqual(w.agentSent.controls.at(-1), { t: "close", sid: asid, reason: "lost" });
@@ -152,6 +162,7 @@ Deno.test("hub: sessions are gathered from the agents; requests forward and answ
   await using w = await world();
   const c = w.client();
   w.hub.onClientControl(c.link, { t: "req", id: 7, op: "sessions", args: {} });
+  await settled();
   const ask = w.agentSent.controls.at(-1) as { t: string; id: number; op: string };
   assert.deepEqual([ask.t, ask.op], ["req", "sessions"]);
   w.hub.onAgentControl(w.agent, {
@@ -187,17 +198,18 @@ Deno.test("hub: sessions are gathered from the agents; requests forward and answ
     op: "remove_machine",
     args: { machine: w.machine },
   });
+  await settled();
   assert.equal((c.sent.controls.at(-1) as { error: { code: string } }).error.code, "forbidden");
   w.hub.onClientControl(c.link, { t: "req", id: 9, op: "warp", args: {} });
+  await settled();
   assert.equal((c.sent.controls.at(-1) as { error: { code: string } }).error.code, "usage");
 });
 
 Deno.test("hub: a revoked key's connections are closed by the sweep", async () => {
   await using w = await world();
   const c = w.client();
-  w.store.ensureWorkspace("w");
   // k1 is not a key in the store: the sweep sees it as revoked or gone.
-  w.hub.sweep();
+  await w.hub.sweep();
   assert.deepEqual(c.sent.closed, [[4401, "the relay revoked this key"]]);
   assert.deepEqual(w.agentSent.closed, [], "the agent's key is fine");
 });
@@ -206,6 +218,7 @@ Deno.test("hub: credit beyond a stream's window is refused (it would let the rel
   await using w = await world();
   const c = w.client();
   w.hub.onClientControl(c.link, open(w.machine));
+  await settled();
   const asid = (w.agentSent.controls[0] as { sid: number }).sid;
   w.hub.onAgentControl(w.agent, { t: "started", sid: asid, window: 50 });
   const credit = encodeCredit(1, CH_STDOUT, 1);
@@ -218,4 +231,42 @@ Deno.test("hub: credit beyond a stream's window is refused (it would let the rel
     () => w.hub.onAgentFrame(w.agent, decodeFrame(agentCredit), agentCredit),
     /beyond its window/,
   );
+});
+
+Deno.test("hub: while an open waits for the store, controls wait in order and a close ends it", async () => {
+  await using w = await world();
+  const c = w.client();
+  w.hub.onClientControl(c.link, open(w.machine));
+  w.hub.onClientControl(c.link, { t: "resize", sid: 1, cols: 100, rows: 30 });
+  w.hub.onClientControl(c.link, { t: "eof", sid: 1 });
+  assert.equal(w.agentSent.controls.length, 0, "nothing reaches the agent before the audit row");
+  await settled();
+  assert.deepEqual(w.agentSent.controls.map((m) => m.t), ["open", "resize", "eof"]);
+  // A close before the store answered: the agent never hears of the stream, the audit says why.
+  w.hub.onClientControl(c.link, open(w.machine, { sid: 2 }));
+  w.hub.onClientControl(c.link, { t: "close", sid: 2, reason: "kill" });
+  await settled();
+  assert.equal(w.agentSent.controls.length, 3);
+  assert.equal(c.link.routes.has(2), false);
+  const rows = await w.store.listAudit();
+  assert.equal(rows.find((r) => r.error === "killed")?.argv?.[0], "cat");
+  // The same sid twice, or a flood of controls before the open, is a broken client.
+  w.hub.onClientControl(c.link, open(w.machine, { sid: 3 }));
+  assert.throws(() => w.hub.onClientControl(c.link, open(w.machine, { sid: 3 })), ProtocolError);
+  assert.throws(() => {
+    for (let i = 0; i < 100; i++) w.hub.onClientControl(c.link, { t: "eof", sid: 3 });
+  }, /too many messages/);
+  await settled();
+});
+
+Deno.test("hub: a client that leaves while its open waits for the store leaves nothing behind", async () => {
+  await using w = await world();
+  const c = w.client();
+  w.hub.onClientControl(c.link, open(w.machine));
+  w.hub.dropClient(c.link);
+  await settled();
+  assert.equal(w.agentSent.controls.length, 0);
+  assert.equal(w.agent.routes.size, 0);
+  const [row] = await w.store.listAudit();
+  assert.equal(row.error, "client_lost");
 });

@@ -1,0 +1,455 @@
+/**
+ * The relay's store in PostgreSQL (npm `postgres`), shared by a fleet of relays: every
+ * relay of the fleet reads and writes the same tables, so a key minted on one is good on
+ * all, a revocation reaches all, and a machine keeps its identity whichever relay it dials.
+ * Schema changes are numbered migrations, applied under an advisory lock so that relays
+ * starting together migrate once. Times are milliseconds since the epoch in BIGINT
+ * columns (read back as numbers); only hashes of secrets are ever written. The
+ * interface is store.ts.
+ *
+ * A database that is down or refuses a statement is a `relay_unavailable` error: the
+ * relay answers 503 (retry) and never refuses a key for it.
+ */
+import postgres from "postgres";
+import { hashSecret, newKeyId, newSecret, secretMatches } from "./keys.ts";
+import { formatKey, type KeyRole, type ParsedKey } from "../protocol/keys.ts";
+import { TetherError } from "../common/errors.ts";
+import {
+  type AgentFacts,
+  type AuditEnd,
+  type AuditRow,
+  type AuditStart,
+  type KeyRow,
+  KeyUse,
+  type MachineRow,
+  type MintedKey,
+  type Principal,
+  reason,
+  type Store,
+} from "./store.ts";
+
+const MIGRATIONS: string[] = [
+  `CREATE TABLE workspaces (
+     name TEXT PRIMARY KEY,
+     created_at BIGINT NOT NULL
+   );
+   CREATE TABLE keys (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL REFERENCES workspaces(name),
+     role TEXT NOT NULL CHECK (role IN ('client', 'agent')),
+     hash TEXT NOT NULL,
+     created_at BIGINT NOT NULL,
+     revoked_at BIGINT,
+     last_used_at BIGINT
+   );
+   CREATE TABLE machines (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL REFERENCES workspaces(name),
+     secret_hash TEXT NOT NULL,
+     enrolled_by TEXT NOT NULL,
+     name TEXT NOT NULL,
+     hostname TEXT NOT NULL,
+     labels JSONB NOT NULL DEFAULT '{}',
+     os TEXT NOT NULL DEFAULT '',
+     arch TEXT NOT NULL DEFAULT '',
+     agent_version TEXT NOT NULL DEFAULT '',
+     first_seen BIGINT NOT NULL,
+     last_seen BIGINT NOT NULL,
+     retired_at BIGINT
+   );
+   CREATE INDEX machines_workspace ON machines(workspace);
+   CREATE TABLE audit (
+     id BIGSERIAL PRIMARY KEY,
+     workspace TEXT NOT NULL,
+     key_id TEXT NOT NULL,
+     machine_id TEXT NOT NULL,
+     machine_name TEXT NOT NULL,
+     kind TEXT NOT NULL,
+     argv JSONB,
+     session TEXT,
+     started_at BIGINT NOT NULL,
+     ended_at BIGINT,
+     bytes_in BIGINT NOT NULL DEFAULT 0,
+     bytes_out BIGINT NOT NULL DEFAULT 0,
+     exit_code INTEGER,
+     signal TEXT,
+     error TEXT
+   );
+   CREATE INDEX audit_started ON audit(started_at);
+   CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at BIGINT NOT NULL);`,
+];
+
+export const PG_SCHEMA_VERSION = MIGRATIONS.length;
+
+/** Any number for the advisory lock that serialises migrations across relays. */
+const MIGRATION_LOCK = 7420_0001;
+
+/** How long a relay waits for a connection to the database before it says so. */
+const CONNECT_TIMEOUT_S = 5;
+
+/** Connections one relay holds open at most. */
+const POOL_SIZE = 8;
+
+const MACHINE_COLUMNS = `id, workspace, enrolled_by, name, hostname, labels, os, arch,
+  agent_version, first_seen, last_seen, retired_at`;
+
+type Sql = postgres.Sql;
+
+/** Whether a --store value names a PostgreSQL database. */
+export function isPostgresUrl(spec: string): boolean {
+  return /^postgres(ql)?:\/\//i.test(spec);
+}
+
+/** The URL without its password, for messages and logs. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return "postgres://…";
+  }
+}
+
+export class PostgresStore implements Store {
+  readonly kind = "postgres";
+  private readonly keyUse = new KeyUse();
+  private lastError?: string;
+
+  private constructor(readonly sql: Sql, readonly where: string) {}
+
+  /**
+   * Connects and migrates. A database that cannot be reached, or refuses us, is a
+   * `relay_unavailable` error naming it (never its password) and the server's reason.
+   */
+  static async connect(url: string): Promise<PostgresStore> {
+    const where = redactUrl(url);
+    const sql = postgres(url, {
+      max: POOL_SIZE,
+      connect_timeout: CONNECT_TIMEOUT_S,
+      // Idle connections are closed, so that a fleet of relays does not pin the server's.
+      idle_timeout: 60,
+      onnotice: () => {},
+      // BIGINT columns hold milliseconds and byte counts, well inside a double's integers.
+      types: {
+        bigint: {
+          to: 20,
+          from: [20],
+          serialize: (x: number) => String(x),
+          parse: (x: string) => Number(x),
+        },
+      },
+    });
+    const store = new PostgresStore(sql, where);
+    try {
+      await store.migrate();
+    } catch (e) {
+      await sql.end({ timeout: 1 }).catch(() => {});
+      if (e instanceof TetherError) throw e;
+      throw new TetherError(
+        "relay_unavailable",
+        `cannot use the store ${where}: ${reason(e)}`,
+        {
+          hint: "check that the database is up, reachable from this relay, and that the URL's " +
+            "user may create tables in it",
+          cause: e,
+        },
+      );
+    }
+    return store;
+  }
+
+  async close(): Promise<void> {
+    await this.flushKeyUse().catch(() => {/* best effort */});
+    await this.sql.end({ timeout: 2 });
+  }
+
+  /**
+   * Runs a statement. A failure (the database down, full, read-only) is remembered
+   * for health() and becomes `relay_unavailable`; the next success clears it.
+   */
+  private async run<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+    try {
+      const out = await fn(this.sql);
+      this.lastError = undefined;
+      return out;
+    } catch (e) {
+      if (e instanceof TetherError) throw e;
+      this.lastError = reason(e);
+      throw new TetherError(
+        "relay_unavailable",
+        `the relay cannot use its store (${what}): ${this.lastError}`,
+        { hint: `the relay's operator must check the database ${this.where}` },
+      );
+    }
+  }
+
+  /** As run(), for a query whose rows are the answer: a plain array of them. */
+  private async rows<T>(what: string, fn: (sql: Sql) => Promise<T[]>): Promise<T[]> {
+    return [...await this.run(what, fn)];
+  }
+
+  private async migrate(): Promise<void> {
+    await this.sql.begin(async (tx) => {
+      await tx`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`;
+      await tx`CREATE TABLE IF NOT EXISTS tether_schema (version INTEGER NOT NULL)`;
+      const rows = await tx<{ version: number }[]>`SELECT version FROM tether_schema`;
+      const current = rows[0]?.version ?? 0;
+      if (current > PG_SCHEMA_VERSION) {
+        throw new TetherError(
+          "internal",
+          `the store is schema v${current}, newer than this tether (v${PG_SCHEMA_VERSION})`,
+          { hint: "run the same tether release on every relay of the fleet" },
+        );
+      }
+      for (let v = current; v < PG_SCHEMA_VERSION; v++) await tx.unsafe(MIGRATIONS[v]);
+      if (rows.length === 0) {
+        await tx`INSERT INTO tether_schema (version) VALUES (${PG_SCHEMA_VERSION})`;
+      } else await tx`UPDATE tether_schema SET version = ${PG_SCHEMA_VERSION}`;
+    });
+  }
+
+  async health(): Promise<string | undefined> {
+    try {
+      await this.run(
+        "readiness check",
+        (sql) =>
+          sql`INSERT INTO health (id, checked_at) VALUES (1, ${Date.now()})
+            ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`,
+      );
+      return undefined;
+    } catch {
+      return `the store ${this.where} cannot be written: ${this.lastError}`;
+    }
+  }
+
+  noteKeyUse(id: string): void {
+    this.keyUse.note(id);
+  }
+
+  flushKeyUse(): Promise<void> {
+    return this.keyUse.flush(async (batch) => {
+      await this.run(
+        "key use",
+        (sql) =>
+          sql`UPDATE keys k SET last_used_at = greatest(coalesce(k.last_used_at, 0), u.at)
+              FROM (SELECT e->>0 AS id, (e->>1)::bigint AS at
+                      FROM jsonb_array_elements(${sql.json([...batch])}) e) u
+             WHERE k.id = u.id`,
+      );
+    });
+  }
+
+  async ensureWorkspace(name: string): Promise<void> {
+    await this.run(
+      "workspace",
+      (sql) =>
+        sql`INSERT INTO workspaces (name, created_at) VALUES (${name}, ${Date.now()})
+          ON CONFLICT (name) DO NOTHING`,
+    );
+  }
+
+  async hasWorkspace(name: string): Promise<boolean> {
+    const rows = await this.run(
+      "workspace",
+      (sql) => sql`SELECT 1 FROM workspaces WHERE name = ${name}`,
+    );
+    return rows.length > 0;
+  }
+
+  async createKey(workspace: string, role: KeyRole): Promise<MintedKey> {
+    if (!await this.hasWorkspace(workspace)) {
+      throw new TetherError("usage", `no workspace named '${workspace}'`, {
+        hint: `create it with: tether relay init --workspace ${workspace}`,
+      });
+    }
+    const id = newKeyId();
+    const secret = newSecret();
+    await this.run("new key", (sql) =>
+      sql`INSERT INTO keys (id, workspace, role, hash, created_at)
+          VALUES (${id}, ${workspace}, ${role}, ${hashSecret(secret)}, ${Date.now()})`);
+    return { id, key: formatKey(role, id, secret), role, workspace };
+  }
+
+  listKeys(): Promise<KeyRow[]> {
+    return this.rows(
+      "keys",
+      (sql) =>
+        sql<KeyRow[]>`SELECT id, workspace, role, created_at, revoked_at, last_used_at
+                      FROM keys ORDER BY created_at, id`,
+    );
+  }
+
+  async revokeKey(id: string): Promise<boolean> {
+    const r = await this.run(
+      "revocation",
+      (sql) =>
+        sql`UPDATE keys SET revoked_at = coalesce(revoked_at, ${Date.now()}) WHERE id = ${id}`,
+    );
+    return r.count > 0;
+  }
+
+  async revokedAmong(ids: string[]): Promise<string[]> {
+    if (ids.length === 0) return [];
+    const rows = await this.run(
+      "revocations",
+      (sql) =>
+        sql<{ id: string }[]>`SELECT id FROM keys WHERE revoked_at IS NULL AND id IN ${sql(ids)}`,
+    );
+    const live = new Set(rows.map((r) => r.id));
+    return ids.filter((id) => !live.has(id));
+  }
+
+  async authenticate(k: ParsedKey): Promise<Principal | null> {
+    if (k.kind === "machine") {
+      const [m] = await this.run(
+        "key check",
+        (sql) =>
+          sql<
+            { hash: string; workspace: string; enrolled_by: string; revoked_at: number | null }[]
+          >`
+          SELECT m.secret_hash AS hash, m.workspace, m.enrolled_by, k.revoked_at
+            FROM machines m JOIN keys k ON k.id = m.enrolled_by
+           WHERE m.id = ${k.id} AND m.retired_at IS NULL`,
+      );
+      const ok = secretMatches(k.secret, m?.hash);
+      if (!ok || !m || m.revoked_at !== null) return null;
+      return { kind: "machine", keyId: m.enrolled_by, workspace: m.workspace, machineId: k.id };
+    }
+    const [row] = await this.run(
+      "key check",
+      (sql) =>
+        sql<{ hash: string; workspace: string; role: KeyRole; revoked_at: number | null }[]>`
+        SELECT hash, workspace, role, revoked_at FROM keys WHERE id = ${k.id}`,
+    );
+    const ok = secretMatches(k.secret, row?.hash);
+    if (!ok || !row || row.revoked_at !== null || row.role !== k.kind) return null;
+    this.noteKeyUse(k.id);
+    return { kind: row.role, keyId: k.id, workspace: row.workspace };
+  }
+
+  async enrollMachine(
+    workspace: string,
+    enrolledBy: string,
+    info: AgentFacts,
+  ): Promise<{ id: string; secret: string }> {
+    const id = crypto.randomUUID();
+    const secret = newSecret();
+    const now = Date.now();
+    await this.run(
+      "enrollment",
+      (sql) =>
+        sql`INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels,
+                                os, arch, agent_version, first_seen, last_seen)
+          VALUES (${id}, ${workspace}, ${hashSecret(secret)}, ${enrolledBy}, ${info.name},
+                  ${info.hostname}, ${sql.json(info.labels)}, ${info.os}, ${info.arch},
+                  ${info.agent_version}, ${now}, ${now})`,
+    );
+    return { id, secret };
+  }
+
+  async updateMachine(id: string, info: AgentFacts): Promise<void> {
+    await this.run(
+      "machine",
+      (sql) =>
+        sql`UPDATE machines SET name = ${info.name}, hostname = ${info.hostname},
+            labels = ${sql.json(info.labels)}, os = ${info.os}, arch = ${info.arch},
+            agent_version = ${info.agent_version}, last_seen = ${Date.now()}
+          WHERE id = ${id}`,
+    );
+  }
+
+  async touchMachines(seen: Map<string, number>): Promise<void> {
+    if (seen.size === 0) return;
+    await this.run(
+      "heartbeats",
+      (sql) =>
+        sql`UPDATE machines m SET last_seen = greatest(m.last_seen, u.at)
+            FROM (SELECT e->>0 AS id, (e->>1)::bigint AS at
+                    FROM jsonb_array_elements(${sql.json([...seen])}) e) u
+           WHERE m.id = u.id`,
+    );
+  }
+
+  async getMachine(id: string): Promise<MachineRow | undefined> {
+    const [row] = await this.run(
+      "machine",
+      (sql) =>
+        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines WHERE id = ${id}`,
+    );
+    return row;
+  }
+
+  listMachines(workspace: string, opts: { retired?: boolean } = {}): Promise<MachineRow[]> {
+    return this.rows(
+      "machines",
+      (sql) =>
+        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines
+                         WHERE workspace = ${workspace}
+                           ${opts.retired ? sql`` : sql`AND retired_at IS NULL`}
+                         ORDER BY name, id`,
+    );
+  }
+
+  async retireMachine(id: string): Promise<void> {
+    await this.run(
+      "retirement",
+      (sql) =>
+        sql`UPDATE machines SET retired_at = ${Date.now()} WHERE id = ${id} AND retired_at IS NULL`,
+    );
+  }
+
+  async removeMachine(id: string): Promise<boolean> {
+    const r = await this.run(
+      "machine removal",
+      (sql) => sql`DELETE FROM machines WHERE id = ${id}`,
+    );
+    return r.count > 0;
+  }
+
+  pruneMachines(
+    offlineBefore: number,
+    retiredBefore: number,
+    online: Set<string>,
+  ): Promise<{ id: string; name: string }[]> {
+    // -Infinity (never prune offline machines) has no BIGINT; the oldest time does.
+    const offline = Number.isFinite(offlineBefore) ? offlineBefore : 0;
+    return this.rows("pruning", (sql) =>
+      sql<{ id: string; name: string }[]>`
+        DELETE FROM machines
+         WHERE ((retired_at IS NULL AND last_seen < ${offline}) OR retired_at < ${retiredBefore})
+           AND NOT (id IN (SELECT jsonb_array_elements_text(${sql.json([...online])})))
+        RETURNING id, name`);
+  }
+
+  async auditStart(row: AuditStart): Promise<number> {
+    const [r] = await this.run("audit", (sql) =>
+      sql<{ id: number }[]>`
+        INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session,
+                           started_at)
+        VALUES (${row.workspace}, ${row.key_id}, ${row.machine_id}, ${row.machine_name},
+                ${row.kind}, ${row.argv ? sql.json(row.argv) : null}, ${row.session},
+                ${Date.now()})
+        RETURNING id`);
+    return r.id;
+  }
+
+  async auditEnd(id: number, end: AuditEnd): Promise<void> {
+    await this.run(
+      "audit",
+      (sql) =>
+        sql`UPDATE audit SET ended_at = ${Date.now()}, bytes_in = ${end.bytes_in},
+            bytes_out = ${end.bytes_out}, exit_code = ${end.exit_code}, signal = ${end.signal},
+            error = ${end.error}, session = coalesce(${end.session}, session)
+          WHERE id = ${id} AND ended_at IS NULL`,
+    );
+  }
+
+  async listAudit(limit = 1000): Promise<AuditRow[]> {
+    const rows = await this.rows(
+      "audit",
+      (sql) => sql<AuditRow[]>`SELECT * FROM audit ORDER BY id DESC LIMIT ${limit}`,
+    );
+    return rows.reverse();
+  }
+}
