@@ -5,10 +5,12 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { PostgresStore } from "../src/relay/store_postgres.ts";
+import { PG_SCHEMA_VERSION, PostgresStore } from "../src/relay/store_postgres.ts";
 import { storeCases } from "./store_suite.ts";
 import { type Cluster, needPostgres, startCluster } from "./postgres.ts";
 import { baseEnv, eventually, Proc, run } from "./helpers.ts";
+
+const SECRET = "a-fleet-secret-of-enough-length";
 
 const pgTest = (name: string, fn: (t: Deno.TestContext, pg: Cluster) => Promise<void>) =>
   Deno.test({
@@ -35,7 +37,7 @@ pgTest("relays that start together migrate once; a newer schema is refused", asy
     const [{ version }] = await stores[0].sql<
       { version: number }[]
     >`SELECT version FROM tether_schema`;
-    assert.equal(version, 1);
+    assert.equal(version, PG_SCHEMA_VERSION);
     await stores[0].sql`UPDATE tether_schema SET version = 99`;
   } finally {
     await Promise.all(stores.map((s) => s.close()));
@@ -94,7 +96,10 @@ pgTest(
       assert.equal(init.code, 0, init.stderr);
       const keys = JSON.parse(init.stdout);
       const relay = async (name: string) => {
-        // The URL on the command line here: --store and TETHER_STORE are the same thing.
+        // The URL and the secret's file on the command line here (the fleet tests use
+        // TETHER_STORE and TETHER_FLEET_SECRET).
+        const secretFile = join(home, "fleet.secret");
+        Deno.writeTextFileSync(secretFile, SECRET + "\n");
         const p = Proc.tether(
           [
             "relay",
@@ -105,6 +110,8 @@ pgTest(
             join(home, name),
             "--store",
             url,
+            "--fleet-secret-file",
+            secretFile,
           ],
           { env: baseEnv(home) },
         );
@@ -176,7 +183,7 @@ pgTest(
       const keys = JSON.parse((await run(["relay", "init", "--json"], { env })).stdout);
       const relayProc = Proc.tether(
         ["relay", "serve", "--listen", "127.0.0.1:0", "--data-dir", join(home, "r")],
-        { env },
+        { env: { ...env, TETHER_FLEET_SECRET: SECRET } },
       );
       procs.push(relayProc);
       const relay = (await relayProc.waitFor(/relay listening on (ws:\/\/\S+)/, "stdout"))[1];

@@ -8,7 +8,7 @@ import { backoff, delay, within } from "../common/async.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { visible } from "../common/text.ts";
 import type { Conn } from "../protocol/conn.ts";
-import { dial } from "../protocol/dial.ts";
+import { dial, relayBase, relayList } from "../protocol/dial.ts";
 import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
 import {
   type AgentInfo,
@@ -71,6 +71,13 @@ export interface AgentOptions {
 const BACKOFF_MIN_MS = 250;
 const SESSION_REPORT_MS = 5_000;
 const BACKOFF_MAX_MS = 5_000;
+/** Whether two --relay values (each one URL or a list) name a relay in common. */
+function sameRelays(a: string, b: string): boolean {
+  const norm = (r: string) => relayBase(r).toString();
+  const ours = new Set(relayList(a).map(norm));
+  return relayList(b).some((r) => ours.has(norm(r)));
+}
+
 /** The longest `Retry-After` from the relay the agent honours. */
 const RETRY_AFTER_MAX_MS = 60_000;
 /** How long a retiring agent waits for the relay to confirm. */
@@ -237,7 +244,10 @@ export class Agent {
   private async connect(): Promise<{ closed: Promise<string> }> {
     const identity = loadIdentity(this.opts.stateDir);
     const bound = this.opts.bindIdentityToRelay ?? true;
-    const usable = identity && (!bound || !identity.relay || identity.relay === this.opts.relay);
+    // An identity is good for the relay (or fleet) it was enrolled with: a list of relays
+    // that names one of the same relays is the same fleet.
+    const usable = identity &&
+      (!bound || !identity.relay || sameRelays(identity.relay, this.opts.relay));
     const key = usable ? formatKey("machine", identity.id, identity.secret) : this.opts.enrollKey;
     if (!key) {
       throw new TetherError("not_configured", "this agent has no enrollment key", {
@@ -307,7 +317,7 @@ export class Agent {
         conn.send({ t: "sessions", sessions: this.sessions.list() });
       }
     }, SESSION_REPORT_MS);
-    this.log(`online as ${this.info.name} (${machine.id}) via ${this.opts.relay}`);
+    this.log(`online as ${this.info.name} (${machine.id}) via ${dialed.relay}`);
     this.opts.onOnline?.({ id: machine.id, name: this.info.name });
     return { closed };
   }

@@ -35,7 +35,9 @@ export function globals(cmd: Command<any, any, any>): Globals {
   const o = cmd.optsWithGlobals() as Record<string, unknown>;
   const json = !!o.json;
   return {
-    relay: o.relay as string | undefined,
+    // --relay may be given several times; a list is kept as its comma-separated form.
+    relay: (Array.isArray(o.relay) ? o.relay.join(",") : o.relay as string | undefined) ||
+      undefined,
     apiKey: o.apiKey as string | undefined,
     caFile: o.caFile as string | undefined,
     configDir: o.configDir as string | undefined,

@@ -10,7 +10,7 @@ import { usage } from "../common/errors.ts";
 import { isCancelled } from "../client/prompt_gate.ts";
 import { VERSION } from "../protocol/version.ts";
 import { registerAgent } from "./agent.ts";
-import type { Act } from "./context.ts";
+import { type Act, collect } from "./context.ts";
 import { registerCi } from "./ci.ts";
 import { registerConnect } from "./connect.ts";
 import { registerExec } from "./exec.ts";
@@ -37,7 +37,13 @@ export function buildProgram(): { program: Command; status(): number } {
     .description("a remote shell through a relay: no open port, no SSH key, no IP to remember")
     .version(VERSION, "-V, --version", "print the version")
     .helpOption("-h, --help", "show help")
-    .option("--relay <url>", "relay URL (env TETHER_RELAY)")
+    .option(
+      "--relay <url>",
+      "relay URL; repeat it (or separate by commas) for a fleet: the first that answers is " +
+        "used (env TETHER_RELAY)",
+      collect,
+      [] as string[],
+    )
     .option("--api-key <key>", "client API key (env TETHER_API_KEY)")
     .option("--ca-file <file>", "extra CA certificate for a private TLS relay (env TETHER_CA_FILE)")
     .option("--config-dir <dir>", "config directory (env TETHER_CONFIG_DIR)")

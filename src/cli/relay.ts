@@ -7,6 +7,8 @@ import { defaultDataDir } from "../common/paths.ts";
 import { startRelay } from "../relay/server.ts";
 import type { Store } from "../relay/store.ts";
 import { openStore, storeLabel } from "../relay/open_store.ts";
+import { MIN_FLEET_SECRET } from "../relay/fleet.ts";
+import { relayBase } from "../protocol/dial.ts";
 import { type Act, collect, globals, parseListen, untilSignal } from "./context.ts";
 import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
@@ -37,6 +39,24 @@ function storeSpec(opts: { store?: string }): string | undefined {
   return opts.store || Deno.env.get("TETHER_STORE") || undefined;
 }
 
+/** The fleet secret from --fleet-secret-file, else TETHER_FLEET_SECRET; checked for length. */
+function fleetSecret(file: string | undefined): string | undefined {
+  let secret: string | undefined;
+  if (file) {
+    try {
+      secret = Deno.readTextFileSync(file).trim();
+    } catch (e) {
+      throw usage(`cannot read --fleet-secret-file ${file}: ${(e as Error).message}`);
+    }
+  } else {
+    secret = Deno.env.get("TETHER_FLEET_SECRET")?.trim() || undefined;
+  }
+  if (secret !== undefined && secret.length < MIN_FLEET_SECRET) {
+    throw usage(`the fleet secret must be at least ${MIN_FLEET_SECRET} characters`);
+  }
+  return secret;
+}
+
 export function registerRelay(program: Command, act: Act) {
   const relay = program.command("relay").description("run a relay, or administer its data dir");
 
@@ -59,6 +79,15 @@ export function registerRelay(program: Command, act: Act) {
       [] as string[],
     )
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
+    .option(
+      "--fleet-secret-file <file>",
+      "with --store: the secret the relays of one fleet share (else env TETHER_FLEET_SECRET)",
+    )
+    .option(
+      "--advertise <url>",
+      "with --store: how the other relays of the fleet reach this one (default: its own " +
+        "ws:// or wss:// address)",
+    )
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
@@ -73,8 +102,21 @@ export function registerRelay(program: Command, act: Act) {
           ...opts.tlsName,
         ])
         : undefined;
-      const store = await openStore(storeSpec(opts), dataDir);
-      const r = startRelay({
+      const spec = storeSpec(opts);
+      const secret = fleetSecret(opts.fleetSecretFile);
+      if (spec && !secret) {
+        throw usage(
+          "relays on a shared --store need the fleet's secret",
+          "set TETHER_FLEET_SECRET (the same on every relay; e.g. `openssl rand -hex 32`) or " +
+            "pass --fleet-secret-file",
+        );
+      }
+      if (!spec && (secret || opts.advertise)) {
+        throw usage("--advertise and a fleet secret go with --store postgres://…");
+      }
+      if (opts.advertise) relayBase(opts.advertise);
+      const store = await openStore(spec, dataDir);
+      const r = await startRelay({
         hostname,
         port,
         dataDir,
@@ -83,12 +125,14 @@ export function registerRelay(program: Command, act: Act) {
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
         pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
+        fleet: secret ? { secret, advertise: opts.advertise } : undefined,
       });
       if (g.json) {
         printJson({
           listening: r.url,
           data_dir: r.dataDir,
           store: store.kind,
+          ...(r.relayId ? { relay_id: r.relayId, advertise: r.advertise } : {}),
           ...(self
             ? { fingerprint: self.fingerprint, ca_file: self.caFile, names: self.names }
             : {}),
@@ -96,6 +140,9 @@ export function registerRelay(program: Command, act: Act) {
       } else {
         console.log(`relay listening on ${r.url}`);
         console.error(`store: ${storeLabel(store, dataDir)}`);
+        if (r.relayId) {
+          console.error(`fleet: relay ${r.relayId}, reached by the others at ${r.advertise}`);
+        }
         if (self) {
           console.error(
             `TLS: private CA ${self.fingerprint} (certificate: ${self.caFile}); ` +

@@ -29,7 +29,7 @@ export function registerUp(program: Command, act: Act) {
       const dataDir = opts.dataDir || defaultDataDir();
       const stateDir = join(dataDir, "agent");
       const { hostname, port } = parseListen(opts.listen);
-      const relay = startRelay({ hostname, port, dataDir: join(dataDir, "relay") });
+      const relay = await startRelay({ hostname, port, dataDir: join(dataDir, "relay") });
       await relay.store.ensureWorkspace(WORKSPACE);
 
       const cfgDir = configDir(g);

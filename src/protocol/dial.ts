@@ -3,7 +3,7 @@
  * `Authorization: Bearer`, then the hello/welcome version handshake. When the
  * upgrade is refused, its HTTP status says why (401 key, 403 role, 429 throttled).
  */
-import { TetherError } from "../common/errors.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import { Conn, type ConnOptions } from "./conn.ts";
 import {
   type AgentInfo,
@@ -28,11 +28,63 @@ export interface DialOptions extends ConnOptions {
   timeoutMs?: number;
   /** Allow plain ws:// to a host that is not loopback. */
   insecure?: boolean;
+  /** The Authorization header instead of `Bearer <key>` (a relay's fleet token). */
+  authorization?: string;
 }
 
 export interface Dialed {
   conn: Conn;
   welcome: Welcome;
+  /** The relay that answered (one of a list). */
+  relay: string;
+}
+
+/** The relays a `--relay` value names: one URL, or several separated by commas. */
+export function relayList(relay: string): string[] {
+  const list = relay.split(",").map((r) => r.trim()).filter(Boolean);
+  if (list.length === 0) throw new TetherError("usage", "no relay URL given");
+  for (const r of list) relayBase(r);
+  return list;
+}
+
+/**
+ * The addresses to try for a relay: each of its host name's (IPv4, then IPv6) when it has
+ * several, so that a name for a fleet reaches a relay that is up; otherwise the name
+ * itself (undefined) for the system to resolve (it knows /etc/hosts, too).
+ */
+async function addressesOf(relay: string): Promise<(string | undefined)[]> {
+  const host = relayBase(relay).hostname.replace(/^\[|\]$/g, "");
+  if (/^[\d.]+$/.test(host) || host.includes(":")) return [undefined];
+  const found = await Promise.all(
+    (["A", "AAAA"] as const).map((t) => Deno.resolveDns(host, t).catch(() => [] as string[])),
+  );
+  const all = found.flat();
+  return all.length > 1 ? all : [undefined];
+}
+
+/**
+ * Opens an authenticated, version-checked connection to the first relay of the list that
+ * answers (and, for a name with several addresses, the first address). A refusal retrying
+ * cannot change (a revoked key) ends it at once: every relay of a fleet would say the same.
+ */
+export async function dial(opts: DialOptions): Promise<Dialed> {
+  const relays = relayList(opts.relay);
+  // What is reported when none answers: the first thing a relay said (a TLS problem, a 503)
+  // tells more than an address where nothing listens.
+  let said: TetherError | undefined;
+  let silent: TetherError | undefined;
+  for (const relay of relays) {
+    for (const address of await addressesOf(relay)) {
+      try {
+        return { ...await dialOne({ ...opts, relay }, address), relay };
+      } catch (e) {
+        if (!(e instanceof TetherError) || isFinal(e.code)) throw e;
+        if (e.cause && e.message.startsWith("cannot reach relay")) silent ??= e;
+        else said ??= e;
+      }
+    }
+  }
+  throw said ?? silent;
 }
 
 /** Normalizes a relay URL (ws, wss, http or https) to its WebSocket base, without a trailing slash. */
@@ -64,20 +116,26 @@ const LOOPBACK = /^(localhost|127(\.\d{1,3}){3}|\[?::1\]?)$/i;
  * warning to show when it is allowed that way.
  */
 export function checkTransport(relay: string, insecure = false): string | undefined {
-  const u = relayBase(relay);
-  if (u.protocol !== "ws:" || LOOPBACK.test(u.hostname)) return undefined;
-  if (!insecure) {
-    throw new TetherError(
-      "usage",
-      `refusing plain ws:// to ${u.hostname}: keys and data would cross the network unencrypted`,
-      {
-        hint:
-          "use wss:// (relay serve --tls-cert/--tls-key), or pass --insecure if you really mean it",
-      },
+  const warnings: string[] = [];
+  for (const r of relayList(relay)) {
+    const u = relayBase(r);
+    if (u.protocol !== "ws:" || LOOPBACK.test(u.hostname)) continue;
+    if (!insecure) {
+      throw new TetherError(
+        "usage",
+        `refusing plain ws:// to ${u.hostname}: keys and data would cross the network unencrypted`,
+        {
+          hint: "use wss:// (relay serve --tls-cert/--tls-key), or pass --insecure if you " +
+            "really mean it",
+        },
+      );
+    }
+    warnings.push(
+      `WARNING: --insecure: talking to ${u.host} over plain ws://; ` +
+        "keys, passwords and everything you type cross the network UNENCRYPTED",
     );
   }
-  return `WARNING: --insecure: talking to ${u.host} over plain ws://; ` +
-    "keys, passwords and everything you type cross the network UNENCRYPTED";
+  return warnings.length ? warnings.join("\n") : undefined;
 }
 
 export function endpointUrl(relay: string, role: Role): string {
@@ -95,8 +153,11 @@ function caCerts(caFile?: string): string[] | undefined {
   }
 }
 
-/** Opens an authenticated, version-checked connection to the relay. */
-export async function dial(opts: DialOptions): Promise<Dialed> {
+/** Opens an authenticated, version-checked connection to one relay (at `address`). */
+async function dialOne(
+  opts: DialOptions,
+  address: string | undefined,
+): Promise<Omit<Dialed, "relay">> {
   checkTransport(opts.relay, opts.insecure);
   const url = endpointUrl(opts.relay, opts.role);
   const timeoutMs = opts.timeoutMs ?? 10_000;
@@ -104,12 +165,14 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
   let ws: WsSocket;
   try {
     ws = await connectWebSocket(url, {
-      headers: { Authorization: `Bearer ${opts.key}` },
+      headers: { Authorization: opts.authorization ?? `Bearer ${opts.key}` },
       caCerts: caCerts(opts.caFile),
       timeoutMs,
       // A client takes each output frame as a view into the read buffer and copies what
-      // it keeps into buffers it reuses; an agent queues stdin as it comes (a copy each).
-      borrowBinary: opts.role === "client",
+      // it keeps into buffers it reuses, a relay forwards it at once; an agent queues stdin
+      // as it comes (a copy each).
+      borrowBinary: opts.role !== "agent",
+      address,
     });
   } catch (e) {
     if (e instanceof TetherError) throw e;
@@ -187,7 +250,7 @@ export async function dial(opts: DialOptions): Promise<Dialed> {
   }
   const conn = new Conn(ws, {
     ...opts,
-    label: "relay",
+    label: opts.label ?? "relay",
     heartbeatMs: first.heartbeat_ms,
     maxControl: MAX_RELAY_MESSAGE,
   });

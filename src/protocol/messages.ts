@@ -51,7 +51,8 @@ const strMap = v.pipe(
   v.check((m) => Object.keys(m).length <= 1024, "has too many entries"),
 );
 
-export const Role = v.picklist(["agent", "client"]);
+/** Who dials: an agent, a client, or another relay of the fleet (relay-to-relay). */
+export const Role = v.picklist(["agent", "client", "relay"]);
 export type Role = v.InferOutput<typeof Role>;
 
 export const StreamKind = v.picklist(["exec", "pty"]);
@@ -177,6 +178,11 @@ export const Open = v.pipe(
     token: opt(str(1024)),
     /** Set by the relay (never trusted from a client): the id of the client's key. */
     client_key: opt(str(64)),
+    /**
+     * Set by a relay that forwards the open to the relay of its fleet holding the agent
+     * (never trusted from a client): the client's workspace.
+     */
+    workspace: opt(str(256)),
   }),
   v.check(
     (o) => o.kind !== "exec" || o.argv.length > 0 || o.session !== undefined,

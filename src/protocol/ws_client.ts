@@ -51,6 +51,8 @@ export async function connectWebSocket(
     timeoutMs?: number;
     /** Hand binary messages over as views valid only during onmessage (see ws_socket.ts). */
     borrowBinary?: boolean;
+    /** Connect to this address (one of the host name's); TLS and Host still name the host. */
+    address?: string;
   } = {},
 ): Promise<WsSocket> {
   const u = new URL(url);
@@ -65,7 +67,7 @@ export async function connectWebSocket(
   });
   let conn: Deno.Conn | undefined;
   const handshake = async (): Promise<WsSocket> => {
-    const tcp = await Deno.connect({ hostname, port });
+    const tcp = await Deno.connect({ hostname: opts.address ?? hostname, port });
     conn = tcp;
     tcp.setNoDelay(true);
     if (tls) conn = await Deno.startTls(tcp, { hostname, caCerts: opts.caCerts });

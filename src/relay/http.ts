@@ -194,10 +194,11 @@ async function respond(
   a: { status: number; body: string; headers?: Record<string, string> },
 ): Promise<void> {
   const body = enc.encode(a.body);
-  const extra = Object.entries(a.headers ?? {}).map(([k, v]) => `${k}: ${v}\r\n`).join("");
+  // Plain text unless the answer says otherwise (/metrics names its format's version).
+  const headers = { "content-type": "text/plain; charset=utf-8", ...a.headers };
+  const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");
   const head = enc.encode(
     `HTTP/1.1 ${a.status} ${REASONS[a.status] ?? "Status"}\r\n` +
-      "Content-Type: text/plain; charset=utf-8\r\n" +
       `Content-Length: ${body.length}\r\nConnection: close\r\n${extra}\r\n`,
   );
   const bytes = new Uint8Array(head.length + body.length);

@@ -4,6 +4,11 @@
  * The relay never buffers stream bytes itself: a frame is forwarded as it
  * arrives, and each route checks that the sender stays inside the credit
  * its receiver granted, so nothing in flight exceeds the stream windows.
+ *
+ * A route's far end is an Upstream: the agent itself, or (in a fleet) the relay that
+ * holds the agent, over one relay-to-relay connection that carries many streams. On
+ * that relay the connection is a client link marked `peer`: it routes to its own agents
+ * only (never on to a third relay), and does not audit (the client's relay did).
  */
 import { errorBody, machineOffline } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
@@ -34,35 +39,66 @@ import type { MachineRow, Principal, Store } from "./store.ts";
 interface Route {
   client: ClientLink;
   csid: number;
-  agent: AgentLink;
+  /** The agent, or the relay of the fleet that holds it. */
+  up: Upstream;
   asid: number;
+  /** For messages: the machine's name. */
+  machine: string;
+  kind: "exec" | "pty";
   /** Bytes the agent may still send toward the client, and at most (the client's window). */
   outCredit: number;
   outWindow: number;
   /** Bytes the client may still send toward the agent, and at most (the agent's window). */
   inCredit: number;
   inWindow: number;
-  /** Audit row of this exec or attach, and what it carried. */
+  /** Audit row of this exec or attach (0: audited by the client's relay), and what it carried. */
   auditId: number;
   bytesIn: number;
   bytesOut: number;
   session?: string;
 }
 
-export interface AgentLink {
+/** Where a route's streams go: an agent, or the relay holding one. */
+export interface Upstream {
   conn: Conn;
+  routes: Map<number, Route>;
+  nextSid: number;
+  /** Requests forwarded, by our request id. */
+  pending: Map<number, (answer: { result?: unknown; error?: WireError }) => void>;
+  nextReq: number;
+}
+
+export interface AgentLink extends Upstream {
   principal: Principal;
   machineId: string;
   workspace: string;
   info: AgentInfo;
   lastSeen: number;
-  routes: Map<number, Route>;
-  nextSid: number;
   /** The agent's sessions as it last reported them. */
   sessions: SessionInfo[];
-  /** Requests forwarded to the agent, by our request id. */
-  pending: Map<number, (answer: { result?: unknown; error?: WireError }) => void>;
-  nextReq: number;
+  /** In a fleet: the epoch of this relay's lease on the machine. */
+  epoch?: number;
+}
+
+/** A relay of the fleet this relay dialed, to reach the agents it holds. */
+export interface PeerLink extends Upstream {
+  relayId: string;
+}
+
+/** Streams one relay-to-relay connection may carry (it carries many clients' streams). */
+const MAX_STREAMS_PER_PEER = 65_536;
+
+/** What the hub needs of the fleet (fleet.ts); absent when the relay runs alone. */
+export interface FleetRouting {
+  readonly relayId: string;
+  /** The link to the relay holding the machine's agent, if another relay holds it. */
+  upstream(machine: string): Promise<PeerLink | undefined>;
+  /** Links to every other live relay (for `sessions`). */
+  peers(): Promise<PeerLink[]>;
+  /** Takes the machine's lease for this relay; returns its epoch. */
+  claim(machine: string): Promise<number>;
+  /** Gives the lease up (the agent left). */
+  release(machine: string, epoch: number): void;
 }
 
 export interface ClientLink {
@@ -72,6 +108,8 @@ export interface ClientLink {
   routes: Map<number, Route>;
   /** Opens waiting for the store, by the client's sid. */
   opening: Map<number, Opening>;
+  /** Another relay of the fleet, forwarding its clients' streams to our agents. */
+  peer?: boolean;
 }
 
 /**
@@ -88,6 +126,12 @@ const MAX_QUEUED_CONTROLS = 64;
 
 /** How long `sessions` waits for the agents' lists. */
 const GATHER_MS = 3_000;
+/** A relay answering another's `sessions` answers this much sooner, so that it is heard. */
+const PEER_GATHER_MARGIN_MS = 500;
+
+function isAgent(up: Upstream): up is AgentLink {
+  return "machineId" in up;
+}
 
 function sessionView(a: AgentLink, s: SessionInfo): SessionView {
   return {
@@ -123,6 +167,10 @@ export interface HubOptions {
 }
 
 export class Hub {
+  /** Set by the server when the relay is one of a fleet. */
+  fleet?: FleetRouting;
+  /** Totals for /metrics: stream bytes and frames each way. */
+  readonly stats = { bytesToAgent: 0, bytesToClient: 0, framesToAgent: 0, framesToClient: 0 };
   private lastFlush = 0;
   private lastPrune = 0;
   private sweeping = false;
@@ -155,53 +203,52 @@ export class Hub {
   dropAgent(link: AgentLink, reason: string): void {
     if (this.agents.get(link.machineId) !== link) return;
     this.agents.delete(link.machineId);
-    for (const r of link.routes.values()) {
-      r.client.routes.delete(r.csid);
-      this.audit(r, { error: "session_lost" });
-      r.client.conn.send({
-        t: "error",
-        sid: r.csid,
-        code: "session_lost",
-        message: `lost the connection to machine ${link.info.name}: ${reason}`,
-        hint: "the command's exit status is unknown; check the machine and retry",
-        resumable: true,
-      });
-    }
-    link.routes.clear();
-    const pending = [...link.pending.values()];
-    link.pending.clear();
-    for (const answer of pending) {
-      answer({
-        error: { code: "machine_offline", message: `machine ${link.info.name} went offline` },
-      });
-    }
+    this.failUpstream(link, reason);
+    if (link.epoch !== undefined) this.fleet?.release(link.machineId, link.epoch);
     this.store.touchMachines(new Map([[link.machineId, link.lastSeen]])).catch(() => {
       /* best effort: the store may be closed (shutdown) or failing; the next flush helps */
     });
     this.log(`agent offline: ${link.info.name} (${link.machineId}): ${reason}`);
   }
 
+  /** Closes a local agent's connection: its machine is now held elsewhere. */
+  evict(machineId: string, reason: string): void {
+    const link = this.agents.get(machineId);
+    if (!link) return;
+    this.dropAgent(link, reason);
+    link.conn.close(CLOSE_REPLACED, reason);
+  }
+
+  /**
+   * Ends every stream through `up` — resumable: the command may run on, and the client
+   * may find it again — and answers its pending requests with machine_offline.
+   */
+  failUpstream(up: Upstream, reason: string): void {
+    for (const r of up.routes.values()) {
+      r.client.routes.delete(r.csid);
+      this.audit(r, { error: "session_lost" });
+      r.client.conn.send({
+        t: "error",
+        sid: r.csid,
+        code: "session_lost",
+        message: `lost the connection to machine ${r.machine}: ${reason}`,
+        hint: "the command's exit status is unknown; check the machine and retry",
+        resumable: true,
+      });
+    }
+    up.routes.clear();
+    const pending = [...up.pending.values()];
+    up.pending.clear();
+    for (const answer of pending) {
+      answer({
+        error: { code: "machine_offline", message: `the machine went offline: ${reason}` },
+      });
+    }
+  }
+
   onAgentControl(link: AgentLink, msg: Control): void {
     link.lastSeen = Date.now();
     switch (msg.t) {
-      case "ping":
-        return;
-      case "started": {
-        const r = link.routes.get(msg.sid);
-        if (!r) return;
-        r.inCredit += msg.window;
-        r.inWindow = msg.window;
-        r.session = msg.session;
-        r.client.conn.send({ ...msg, sid: r.csid });
-        return;
-      }
-      case "challenge":
-      case "auth_ok":
-      case "notice": {
-        const r = link.routes.get(msg.sid);
-        if (r) r.client.conn.send({ ...msg, sid: r.csid });
-        return;
-      }
       case "sessions":
         link.sessions = msg.sessions;
         return;
@@ -221,19 +268,49 @@ export class Hub {
         }, (e) => link.conn.send({ t: "res", id: msg.id, error: errorBody(e) }));
         return;
       }
+      case "exit":
+      case "error":
+        if (msg.sid === undefined) {
+          this.log(`agent ${link.info.name} reported: ${msg.t === "error" ? msg.message : ""}`);
+          return;
+        }
+        return this.onUpstreamControl(link, msg);
+      default:
+        return this.onUpstreamControl(link, msg);
+    }
+  }
+
+  /** What an agent, or a relay holding agents, sends about the streams routed to it. */
+  onUpstreamControl(up: Upstream, msg: Control): void {
+    switch (msg.t) {
+      case "ping":
+        return;
+      case "started": {
+        const r = up.routes.get(msg.sid);
+        if (!r) return;
+        r.inCredit += msg.window;
+        r.inWindow = msg.window;
+        r.session = msg.session;
+        r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      case "challenge":
+      case "auth_ok":
+      case "notice": {
+        const r = up.routes.get(msg.sid);
+        if (r) r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
       case "res": {
-        const answer = link.pending.get(msg.id);
-        link.pending.delete(msg.id);
+        const answer = up.pending.get(msg.id);
+        up.pending.delete(msg.id);
         answer?.(msg.error ? { error: msg.error } : { result: msg.result });
         return;
       }
       case "exit":
       case "error": {
-        if (msg.sid === undefined) {
-          this.log(`agent ${link.info.name} reported: ${msg.t === "error" ? msg.message : ""}`);
-          return;
-        }
-        const r = link.routes.get(msg.sid);
+        if (msg.sid === undefined) return;
+        const r = up.routes.get(msg.sid);
         if (!r) return;
         this.unroute(r);
         this.audit(
@@ -246,13 +323,17 @@ export class Hub {
         return;
       }
       default:
-        throw new ProtocolError(`agent may not send '${msg.t}'`);
+        throw new ProtocolError(`may not send '${msg.t}' here`);
     }
   }
 
   onAgentFrame(link: AgentLink, f: Frame, raw: Uint8Array): void {
     link.lastSeen = Date.now();
-    const r = link.routes.get(f.sid);
+    this.onUpstreamFrame(link, f, raw);
+  }
+
+  onUpstreamFrame(up: Upstream, f: Frame, raw: Uint8Array): void {
+    const r = up.routes.get(f.sid);
     if (!r) return; // the stream ended on the other side; late frames are dropped
     if (f.type === FRAME_DATA) {
       if (f.channel === CH_STDIN) throw new ProtocolError("agent sent data on stdin");
@@ -269,6 +350,8 @@ export class Hub {
         throw new ProtocolError(`stream ${f.sid} credit beyond its window`);
       }
     }
+    this.stats.framesToClient++;
+    this.stats.bytesToClient += raw.length;
     setFrameSid(raw, r.csid);
     r.client.conn.sendBinary(raw);
   }
@@ -282,9 +365,9 @@ export class Hub {
   dropClient(link: ClientLink): void {
     if (!this.clients.delete(link)) return;
     for (const r of link.routes.values()) {
-      r.agent.routes.delete(r.asid);
+      r.up.routes.delete(r.asid);
       this.audit(r, { error: "client_lost" });
-      r.agent.conn.send({ t: "close", sid: r.asid, reason: "lost" });
+      r.up.conn.send({ t: "close", sid: r.asid, reason: "lost" });
     }
     link.routes.clear();
   }
@@ -326,7 +409,7 @@ export class Hub {
           const why = { lost: "client_lost", kill: "killed", detach: "detached" } as const;
           this.audit(r, { error: why[msg.reason ?? "detach"] });
         }
-        r.agent.conn.send({ ...msg, sid: r.asid });
+        r.up.conn.send({ ...msg, sid: r.asid });
         return;
       }
       default:
@@ -351,8 +434,10 @@ export class Hub {
         throw new ProtocolError(`stream ${f.sid} credit beyond its window`);
       }
     }
+    this.stats.framesToAgent++;
+    this.stats.bytesToAgent += raw.length;
     setFrameSid(raw, r.asid);
-    r.agent.conn.sendBinary(raw);
+    r.up.conn.sendBinary(raw);
   }
 
   /**
@@ -386,40 +471,56 @@ export class Hub {
     pending: Opening,
   ): Promise<void> {
     const fail = (e: WireError) => link.conn.send({ t: "error", sid: msg.sid, ...e });
+    // A relay of the fleet says whose stream it forwards; a client is who its key says.
+    const workspace = link.peer ? msg.workspace : link.workspace;
+    const keyId = link.peer ? msg.client_key : link.principal.keyId;
+    if (!workspace || !keyId) {
+      throw new ProtocolError("a forwarded open names its workspace and key");
+    }
     const row = msg.machine ? await this.store.getMachine(msg.machine) : undefined;
-    if (!row || row.workspace !== link.workspace) {
+    if (!row || row.workspace !== workspace) {
       return fail({
         code: "machine_not_found",
         message: `no machine '${msg.machine ?? ""}' in this workspace`,
         hint: "list machines with `tether machines`",
       });
     }
-    if (!this.agents.get(row.id)) return fail(machineOffline(row).toJSON());
-    let auditId: number;
-    try {
-      auditId = await this.store.auditStart({
-        workspace: link.workspace,
-        key_id: link.principal.keyId,
-        machine_id: row.id,
-        machine_name: row.name,
-        kind: msg.kind,
-        // A new command's argv; watching an exec (or joining a session) runs nothing new.
-        argv: msg.argv.length ? msg.argv : null,
-        session: msg.session ?? null,
-      });
-    } catch (e) {
-      // Nothing runs unrecorded: a relay that cannot write its audit log refuses, and
-      // says so; what only reads (machines, sessions) keeps working.
-      this.log(`audit write failed: ${(e as Error).message}`);
-      return fail({
-        code: "relay_unavailable",
-        message: "the relay cannot record this in its audit log: its store cannot be written",
-        hint: "the relay's operator must free space in its data dir (its log says more); " +
-          "`tether machines` still works",
+    // Our own agent, or the relay that holds it; a forwarded stream never goes further.
+    let up: Upstream | undefined = this.agents.get(row.id);
+    if (!up && !link.peer && this.fleet && row.held_by !== null) {
+      up = await this.fleet.upstream(row.id).catch((e) => {
+        this.log(`cannot reach the relay holding ${row.name}: ${(e as Error).message}`);
+        return undefined;
       });
     }
+    if (!up) return fail(machineOffline(row).toJSON());
+    let auditId = 0;
+    if (!link.peer) {
+      try {
+        auditId = await this.store.auditStart({
+          workspace,
+          key_id: keyId,
+          machine_id: row.id,
+          machine_name: row.name,
+          kind: msg.kind,
+          // A new command's argv; watching an exec (or joining a session) runs nothing new.
+          argv: msg.argv.length ? msg.argv : null,
+          session: msg.session ?? null,
+        });
+      } catch (e) {
+        // Nothing runs unrecorded: a relay that cannot write its audit log refuses, and
+        // says so; what only reads (machines, sessions) keeps working.
+        this.log(`audit write failed: ${(e as Error).message}`);
+        return fail({
+          code: "relay_unavailable",
+          message: "the relay cannot record this in its audit log: its store cannot be written",
+          hint: "the relay's operator must free space in its data dir (its log says more); " +
+            "`tether machines` still works",
+        });
+      }
+    }
     const end = (error: string) =>
-      this.store.auditEnd(auditId, {
+      auditId && this.store.auditEnd(auditId, {
         bytes_in: 0,
         bytes_out: 0,
         exit_code: null,
@@ -430,24 +531,27 @@ export class Hub {
     // While the store answered, the client may have gone or given up, the agent may have left.
     if (!this.clients.has(link)) return void end("client_lost");
     if (pending.closed) return void end(pending.closed);
-    const agent = this.agents.get(row.id);
-    if (!agent) {
+    if (isAgent(up)) up = this.agents.get(row.id);
+    else if (!up.conn.isOpen) up = undefined;
+    if (!up) {
       end("machine_offline");
       return fail(machineOffline(row).toJSON());
     }
-    if (agent.routes.size >= MAX_STREAMS_PER_CONN) {
+    if (up.routes.size >= (isAgent(up) ? MAX_STREAMS_PER_CONN : MAX_STREAMS_PER_PEER)) {
       end("rate_limited");
       return fail({
         code: "rate_limited",
         message: `machine ${row.name} has too many open streams`,
       });
     }
-    const asid = agent.nextSid++;
+    const asid = up.nextSid++;
     const route: Route = {
       client: link,
       csid: msg.sid,
-      agent,
+      up,
       asid,
+      machine: row.name,
+      kind: msg.kind,
       outCredit: msg.window,
       outWindow: msg.window,
       inCredit: 0,
@@ -457,16 +561,22 @@ export class Hub {
       bytesOut: 0,
     };
     link.routes.set(msg.sid, route);
-    agent.routes.set(asid, route);
-    // The agent learns which key opened the stream from us, never from the client.
-    const { machine: _drop, client_key: _forged, ...forward } = msg;
-    agent.conn.send({ ...forward, sid: asid, client_key: link.principal.keyId });
+    up.routes.set(asid, route);
+    // The agent learns which key opened the stream from us, never from the client; the
+    // relay holding the agent learns it, and the workspace, from us.
+    const { machine, client_key: _forged, workspace: _ws, ...forward } = msg;
+    up.conn.send(
+      isAgent(up)
+        ? { ...forward, sid: asid, client_key: keyId }
+        : { ...forward, machine, sid: asid, client_key: keyId, workspace },
+    );
   }
 
   private audit(
     r: Route,
     end: { exit_code?: number; signal?: string | null; error?: string },
   ): void {
+    if (!r.auditId) return; // the client's relay audits a forwarded stream
     this.store.auditEnd(r.auditId, {
       bytes_in: r.bytesIn,
       bytes_out: r.bytesOut,
@@ -479,30 +589,32 @@ export class Hub {
 
   private unroute(r: Route): void {
     r.client.routes.delete(r.csid);
-    r.agent.routes.delete(r.asid);
+    r.up.routes.delete(r.asid);
   }
 
   /** Answers a client request, or forwards it to an agent (then returns undefined). */
   private async answer(link: ClientLink, req: Req): Promise<Control | undefined> {
     const fail = (e: WireError): Control => ({ t: "res", id: req.id, error: e });
+    // A relay of the fleet asks for its client's workspace, and only of our own agents.
+    const workspace = link.peer ? String(req.args.workspace ?? "") : link.workspace;
     switch (req.op) {
       case "machines":
         return {
           t: "res",
           id: req.id,
-          result: await this.machines(link.workspace, { retired: req.args.retired === true }),
+          result: await this.machines(workspace, { retired: req.args.retired === true }),
         };
       case "remove_machine": {
         const id = req.args.machine;
         const row = typeof id === "string" ? await this.store.getMachine(id) : undefined;
-        if (!row || row.workspace !== link.workspace) {
+        if (!row || row.workspace !== workspace) {
           return fail({
             code: "machine_not_found",
             message: `no machine '${String(id)}' in this workspace`,
             hint: "list machines with `tether machines`",
           });
         }
-        if (this.agents.has(row.id)) {
+        if (this.agents.has(row.id) || row.held_by !== null) {
           return fail({
             code: "forbidden",
             message: `machine ${row.name} (${row.id.slice(0, 8)}) is online; only an offline ` +
@@ -516,8 +628,8 @@ export class Hub {
       }
       case "sessions": {
         const machine = typeof req.args.machine === "string" ? req.args.machine : undefined;
-        this.gatherSessions(link, req.id, machine);
-        return undefined;
+        const views = await this.gatherSessions(workspace, machine, !link.peer);
+        return { t: "res", id: req.id, result: views };
       }
       case "kill_session": {
         const { machine, session } = req.args;
@@ -525,77 +637,109 @@ export class Hub {
           return fail({ code: "usage", message: "kill_session needs machine and session" });
         }
         const agent = this.agents.get(machine);
-        if (!agent || agent.workspace !== link.workspace) {
+        let up: Upstream | undefined = agent?.workspace === workspace ? agent : undefined;
+        let args: Record<string, unknown> = { session };
+        if (!agent && !link.peer && this.fleet) {
+          const row = await this.store.getMachine(machine);
+          if (row?.workspace === workspace) {
+            up = await this.fleet.upstream(machine).catch(() => undefined);
+            args = { machine, session, workspace };
+          }
+        }
+        if (!up) {
           return fail({ code: "machine_offline", message: `machine ${machine} is not online` });
         }
-        this.ask(
-          agent,
-          "kill_session",
-          { session },
-          (a) => link.conn.send({ t: "res", id: req.id, ...a }),
+        const answer = await new Promise<{ result?: unknown; error?: WireError }>((resolve) =>
+          this.ask(up, "kill_session", args, resolve)
         );
-        return undefined;
+        return { t: "res", id: req.id, ...answer };
       }
       default:
         return fail({ code: "usage", message: `unknown request '${req.op}'` });
     }
   }
 
-  /** Sends a request to an agent; `answer` gets its reply (or machine_offline if it leaves). */
+  /** Sends a request upstream; `answer` gets its reply (or machine_offline if it leaves). */
   private ask(
-    agent: AgentLink,
+    up: Upstream,
     op: string,
     args: Record<string, unknown>,
     answer: (a: { result?: unknown; error?: WireError }) => void,
   ): number {
-    const id = agent.nextReq++;
-    agent.pending.set(id, answer);
-    agent.conn.send({ t: "req", id, op, args });
+    const id = up.nextReq++;
+    up.pending.set(id, answer);
+    up.conn.send({ t: "req", id, op, args });
     return id;
   }
 
   /**
-   * Answers `sessions`: each online agent of the workspace (or the one machine)
-   * is asked for its sessions and execs; one that does not answer within
-   * GATHER_MS is represented by the PTY sessions it last reported.
+   * The sessions and execs of a workspace (or one machine): each of our agents is asked;
+   * one that does not answer within GATHER_MS is represented by the PTY sessions it last
+   * reported. With `fleet`, the other relays are asked for theirs (a little longer: they
+   * wait on their agents the same way).
    */
-  private gatherSessions(link: ClientLink, reqId: number, machineId?: string): void {
+  private gatherSessions(
+    workspace: string,
+    machineId: string | undefined,
+    fleet: boolean,
+  ): Promise<SessionView[]> {
     const agents = [...this.agents.values()].filter((a) =>
-      a.workspace === link.workspace && (!machineId || a.machineId === machineId)
+      a.workspace === workspace && (!machineId || a.machineId === machineId)
     );
-    const got = new Map<AgentLink, SessionInfo[]>();
-    const asked = new Map<AgentLink, number>();
-    let answered = false;
-    const reply = () => {
-      if (answered) return;
-      answered = true;
-      clearTimeout(timer);
-      // An agent that did not answer in time is not waited for any more.
-      for (const [a, id] of asked) if (!got.has(a)) a.pending.delete(id);
-      const out: SessionView[] = [];
+    const fromPeers = fleet && this.fleet
+      ? this.fleet.peers().catch((e) => {
+        this.log(`cannot reach the fleet for sessions: ${(e as Error).message}`);
+        return [];
+      })
+      : Promise.resolve([]);
+    const local = new Promise<SessionView[]>((resolve) => {
+      const got = new Map<AgentLink, SessionInfo[]>();
+      const asked = new Map<AgentLink, number>();
+      const reply = () => {
+        clearTimeout(timer);
+        // An agent that did not answer in time is not waited for any more.
+        for (const [a, id] of asked) if (!got.has(a)) a.pending.delete(id);
+        resolve(agents.flatMap((a) => (got.get(a) ?? a.sessions).map((s) => sessionView(a, s))));
+      };
+      const timer = setTimeout(reply, fleet ? GATHER_MS : GATHER_MS - PEER_GATHER_MARGIN_MS);
+      if (agents.length === 0) return reply();
       for (const a of agents) {
-        for (const s of got.get(a) ?? a.sessions) out.push(sessionView(a, s));
+        asked.set(
+          a,
+          this.ask(a, "sessions", {}, (answer) => {
+            const list = Array.isArray(answer.result) ? answer.result : undefined;
+            try {
+              if (list) got.set(a, list.map(checkSessionInfo));
+            } catch (e) {
+              this.log(
+                `agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`,
+              );
+            }
+            if (!got.has(a)) got.set(a, a.sessions);
+            if (got.size === agents.length) reply();
+          }),
+        );
       }
+    });
+    const remote = fromPeers.then((peers) =>
+      Promise.all(peers.map((p) =>
+        new Promise<SessionView[]>((resolve) => {
+          const timer = setTimeout(() => {
+            p.pending.delete(id);
+            resolve([]);
+          }, GATHER_MS);
+          const id = this.ask(p, "sessions", { workspace, machine: machineId }, (answer) => {
+            clearTimeout(timer);
+            resolve(Array.isArray(answer.result) ? answer.result as SessionView[] : []);
+          });
+        })
+      ))
+    );
+    return Promise.all([local, remote]).then(([mine, theirs]) => {
+      const out = [...mine, ...theirs.flat()];
       out.sort((x, y) => x.machine.localeCompare(y.machine) || x.created.localeCompare(y.created));
-      link.conn.send({ t: "res", id: reqId, result: out });
-    };
-    const timer = setTimeout(reply, GATHER_MS);
-    if (agents.length === 0) return reply();
-    for (const a of agents) {
-      asked.set(
-        a,
-        this.ask(a, "sessions", {}, (answer) => {
-          const list = Array.isArray(answer.result) ? answer.result : undefined;
-          try {
-            if (list) got.set(a, list.map(checkSessionInfo));
-          } catch (e) {
-            this.log(`agent ${a.info.name} sent a malformed session list: ${(e as Error).message}`);
-          }
-          if (!got.has(a)) got.set(a, a.sessions);
-          if (got.size === agents.length) reply();
-        }),
-      );
-    }
+      return out;
+    });
   }
 
   async machines(workspace: string, opts: { retired?: boolean } = {}): Promise<MachineView[]> {
@@ -608,7 +752,8 @@ export class Hub {
         id: m.id,
         name: m.name,
         hostname: m.hostname,
-        online: !!live,
+        // Ours, or held by another relay of the fleet.
+        online: !!live || m.held_by !== null,
         last_seen: new Date(lastSeen).toISOString(),
         heartbeat_age_ms: Math.max(0, now - lastSeen),
         labels: m.labels,
@@ -650,7 +795,7 @@ export class Hub {
     if (Date.now() - this.lastPrune >= every) await this.prune();
     const links: { conn: Conn; principal: Principal }[] = [
       ...this.agents.values(),
-      ...this.clients,
+      ...[...this.clients].filter((c) => !c.peer),
     ];
     let revoked: Set<string>;
     try {

@@ -15,6 +15,7 @@ import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
+import { checkFleetToken, Fleet, newRelayId } from "./fleet.ts";
 import type { Principal, Store } from "./store.ts";
 import { SqliteStore } from "./store_sqlite.ts";
 import { FailurePacer } from "../common/throttle.ts";
@@ -22,6 +23,7 @@ import { visible } from "../common/text.ts";
 import { delay } from "../common/async.ts";
 import { type HttpAnswer, type HttpRequest, type HttpServer, serveHttp } from "./http.ts";
 import { decodeFrame, type Frame, MAX_BINARY_MESSAGE } from "../protocol/frames.ts";
+import { RelayMetrics, timedStore } from "./metrics.ts";
 import { MAX_AGENT_MESSAGE, MAX_CONTROL_MESSAGE } from "../protocol/messages.ts";
 
 /**
@@ -47,11 +49,19 @@ export interface RelayOptions {
   log?: (line: string) => void;
   /** The store to use; by default the SQLite database in dataDir. The relay closes it. */
   store?: Store;
+  /**
+   * One of a fleet on a shared store (it must have `fleet`): the secret the relays prove
+   * to each other, and how the others reach this one (default: its own URL).
+   */
+  fleet?: { secret: string; advertise?: string };
 }
 
 export interface Relay {
   /** ws:// or wss:// URL clients and agents dial. */
   url: string;
+  /** In a fleet: this relay's id, and the URL the others reach it by. */
+  relayId?: string;
+  advertise?: string;
   dataDir: string;
   port: number;
   hub: Hub;
@@ -63,11 +73,22 @@ export interface Relay {
 const HELLO_TIMEOUT_MS = 10_000;
 const SWEEP_MS = 2_000;
 
-export function startRelay(opts: RelayOptions): Relay {
+export async function startRelay(opts: RelayOptions): Promise<Relay> {
   const log = opts.log ?? ((line: string) => console.error(`relay: ${visible(line)}`));
-  const store = opts.store ?? new SqliteStore(opts.dataDir);
-  const hub = new Hub(store, log, { pruneAfterMs: opts.pruneAfterMs });
+  const store: Store = opts.store ?? new SqliteStore(opts.dataDir);
+  const metrics = new RelayMetrics();
+  const hub = new Hub(timedStore(store, metrics.storeSeconds), log, {
+    pruneAfterMs: opts.pruneAfterMs,
+  });
+  metrics.watch(hub);
   const tls = !!(opts.tlsCert && opts.tlsKey) || !!opts.tls;
+  const fleetSecret = opts.fleet?.secret;
+  if (opts.fleet && !store.fleet) {
+    await store.close();
+    throw new TetherError("usage", "a fleet of relays needs a shared store", {
+      hint: "give every relay of the fleet the same --store postgres://…",
+    });
+  }
   const pacer = new FailurePacer(
     KEY_FAILURES_PER_SECOND,
     KEY_FAILURE_BURST,
@@ -83,7 +104,7 @@ export function startRelay(opts: RelayOptions): Relay {
       // The largest message anyone may send; Conn holds each role to its own limit.
       maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE, MAX_AGENT_MESSAGE),
       log,
-    }, (req) => handle(req, hub, pacer, log));
+    }, (req) => handle(req, hub, pacer, log, fleetSecret, metrics));
   } catch (e) {
     store.close().catch(() => {});
     if (e instanceof Deno.errors.AddrInUse) {
@@ -95,12 +116,34 @@ export function startRelay(opts: RelayOptions): Relay {
   }
   const addr = server.addr;
   const host = addr.hostname.includes(":") ? `[${addr.hostname}]` : addr.hostname;
+  const url = `${tls ? "wss" : "ws"}://${host}:${addr.port}`;
+  let fleet: Fleet | undefined;
+  if (opts.fleet && store.fleet) {
+    fleet = new Fleet({
+      relayId: newRelayId(),
+      url: opts.fleet.advertise ?? url,
+      secret: opts.fleet.secret,
+      store: store.fleet,
+      hub,
+      log,
+    });
+    try {
+      await fleet.start();
+    } catch (e) {
+      await server.shutdown();
+      await store.close().catch(() => {});
+      throw e;
+    }
+    log(`relay ${fleet.relayId} joined the fleet as ${opts.fleet.advertise ?? url}`);
+  }
   const sweep = setInterval(() => {
     hub.sweep().catch((e) => log(`sweep failed: ${(e as Error).message}`));
   }, SWEEP_MS);
   let down: Promise<void> | undefined;
   return {
-    url: `${tls ? "wss" : "ws"}://${host}:${addr.port}`,
+    url,
+    relayId: fleet?.relayId,
+    advertise: fleet ? opts.fleet?.advertise ?? url : undefined,
     dataDir: opts.dataDir,
     port: addr.port,
     hub,
@@ -114,6 +157,7 @@ export function startRelay(opts: RelayOptions): Relay {
         const stopped = server.shutdown();
         hub.closeAll();
         await stopped;
+        await fleet?.stop();
         await hub.flushLastSeen().catch(() => {/* best effort */});
         await store.close();
       })();
@@ -127,9 +171,18 @@ function handle(
   hub: Hub,
   pacer: FailurePacer,
   log: (l: string) => void,
+  fleetSecret: string | undefined,
+  metrics: RelayMetrics,
 ): HttpAnswer | Promise<HttpAnswer> {
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
+  if (req.path === "/metrics") {
+    return metrics.text().then((body) => ({
+      status: 200,
+      body,
+      headers: { "content-type": metrics.contentType },
+    }));
+  }
   if (req.path === "/readyz") {
     return readiness(hub).then((problem) =>
       problem ? { status: 503, body: `not ready: ${problem}\n` } : { status: 200, body: "ready\n" }
@@ -139,18 +192,29 @@ function handle(
     ? "agent"
     : req.path === "/v1/client"
     ? "client"
+    : req.path === "/v1/relay" && fleetSecret
+    ? "relay"
     : undefined;
   if (!role) return { status: 404, body: "not found\n" };
 
   const auth = req.headers.get("authorization") ?? "";
+  if (role === "relay") {
+    // Another relay of the fleet: it proves the fleet secret, not a key.
+    const relayId = checkFleetToken(fleetSecret!, auth);
+    const principal: Principal | null = relayId
+      ? { kind: "relay", keyId: `relay:${relayId}`, workspace: "", relayId }
+      : null;
+    return admit(req, role, principal, hub, pacer, log, metrics);
+  }
   const m = /^Bearer\s+(\S+)$/i.exec(auth);
   const parsed = m ? parseKey(m[1]) : null;
-  if (!parsed) return admit(req, role, null, hub, pacer, log);
+  if (!parsed) return admit(req, role, null, hub, pacer, log, metrics);
   return hub.store.authenticate(parsed).then(
-    (principal) => admit(req, role, principal, hub, pacer, log),
+    (principal) => admit(req, role, principal, hub, pacer, log, metrics),
     (e) => {
       // The store cannot answer: nobody is refused for it, everybody may retry.
       log(`cannot check a key: ${(e as Error).message}`);
+      metrics.authFailures.inc({ code: "relay_unavailable" });
       return {
         status: 503,
         body: "relay_unavailable: the relay cannot check keys right now\n",
@@ -168,10 +232,12 @@ function admit(
   hub: Hub,
   pacer: FailurePacer,
   log: (l: string) => void,
+  metrics: RelayMetrics,
 ): HttpAnswer | Promise<HttpAnswer> {
   const addr = req.remote;
   if (!principal) {
     const wait = pacer.fail(addr.hostname);
+    metrics.authFailures.inc({ code: wait < 0 ? "rate_limited" : "unauthenticated" });
     if (wait < 0) {
       return {
         status: 429,
@@ -186,8 +252,13 @@ function admit(
     };
     return wait > 0 ? delay(wait).then(() => refusal) : refusal;
   }
-  const allowed = role === "client" ? principal.kind === "client" : principal.kind !== "client";
+  const allowed = role === "client"
+    ? principal.kind === "client"
+    : role === "relay"
+    ? principal.kind === "relay"
+    : principal.kind === "agent" || principal.kind === "machine";
   if (!allowed) {
+    metrics.authFailures.inc({ code: "forbidden" });
     return { status: 403, body: `forbidden: this key cannot be used on /v1/${role}\n` };
   }
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
@@ -197,8 +268,12 @@ function admit(
   return {
     upgrade: (ws) =>
       accept(
-        // Agents answer `sessions` with their execs too: more than a client ever sends.
-        new Conn(ws, { label: peer, maxControl: role === "agent" ? MAX_AGENT_MESSAGE : undefined }),
+        // Agents answer `sessions` with their execs too, relays with their agents' lists:
+        // more than a client ever sends.
+        new Conn(ws, {
+          label: peer,
+          maxControl: role === "client" ? undefined : MAX_AGENT_MESSAGE * 4,
+        }),
         role,
         principal,
         hub,
@@ -233,8 +308,14 @@ function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l:
         hello(conn, role, principal, msg, hub, log).then((met) => {
           const queued = waiting!;
           waiting = undefined;
-          // A peer that left while the store answered is not added.
-          if (!met || !conn.isOpen) return;
+          // A peer that left while the store answered is not added (nor keeps a lease).
+          if (!met || !conn.isOpen) {
+            const epoch = met && "epoch" in met.link ? met.link.epoch : undefined;
+            if (met && epoch !== undefined) {
+              hub.fleet?.release((met.link as AgentLink).machineId, epoch);
+            }
+            return;
+          }
           link = met.link;
           conn.send(met.welcome);
           if (role === "agent") hub.addAgent(link as AgentLink);
@@ -301,13 +382,14 @@ async function hello(
     key_id: principal.keyId,
     heartbeat_ms: HEARTBEAT_MS,
   };
-  if (role === "client") {
+  if (role === "client" || role === "relay") {
     const link: ClientLink = {
       conn,
       principal,
       workspace: principal.workspace,
       routes: new Map(),
       opening: new Map(),
+      ...(role === "relay" ? { peer: true } : {}),
     };
     return { link, welcome };
   }
@@ -337,6 +419,17 @@ async function hello(
     }
     log(`enrolled machine ${info.name} (${machine.id}) in workspace ${principal.workspace}`);
   }
+  // In a fleet, the machine's lease: other relays route to it through us from now on, and
+  // one that still holds an older connection of it lets that go.
+  let epoch: number | undefined;
+  if (hub.fleet) {
+    try {
+      epoch = await hub.fleet.claim(machine.id);
+    } catch (e) {
+      conn.fail(CLOSE_UNAVAILABLE, errorBody(e));
+      return undefined;
+    }
+  }
   const link: AgentLink = {
     conn,
     principal,
@@ -349,6 +442,7 @@ async function hello(
     sessions: [],
     pending: new Map(),
     nextReq: 1,
+    epoch,
   };
   return { link, welcome: { ...welcome, machine } };
 }
@@ -358,6 +452,7 @@ const READY_CACHE_MS = 1_000;
 const lastHealth = new WeakMap<Hub, { at: number; problem: string | undefined }>();
 
 async function readiness(hub: Hub): Promise<string | undefined> {
+  if (hub.closing) return "draining: agents and clients are moving to other relays";
   const last = lastHealth.get(hub);
   if (last && Date.now() - last.at < READY_CACHE_MS) return last.problem;
   const problem = await hub.store.health().catch((e) => (e as Error).message);

@@ -31,6 +31,8 @@ export interface MachineRow {
   last_seen: number;
   /** Set when the machine retired (an ended CI hold). */
   retired_at: number | null;
+  /** In a fleet: the relay whose lease on the machine is live (its agent is there). */
+  held_by: string | null;
 }
 
 /** What an agent says of itself in its hello, as the machines table keeps it. */
@@ -50,7 +52,9 @@ export interface MintedKey {
 export type Principal =
   | { kind: "client"; keyId: string; workspace: string }
   | { kind: "agent"; keyId: string; workspace: string }
-  | { kind: "machine"; keyId: string; workspace: string; machineId: string };
+  | { kind: "machine"; keyId: string; workspace: string; machineId: string }
+  /** Another relay of the fleet (it proved the fleet secret); it speaks for its clients. */
+  | { kind: "relay"; keyId: string; workspace: ""; relayId: string };
 
 /**
  * Keys used since the last flush: a key check writes nothing, last use is written in
@@ -166,4 +170,53 @@ export interface Store {
   auditEnd(id: number, end: AuditEnd): Promise<void>;
   /** The newest `limit` rows, oldest first. */
   listAudit(limit?: number): Promise<AuditRow[]>;
+
+  /** What several relays need to share one store; only a shared database has it. */
+  readonly fleet?: FleetStore;
+}
+
+/** A relay of the fleet as the store knows it. */
+export interface RelayRow {
+  id: string;
+  /** How the other relays reach it (`--advertise`). */
+  url: string;
+  started_at: number;
+  seen_at: number;
+}
+
+/** What relays tell each other through the store, at once (see Fleet). */
+export type FleetEvent =
+  | { kind: "revoke"; id: string }
+  | { kind: "machine"; id: string }
+  | { kind: "lease"; machine: string; relay: string; epoch: number };
+
+/**
+ * The fleet's shared state beyond the Store: the relays, and which relay holds each
+ * agent (a lease with an epoch: a newer claim wins, and a relay whose lease was taken
+ * closes its stale connection). Leases are renewed in one statement per relay per sweep,
+ * never per heartbeat.
+ */
+export interface FleetStore {
+  /** Adds or refreshes this relay's row. */
+  registerRelay(id: string, url: string): Promise<void>;
+  removeRelay(id: string): Promise<void>;
+  /** Relays seen within `withinMs`. */
+  liveRelays(withinMs: number): Promise<RelayRow[]>;
+  /** Takes the machine's lease for `relay` (whoever held it); returns the new epoch. */
+  claimLease(machine: string, relay: string, ttlMs: number): Promise<number>;
+  /**
+   * Extends the leases `relay` holds on `held` (machine → epoch) and marks the relay seen;
+   * returns the machines whose lease it no longer holds.
+   */
+  renewLeases(relay: string, held: Map<string, number>, ttlMs: number): Promise<string[]>;
+  /** Gives a lease up, if it is still the one held. */
+  releaseLease(machine: string, relay: string, epoch: number): Promise<void>;
+  /** The relay holding a live lease on the machine, with its URL. */
+  holder(machine: string): Promise<{ relay: string; url: string; epoch: number } | undefined>;
+  /**
+   * Calls `on` with every fleet event, and `resync` whenever events may have been missed
+   * (the listening connection was re-established); resolves once listening.
+   */
+  listen(on: (e: FleetEvent) => void, resync: () => void): Promise<void>;
+  notify(e: FleetEvent): Promise<void>;
 }

@@ -19,12 +19,15 @@ import {
   type AuditEnd,
   type AuditRow,
   type AuditStart,
+  type FleetEvent,
+  type FleetStore,
   type KeyRow,
   KeyUse,
   type MachineRow,
   type MintedKey,
   type Principal,
   reason,
+  type RelayRow,
   type Store,
 } from "./store.ts";
 
@@ -77,7 +80,24 @@ const MIGRATIONS: string[] = [
    );
    CREATE INDEX audit_started ON audit(started_at);
    CREATE TABLE health (id INTEGER PRIMARY KEY CHECK (id = 1), checked_at BIGINT NOT NULL);`,
+  // The fleet: its relays, and which relay holds each agent.
+  `CREATE TABLE relays (
+     id TEXT PRIMARY KEY,
+     url TEXT NOT NULL,
+     started_at BIGINT NOT NULL,
+     seen_at BIGINT NOT NULL
+   );
+   CREATE TABLE leases (
+     machine_id TEXT PRIMARY KEY,
+     relay_id TEXT NOT NULL,
+     epoch BIGINT NOT NULL,
+     expires_at BIGINT NOT NULL
+   );
+   CREATE INDEX leases_relay ON leases(relay_id);`,
 ];
+
+/** The channel of LISTEN/NOTIFY the relays of a fleet tell each other on. */
+const CHANNEL = "tether_fleet";
 
 export const PG_SCHEMA_VERSION = MIGRATIONS.length;
 
@@ -90,8 +110,23 @@ const CONNECT_TIMEOUT_S = 5;
 /** Connections one relay holds open at most. */
 const POOL_SIZE = 8;
 
-const MACHINE_COLUMNS = `id, workspace, enrolled_by, name, hostname, labels, os, arch,
-  agent_version, first_seen, last_seen, retired_at`;
+/** A machine's columns, with the relay holding a live lease on it (`m` and `l`). */
+const MACHINE_COLUMNS = `m.id, m.workspace, m.enrolled_by, m.name, m.hostname, m.labels, m.os,
+  m.arch, m.agent_version, m.first_seen, m.last_seen, m.retired_at, l.relay_id AS held_by`;
+
+/** Fleet events as NOTIFY payloads: `revoke:ID`, `machine:ID`, `lease:MACHINE:RELAY:EPOCH`. */
+export function encodeEvent(e: FleetEvent): string {
+  return e.kind === "lease" ? `lease:${e.machine}:${e.relay}:${e.epoch}` : `${e.kind}:${e.id}`;
+}
+
+export function decodeEvent(payload: string): FleetEvent | undefined {
+  const [kind, a, b, c] = payload.split(":");
+  if ((kind === "revoke" || kind === "machine") && a) return { kind, id: a };
+  if (kind === "lease" && a && b && Number.isSafeInteger(Number(c))) {
+    return { kind, machine: a, relay: b, epoch: Number(c) };
+  }
+  return undefined;
+}
 
 type Sql = postgres.Sql;
 
@@ -111,8 +146,9 @@ export function redactUrl(url: string): string {
   }
 }
 
-export class PostgresStore implements Store {
+export class PostgresStore implements Store, FleetStore {
   readonly kind = "postgres";
+  readonly fleet: FleetStore = this;
   private readonly keyUse = new KeyUse();
   private lastError?: string;
 
@@ -286,6 +322,8 @@ export class PostgresStore implements Store {
       (sql) =>
         sql`UPDATE keys SET revoked_at = coalesce(revoked_at, ${Date.now()}) WHERE id = ${id}`,
     );
+    // Every relay closes the key's connections now, not at its next sweep.
+    if (r.count > 0) await this.notify({ kind: "revoke", id });
     return r.count > 0;
   }
 
@@ -375,7 +413,9 @@ export class PostgresStore implements Store {
     const [row] = await this.run(
       "machine",
       (sql) =>
-        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines WHERE id = ${id}`,
+        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines m
+          LEFT JOIN leases l ON l.machine_id = m.id AND l.expires_at > ${Date.now()}
+          WHERE m.id = ${id}`,
     );
     return row;
   }
@@ -384,10 +424,10 @@ export class PostgresStore implements Store {
     return this.rows(
       "machines",
       (sql) =>
-        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines
-                         WHERE workspace = ${workspace}
-                           ${opts.retired ? sql`` : sql`AND retired_at IS NULL`}
-                         ORDER BY name, id`,
+        sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines m
+          LEFT JOIN leases l ON l.machine_id = m.id AND l.expires_at > ${Date.now()}
+          WHERE m.workspace = ${workspace} ${opts.retired ? sql`` : sql`AND m.retired_at IS NULL`}
+          ORDER BY m.name, m.id`,
     );
   }
 
@@ -397,6 +437,7 @@ export class PostgresStore implements Store {
       (sql) =>
         sql`UPDATE machines SET retired_at = ${Date.now()} WHERE id = ${id} AND retired_at IS NULL`,
     );
+    await this.notify({ kind: "machine", id });
   }
 
   async removeMachine(id: string): Promise<boolean> {
@@ -404,6 +445,7 @@ export class PostgresStore implements Store {
       "machine removal",
       (sql) => sql`DELETE FROM machines WHERE id = ${id}`,
     );
+    if (r.count > 0) await this.notify({ kind: "machine", id });
     return r.count > 0;
   }
 
@@ -419,7 +461,104 @@ export class PostgresStore implements Store {
         DELETE FROM machines
          WHERE ((retired_at IS NULL AND last_seen < ${offline}) OR retired_at < ${retiredBefore})
            AND NOT (id IN (SELECT jsonb_array_elements_text(${sql.json([...online])})))
+           AND NOT EXISTS (SELECT 1 FROM leases l
+                            WHERE l.machine_id = machines.id AND l.expires_at > ${Date.now()})
         RETURNING id, name`);
+  }
+
+  // ---- the fleet ----
+
+  async registerRelay(id: string, url: string): Promise<void> {
+    const now = Date.now();
+    await this.run(
+      "relay registry",
+      (sql) =>
+        sql`INSERT INTO relays (id, url, started_at, seen_at) VALUES (${id}, ${url}, ${now}, ${now})
+          ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen_at = excluded.seen_at`,
+    );
+  }
+
+  async removeRelay(id: string): Promise<void> {
+    await this.run("relay registry", async (sql) => {
+      await sql`DELETE FROM leases WHERE relay_id = ${id}`;
+      await sql`DELETE FROM relays WHERE id = ${id}`;
+    });
+  }
+
+  liveRelays(withinMs: number): Promise<RelayRow[]> {
+    return this.rows(
+      "relay registry",
+      (sql) =>
+        sql<RelayRow[]>`SELECT id, url, started_at, seen_at FROM relays
+                       WHERE seen_at > ${Date.now() - withinMs} ORDER BY id`,
+    );
+  }
+
+  async claimLease(machine: string, relay: string, ttlMs: number): Promise<number> {
+    const [row] = await this.run("lease", (sql) =>
+      sql<{ epoch: number }[]>`
+        INSERT INTO leases (machine_id, relay_id, epoch, expires_at)
+        VALUES (${machine}, ${relay}, 1, ${Date.now() + ttlMs})
+        ON CONFLICT (machine_id) DO UPDATE
+          SET relay_id = excluded.relay_id, epoch = leases.epoch + 1,
+              expires_at = excluded.expires_at
+        RETURNING epoch`);
+    await this.notify({ kind: "lease", machine, relay, epoch: row.epoch }).catch(() => {
+      /* the others' renewals find out anyway */
+    });
+    return row.epoch;
+  }
+
+  async renewLeases(relay: string, held: Map<string, number>, ttlMs: number): Promise<string[]> {
+    const now = Date.now();
+    const kept = await this.rows("leases", async (sql) => {
+      await sql`UPDATE relays SET seen_at = ${now} WHERE id = ${relay}`;
+      if (held.size === 0) return [];
+      return await sql<{ machine_id: string }[]>`
+        UPDATE leases l SET expires_at = ${now + ttlMs}
+          FROM (SELECT e->>0 AS id, (e->>1)::bigint AS epoch
+                  FROM jsonb_array_elements(${sql.json([...held])}) e) h
+         WHERE l.machine_id = h.id AND l.relay_id = ${relay} AND l.epoch = h.epoch
+        RETURNING l.machine_id`;
+    });
+    const still = new Set(kept.map((r) => r.machine_id));
+    return [...held.keys()].filter((m) => !still.has(m));
+  }
+
+  async releaseLease(machine: string, relay: string, epoch: number): Promise<void> {
+    await this.run("lease", (sql) =>
+      sql`DELETE FROM leases
+           WHERE machine_id = ${machine} AND relay_id = ${relay} AND epoch = ${epoch}`);
+  }
+
+  async holder(
+    machine: string,
+  ): Promise<{ relay: string; url: string; epoch: number } | undefined> {
+    const [row] = await this.run(
+      "lease",
+      (sql) =>
+        sql<{ relay: string; url: string; epoch: number }[]>`
+        SELECT l.relay_id AS relay, r.url, l.epoch FROM leases l JOIN relays r ON r.id = l.relay_id
+         WHERE l.machine_id = ${machine} AND l.expires_at > ${Date.now()}`,
+    );
+    return row;
+  }
+
+  async listen(on: (e: FleetEvent) => void, resync: () => void): Promise<void> {
+    let first = true;
+    await this.sql.listen(CHANNEL, (payload) => {
+      const e = decodeEvent(payload);
+      if (e) on(e);
+    }, () => {
+      // Called on every (re)connection of the listening connection: what was notified
+      // while it was down is found by reading again.
+      if (!first) resync();
+      first = false;
+    });
+  }
+
+  async notify(e: FleetEvent): Promise<void> {
+    await this.run("notify", (sql) => sql.notify(CHANNEL, encodeEvent(e)));
   }
 
   async auditStart(row: AuditStart): Promise<number> {

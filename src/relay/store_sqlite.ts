@@ -410,7 +410,7 @@ export class SqliteStore implements Store {
         `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
                 first_seen, last_seen, retired_at FROM machines WHERE id = ?`,
       ).get(id) as (Omit<MachineRow, "labels"> & { labels: string }) | undefined;
-      return r ? { ...r, labels: JSON.parse(r.labels) } : undefined;
+      return r ? { ...r, labels: JSON.parse(r.labels), held_by: null } : undefined;
     });
   }
 
@@ -470,7 +470,7 @@ export class SqliteStore implements Store {
                 first_seen, last_seen, retired_at FROM machines
           WHERE workspace = ? ${opts.retired ? "" : "AND retired_at IS NULL"} ORDER BY name, id`,
       ).all(workspace) as unknown as (Omit<MachineRow, "labels"> & { labels: string })[];
-      return rows.map((r) => ({ ...r, labels: JSON.parse(r.labels) }));
+      return rows.map((r) => ({ ...r, labels: JSON.parse(r.labels), held_by: null }));
     });
   }
 

@@ -180,6 +180,7 @@ Deno.test("hub: sessions are gathered from the agents; requests forward and answ
       state: "running",
     }],
   });
+  await settled();
   const res = c.sent.controls.at(-1) as {
     id: number;
     result: { id: string; kind: string; machine: string; state: string }[];
