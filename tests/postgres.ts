@@ -14,6 +14,8 @@ export interface Cluster extends AsyncDisposable {
   /** The admin URL (database `postgres`). */
   url: string;
   port: number;
+  /** The cluster's data directory (postmaster.pid is there). */
+  dataDir: string;
   /** A new empty database in the cluster, by URL. */
   database(): Promise<string>;
   /** Stops the server (fast shutdown) and starts it again on the same port. */
@@ -128,6 +130,7 @@ export async function startCluster(): Promise<Cluster> {
   return {
     url,
     port,
+    dataDir: data,
     async database() {
       const name = `t${++n}`;
       const admin = postgres(url, { max: 1, onnotice: () => {} });

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { PG_SCHEMA_VERSION, PostgresStore } from "../src/relay/store_postgres.ts";
+import { LEASE_TTL_MS } from "../src/relay/store.ts";
 import { storeCases } from "./store_suite.ts";
 import { type Cluster, needPostgres, startCluster } from "./postgres.ts";
 import { baseEnv, eventually, Proc, run } from "./helpers.ts";
@@ -44,6 +45,44 @@ pgTest("relays that start together migrate once; a newer schema is refused", asy
   }
   await assert.rejects(() => PostgresStore.connect(url), /schema v99, newer than this tether/);
 });
+
+pgTest(
+  "leases: a newer claim wins by epoch, and a relay that stops renewing holds nothing",
+  async (_t, pg) => {
+    const store = await PostgresStore.connect(await pg.database());
+    try {
+      await store.registerRelay("ra", "ws://a");
+      await store.registerRelay("rb", "ws://b");
+      const e1 = await store.claimLease("m1", "ra");
+      await store.claimLease("m2", "ra");
+      assert.deepEqual(await store.holder("m1"), { relay: "ra", url: "ws://a", epoch: e1 });
+      // B takes m1 (its agent moved): A's renewal reports m1 lost, keeps m2.
+      const e2 = await store.claimLease("m1", "rb");
+      assert.equal(e2, e1 + 1);
+      const lost = await store.renewLeases("ra", "ws://a", new Map([["m1", e1], ["m2", 1]]));
+      assert.deepEqual(lost, ["m1"]);
+      assert.equal((await store.holder("m1"))?.relay, "rb");
+      // Renewing writes the relay's row only; the lease rows are untouched.
+      const [{ xmin: before }] = await store.sql<{ xmin: string }[]>`
+      SELECT xmin::text FROM leases WHERE machine_id = 'm2'`;
+      await store.renewLeases("ra", "ws://a", new Map([["m2", 1]]));
+      const [{ xmin: after }] = await store.sql<{ xmin: string }[]>`
+      SELECT xmin::text FROM leases WHERE machine_id = 'm2'`;
+      assert.equal(after, before);
+      // A relay silent for longer than a lease lives holds nothing (as if killed -9).
+      await store.sql`UPDATE relays SET seen_at = seen_at - ${LEASE_TTL_MS + 1} WHERE id = 'ra'`;
+      assert.equal(await store.holder("m2"), undefined);
+      // Its next renewal (it was only slow) brings its leases back, as nobody claimed them.
+      assert.deepEqual(await store.renewLeases("ra", "ws://a", new Map([["m2", 1]])), []);
+      assert.equal((await store.holder("m2"))?.relay, "ra");
+      // A relay removed (stopped) gives its leases up at once.
+      await store.removeRelay("rb");
+      assert.equal(await store.holder("m1"), undefined);
+    } finally {
+      await store.close();
+    }
+  },
+);
 
 pgTest(
   "a database that cannot be reached is relay_unavailable, and says where (no password)",

@@ -4,7 +4,7 @@
  * enrollment, heartbeats both ways). Used by the relay-memory benchmark.
  *
  *   TETHER_AGENT_KEY=… deno run -P scripts/bench/agents_load.ts \
- *     --relay ws://127.0.0.1:PORT --n 1000 [--warmup 10] [--concurrency 32]
+ *     --relay ws://127.0.0.1:PORT --n 1000 [--warmup 10] [--concurrency 32] [--prefix load-]
  *
  * Protocol on stdout/stdin, one JSON line per step:
  *   dials `--warmup` agents, prints {"warm":W,…}, waits for a line on stdin;
@@ -22,6 +22,7 @@ const { values } = parseArgs({
     n: { type: "string", default: "1000" },
     warmup: { type: "string", default: "0" },
     concurrency: { type: "string", default: "32" },
+    prefix: { type: "string", default: "load-" },
   },
 });
 const relay = values.relay;
@@ -33,6 +34,7 @@ if (!relay || !key) {
 const n = Number(values.n);
 const warmup = Number(values.warmup);
 const concurrency = Math.max(1, Number(values.concurrency));
+const prefix = values.prefix!;
 
 const conns: Conn[] = [];
 let closed = 0;
@@ -47,8 +49,8 @@ async function dialOne(i: number): Promise<boolean> {
       key: key!,
       role: "agent",
       agent: {
-        name: `load-${i}`,
-        hostname: `load-${i}`,
+        name: `${prefix}${i}`,
+        hostname: `${prefix}${i}`,
         labels: { bench: "idle" },
         os: Deno.build.os,
         arch: Deno.build.arch,

@@ -22,7 +22,7 @@ const dec = () => new TextDecoder();
 /** Processes whose CPU time is counted per turn, by label. */
 type CpuGroups = (clientPid: number) => Promise<{ label: string; pids: number[] }[]>;
 
-interface Turns {
+export interface Turns {
   times: number[];
   /** CPU microseconds per recorded turn, by label (all threads of each process). */
   cpu: { label: string; us: number }[];
@@ -37,7 +37,7 @@ async function groupCpu(groups: { label: string; pids: number[] }[]) {
  * after `warm` unrecorded turns. Returns each turn's milliseconds and the CPU
  * the processes in `cpuGroups` spent per recorded turn.
  */
-async function turns(
+export async function turns(
   argv: string[],
   env: Record<string, string> | undefined,
   n: number,
@@ -196,7 +196,7 @@ function summary(xs: number[]) {
   };
 }
 
-function summaryText(xs: number[]): string {
+export function summaryText(xs: number[]): string {
   const s = summary(xs);
   return `min ${fmtMs(s.min)}, p50 ${fmtMs(s.p50)}, p90 ${fmtMs(s.p90)}, p99 ${fmtMs(s.p99)}, max ${
     fmtMs(s.max)

@@ -14,13 +14,12 @@ import { Buffer } from "node:buffer";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { dial } from "../protocol/dial.ts";
 import type { FleetRouting, Hub, PeerLink } from "./hub.ts";
-import type { FleetEvent, FleetStore } from "./store.ts";
+import { type FleetEvent, type FleetStore, LEASE_TTL_MS } from "./store.ts";
 
-/** How long a lease lasts unless renewed; renewed every LEASE_RENEW_MS. */
-export const LEASE_TTL_MS = 10_000;
+/** How often a relay renews its leases (they live LEASE_TTL_MS past the last renewal). */
 export const LEASE_RENEW_MS = 2_000;
-/** A relay not seen for this long is not asked for anything. */
-const RELAY_LIVE_MS = 10_000;
+/** A relay not seen for this long is not asked for anything (its leases are dead too). */
+const RELAY_LIVE_MS = LEASE_TTL_MS;
 /** How far apart two relays' clocks may be for a fleet token. */
 const FLEET_TOKEN_SKEW_S = 300;
 /** The shortest fleet secret accepted. */
@@ -102,7 +101,7 @@ export class Fleet implements FleetRouting {
   }
 
   claim(machine: string): Promise<number> {
-    return this.opts.store.claimLease(machine, this.relayId, LEASE_TTL_MS);
+    return this.opts.store.claimLease(machine, this.relayId);
   }
 
   release(machine: string, epoch: number): void {
@@ -121,7 +120,7 @@ export class Fleet implements FleetRouting {
       for (const a of this.opts.hub.agents.values()) {
         if (a.epoch !== undefined) held.set(a.machineId, a.epoch);
       }
-      const lost = await this.opts.store.renewLeases(this.relayId, held, LEASE_TTL_MS);
+      const lost = await this.opts.store.renewLeases(this.relayId, this.opts.url, held);
       for (const m of lost) {
         const link = this.opts.hub.agents.get(m);
         // Only if it is still the connection whose lease was renewed (not a newer one).

@@ -175,6 +175,13 @@ export interface Store {
   readonly fleet?: FleetStore;
 }
 
+/**
+ * How long a relay's leases outlive its last renewal. A lease has no time of its own: it is
+ * live while its relay's row was seen within this, so renewing every lease a relay holds is
+ * one row written (the relay's), whatever the number of agents.
+ */
+export const LEASE_TTL_MS = 10_000;
+
 /** A relay of the fleet as the store knows it. */
 export interface RelayRow {
   id: string;
@@ -193,8 +200,8 @@ export type FleetEvent =
 /**
  * The fleet's shared state beyond the Store: the relays, and which relay holds each
  * agent (a lease with an epoch: a newer claim wins, and a relay whose lease was taken
- * closes its stale connection). Leases are renewed in one statement per relay per sweep,
- * never per heartbeat.
+ * closes its stale connection). A relay renews all its leases by writing its own row,
+ * never one per agent or per heartbeat.
  */
 export interface FleetStore {
   /** Adds or refreshes this relay's row. */
@@ -203,12 +210,12 @@ export interface FleetStore {
   /** Relays seen within `withinMs`. */
   liveRelays(withinMs: number): Promise<RelayRow[]>;
   /** Takes the machine's lease for `relay` (whoever held it); returns the new epoch. */
-  claimLease(machine: string, relay: string, ttlMs: number): Promise<number>;
+  claimLease(machine: string, relay: string): Promise<number>;
   /**
-   * Extends the leases `relay` holds on `held` (machine → epoch) and marks the relay seen;
-   * returns the machines whose lease it no longer holds.
+   * Marks the relay seen, which keeps every lease it holds alive (a lease lives while its
+   * relay renews); returns those of `held` (machine → epoch) it no longer holds.
    */
-  renewLeases(relay: string, held: Map<string, number>, ttlMs: number): Promise<string[]>;
+  renewLeases(relay: string, url: string, held: Map<string, number>): Promise<string[]>;
   /** Gives a lease up, if it is still the one held. */
   releaseLease(machine: string, relay: string, epoch: number): Promise<void>;
   /** The relay holding a live lease on the machine, with its URL. */

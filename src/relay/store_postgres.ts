@@ -23,6 +23,7 @@ import {
   type FleetStore,
   type KeyRow,
   KeyUse,
+  LEASE_TTL_MS,
   type MachineRow,
   type MintedKey,
   type Principal,
@@ -90,8 +91,7 @@ const MIGRATIONS: string[] = [
    CREATE TABLE leases (
      machine_id TEXT PRIMARY KEY,
      relay_id TEXT NOT NULL,
-     epoch BIGINT NOT NULL,
-     expires_at BIGINT NOT NULL
+     epoch BIGINT NOT NULL
    );
    CREATE INDEX leases_relay ON leases(relay_id);`,
 ];
@@ -129,6 +129,13 @@ export function decodeEvent(payload: string): FleetEvent | undefined {
 }
 
 type Sql = postgres.Sql;
+
+/** The leases whose relay renewed within LEASE_TTL_MS, as `l` (with the relay as `lr`). */
+function liveLeases(sql: Sql) {
+  return sql`(leases l JOIN relays lr ON lr.id = l.relay_id AND lr.seen_at > ${
+    Date.now() - LEASE_TTL_MS
+  })`;
+}
 
 /** Whether a --store value names a PostgreSQL database. */
 export function isPostgresUrl(spec: string): boolean {
@@ -414,7 +421,7 @@ export class PostgresStore implements Store, FleetStore {
       "machine",
       (sql) =>
         sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines m
-          LEFT JOIN leases l ON l.machine_id = m.id AND l.expires_at > ${Date.now()}
+          LEFT JOIN ${liveLeases(sql)} ON l.machine_id = m.id
           WHERE m.id = ${id}`,
     );
     return row;
@@ -425,7 +432,7 @@ export class PostgresStore implements Store, FleetStore {
       "machines",
       (sql) =>
         sql<MachineRow[]>`SELECT ${sql.unsafe(MACHINE_COLUMNS)} FROM machines m
-          LEFT JOIN leases l ON l.machine_id = m.id AND l.expires_at > ${Date.now()}
+          LEFT JOIN ${liveLeases(sql)} ON l.machine_id = m.id
           WHERE m.workspace = ${workspace} ${opts.retired ? sql`` : sql`AND m.retired_at IS NULL`}
           ORDER BY m.name, m.id`,
     );
@@ -461,8 +468,7 @@ export class PostgresStore implements Store, FleetStore {
         DELETE FROM machines
          WHERE ((retired_at IS NULL AND last_seen < ${offline}) OR retired_at < ${retiredBefore})
            AND NOT (id IN (SELECT jsonb_array_elements_text(${sql.json([...online])})))
-           AND NOT EXISTS (SELECT 1 FROM leases l
-                            WHERE l.machine_id = machines.id AND l.expires_at > ${Date.now()})
+           AND NOT EXISTS (SELECT 1 FROM ${liveLeases(sql)} WHERE l.machine_id = machines.id)
         RETURNING id, name`);
   }
 
@@ -494,14 +500,12 @@ export class PostgresStore implements Store, FleetStore {
     );
   }
 
-  async claimLease(machine: string, relay: string, ttlMs: number): Promise<number> {
+  async claimLease(machine: string, relay: string): Promise<number> {
     const [row] = await this.run("lease", (sql) =>
       sql<{ epoch: number }[]>`
-        INSERT INTO leases (machine_id, relay_id, epoch, expires_at)
-        VALUES (${machine}, ${relay}, 1, ${Date.now() + ttlMs})
+        INSERT INTO leases (machine_id, relay_id, epoch) VALUES (${machine}, ${relay}, 1)
         ON CONFLICT (machine_id) DO UPDATE
-          SET relay_id = excluded.relay_id, epoch = leases.epoch + 1,
-              expires_at = excluded.expires_at
+          SET relay_id = excluded.relay_id, epoch = leases.epoch + 1
         RETURNING epoch`);
     await this.notify({ kind: "lease", machine, relay, epoch: row.epoch }).catch(() => {
       /* the others' renewals find out anyway */
@@ -509,20 +513,20 @@ export class PostgresStore implements Store, FleetStore {
     return row.epoch;
   }
 
-  async renewLeases(relay: string, held: Map<string, number>, ttlMs: number): Promise<string[]> {
+  async renewLeases(relay: string, url: string, held: Map<string, number>): Promise<string[]> {
     const now = Date.now();
     const kept = await this.rows("leases", async (sql) => {
-      await sql`UPDATE relays SET seen_at = ${now} WHERE id = ${relay}`;
+      // One row written, however many agents: the leases live as long as this row is fresh.
+      // (An upsert: a relay whose row was removed, say by a restored database, is back.)
+      await sql`INSERT INTO relays (id, url, started_at, seen_at) VALUES (${relay}, ${url}, ${now}, ${now})
+                ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at`;
       if (held.size === 0) return [];
-      return await sql<{ machine_id: string }[]>`
-        UPDATE leases l SET expires_at = ${now + ttlMs}
-          FROM (SELECT e->>0 AS id, (e->>1)::bigint AS epoch
-                  FROM jsonb_array_elements(${sql.json([...held])}) e) h
-         WHERE l.machine_id = h.id AND l.relay_id = ${relay} AND l.epoch = h.epoch
-        RETURNING l.machine_id`;
+      // A read: which of ours another relay has claimed since (its epoch moved on).
+      return await sql<{ machine_id: string; epoch: number }[]>`
+        SELECT machine_id, epoch FROM leases WHERE relay_id = ${relay}`;
     });
-    const still = new Set(kept.map((r) => r.machine_id));
-    return [...held.keys()].filter((m) => !still.has(m));
+    const still = new Map(kept.map((r) => [r.machine_id, r.epoch]));
+    return [...held].filter(([m, epoch]) => still.get(m) !== epoch).map(([m]) => m);
   }
 
   async releaseLease(machine: string, relay: string, epoch: number): Promise<void> {
@@ -538,8 +542,8 @@ export class PostgresStore implements Store, FleetStore {
       "lease",
       (sql) =>
         sql<{ relay: string; url: string; epoch: number }[]>`
-        SELECT l.relay_id AS relay, r.url, l.epoch FROM leases l JOIN relays r ON r.id = l.relay_id
-         WHERE l.machine_id = ${machine} AND l.expires_at > ${Date.now()}`,
+        SELECT l.relay_id AS relay, lr.url, l.epoch FROM ${liveLeases(sql)}
+         WHERE l.machine_id = ${machine}`,
     );
     return row;
   }
