@@ -10,9 +10,11 @@
  *     the CPU at rest of each relay and of PostgreSQL.
  *
  *   ./scripts/deno task bench:fleet [--agents 10000] [--quick] [--bundle dist/tether.js]
+ *     [--no-write]
  *
  * PostgreSQL is a throwaway cluster made as the tests make it (tests/postgres.ts: initdb,
- * pg_ctl on a free port, fsync off). Prints a Markdown section for docs/BENCHMARKS.md.
+ * pg_ctl on a free port, fsync off). Prints a Markdown section, and a full run writes it
+ * into docs/BENCHMARKS.md (replacing the previous one; main.ts keeps it when it rewrites).
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -39,6 +41,7 @@ import {
   sleep,
   stopAll,
 } from "./lib.ts";
+import { withSection } from "./report.ts";
 import { baseEnv, buildBundle, loginAccount } from "./tether.ts";
 
 const SECRET = "bench-fleet-secret-0123456789";
@@ -266,13 +269,19 @@ async function idle(f: Fleet, pg: Cluster, total: number, quick: boolean) {
     for (const name of NAMES) loaded.set(name, await medianRss(f.relay(name).proc.pid));
     const online: Record<string, number | string> = {};
     for (const name of NAMES) {
-      const m = await run(f.argv(["machines", "--json"]), {
+      // The whole list (Proc keeps only the tail of what a process prints).
+      const argv = f.argv(["machines", "--json"]);
+      const m = await new Deno.Command(argv[0], {
+        args: argv.slice(1),
         env: f.clientEnv(name),
-        timeoutMs: 60_000,
-      });
-      online[name] = m.code === 0
-        ? (JSON.parse(m.stdout) as { online: boolean }[]).filter((x) => x.online).length
-        : m.stdout.slice(0, 200);
+        clearEnv: true,
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const text = new TextDecoder().decode(m.stdout);
+      online[name] = m.success
+        ? (JSON.parse(text) as { online: boolean }[]).filter((x) => x.online).length
+        : (text + new TextDecoder().decode(m.stderr)).slice(0, 200);
     }
     const tables = [...d1.tables].map(([t, w]) => ({
       table: t,
@@ -346,6 +355,7 @@ async function main(): Promise<number> {
       agents: { type: "string", default: "10000" },
       quick: { type: "boolean", default: false },
       bundle: { type: "string" },
+      "no-write": { type: "boolean", default: false },
     },
   });
   const quick = values.quick!;
@@ -434,6 +444,12 @@ async function main(): Promise<number> {
       "",
     ].join("\n");
     console.log(md);
+    // A full run replaces its section of docs/BENCHMARKS.md (main.ts keeps it when it rewrites).
+    if (!quick && !values["no-write"]) {
+      const out = join(ROOT, "docs", "BENCHMARKS.md");
+      await Deno.writeTextFile(out, withSection(await Deno.readTextFile(out), "fleet", md));
+      log(`wrote ${out}`);
+    }
     return 0;
   } finally {
     await stopAll();

@@ -16,7 +16,15 @@ import { attachReady, execTrue, turnLatency } from "./interactive.ts";
 import { idleAgents } from "./idle.ts";
 import { fmtBytes, initClock, log, output, ROOT, stopAll } from "./lib.ts";
 import { INSTALL_HINT, Sshd } from "./openssh.ts";
-import { type Ctx, errorRows, type ItemResult, type Machine, markdown, table } from "./report.ts";
+import {
+  type Ctx,
+  errorRows,
+  type ItemResult,
+  keptSections,
+  type Machine,
+  markdown,
+  table,
+} from "./report.ts";
 import { buildBundle, TetherWorld } from "./tether.ts";
 import { slowReader, stdinThroughput, stdoutThroughput } from "./transfer.ts";
 
@@ -190,7 +198,9 @@ async function main(): Promise<number> {
       console.log(table(rows));
     }
     if (out) {
-      await Deno.writeTextFile(out, markdown(machine, rows, details, quick));
+      // Sections other benchmark scripts wrote into the same file (fleet.ts) are kept.
+      const before = await Deno.readTextFile(out).catch(() => "");
+      await Deno.writeTextFile(out, markdown(machine, rows, details, quick) + keptSections(before));
       log(`wrote ${out}`);
     }
     log(`finished in ${machine.durationS.toFixed(1)} s`);

@@ -190,3 +190,25 @@ during a slow read.
 ${details.join("\n")}
 `;
 }
+
+// ---------------------------------------------------------------------------
+// Sections other scripts keep in the same file (e.g. scripts/bench/fleet.ts)
+
+const begin = (id: string) => `<!-- section ${id}: written by scripts/bench/${id}.ts -->`;
+const end = (id: string) => `<!-- end of section ${id} -->`;
+
+/** `doc` with the section `id` replaced by `body` (appended when it has none yet). */
+export function withSection(doc: string, id: string, body: string): string {
+  const block = `${begin(id)}\n\n${body.trim()}\n\n${end(id)}\n`;
+  const i = doc.indexOf(begin(id)), j = doc.indexOf(end(id));
+  if (i >= 0 && j > i) return doc.slice(0, i) + block + doc.slice(j + end(id).length + 1);
+  return `${doc.trimEnd()}\n\n${block}`;
+}
+
+/** Every section of `doc` written by another script, to carry over when the file is rewritten. */
+export function keptSections(doc: string): string {
+  const out: string[] = [];
+  const re = /<!-- section ([\w-]+): written by [^\n]*-->[\s\S]*?<!-- end of section \1 -->\n?/g;
+  for (const m of doc.matchAll(re)) out.push(m[0].trimEnd() + "\n");
+  return out.length ? "\n" + out.join("\n") : "";
+}
