@@ -2,6 +2,7 @@
  * The agent: dials the relay, enrolls once, stays connected (reconnecting
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
+import { RemoteCommands, type RemoteOptions } from "./remote_command.ts";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { backoff, delay, within } from "../common/async.ts";
@@ -64,6 +65,8 @@ export interface AgentOptions {
   workdir?: string;
   /** Called whenever sessions or their attached clients change. */
   onSessions?: (sessions: SessionInfo[]) => void;
+  /** `tether ssh`: other users (as root) and the sftp server. */
+  remote?: RemoteOptions;
   /** Called when a client starts a stream (after any password check). */
   onStream?: (kind: "exec" | "pty") => void;
 }
@@ -117,12 +120,14 @@ export class Agent {
   private wake?: () => void;
   readonly info: AgentInfo;
   readonly workdir: string;
+  private readonly remote: RemoteCommands;
   private readonly log: (line: string) => void;
   machineId?: string;
 
   constructor(private readonly opts: AgentOptions) {
     this.info = agentInfo(opts);
     this.workdir = opts.workdir ?? defaultWorkdir();
+    this.remote = new RemoteCommands(opts.remote ?? {}, Deno.env.get("SHELL") || "/bin/sh");
     this.log = opts.log ?? ((l) => console.error(`agent: ${visible(l)}`));
     const groups = {
       started: (pid: number) => this.reaper?.add(pid),
@@ -456,8 +461,14 @@ export class Agent {
     return out;
   }
 
-  private startStream(conn: Conn, open: Open): void {
-    this.opts.onStream?.(open.kind);
+  private startStream(conn: Conn, asked: Open): void {
+    this.opts.onStream?.(asked.kind);
+    // tether ssh: a command line for the shell, a subsystem, another user.
+    const open = this.remote.translate(asked);
+    if ("code" in open) {
+      conn.send({ t: "error", sid: asked.sid, ...open });
+      return;
+    }
     // exec, exec -t and connect all start in the same place.
     const msg = { ...open, cwd: resolve(this.workdir, open.cwd ?? ".") };
     const s = msg.kind === "exec" ? this.openExec(conn, msg) : this.sessions.open(conn, msg);

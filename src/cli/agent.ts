@@ -54,6 +54,13 @@ export function registerAgent(program: Command, act: Act) {
       "how long an ended exec's output and exit status are kept (tether exec --attach)",
       "1h",
     )
+    .option(
+      "--allow-user <user>",
+      "as root: let `tether ssh USER@MACHINE` run commands as USER (repeatable; * for any)",
+      collect,
+      [] as string[],
+    )
+    .option("--sftp-server <path>", "the sftp server for `tether ssh -s sftp` and scp/sftp")
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
@@ -70,6 +77,7 @@ export function registerAgent(program: Command, act: Act) {
         sessions: { graceMs, ringBytes: parseSize(opts.ringBytes) },
         workdir: opts.workdir ? existingDir(opts.workdir, "--workdir") : undefined,
         execRetentionMs: parseDuration(opts.execRetention, "--exec-retention"),
+        remote: { allowUsers: opts.allowUser, sftpServer: opts.sftpServer },
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);

@@ -14,6 +14,7 @@ import {
 import type { ClientConfig } from "../client/config.ts";
 import type { RelayClient, StreamAuth } from "../client/relay_client.ts";
 import { say } from "./output.ts";
+import type { RemoteSpec } from "../protocol/messages.ts";
 
 export interface BannerAttachOptions {
   /** Join this session; otherwise a new one starts. */
@@ -25,6 +26,8 @@ export interface BannerAttachOptions {
   term?: Terminal;
   /** The byte that detaches (default Ctrl-D); null: none. */
   detachKey?: number | null;
+  /** tether ssh: a new session's shell as another user. */
+  remote?: RemoteSpec;
   /** Called right after the `attached —` line, before any remote output is shown. */
   afterAttached?: (status: (line: string) => void) => void;
 }
@@ -51,6 +54,7 @@ export async function attachWithBanner(
       readOnly: opts.readOnly,
       auth: opts.auth,
       detachKey: opts.detachKey,
+      remote: opts.remote,
     },
     opts.term ?? processTerminal(),
     {

@@ -20,10 +20,13 @@ import { registerPassword } from "./password.ts";
 import { asTetherError, printError } from "./output.ts";
 import { registerRelay } from "./relay.ts";
 import { registerSessions } from "./sessions.ts";
+import { registerSsh } from "./ssh.ts";
 import { registerUp } from "./up.ts";
 
 /** The program, and the exit status of the command that ran (once it ran). */
-export function buildProgram(): { program: Command; status(): number } {
+export function buildProgram(
+  sshArgv: string[] = [],
+): { program: Command; status(): number } {
   let status = 0;
   const act: Act = (fn, opts = {}) => async (...args) => {
     try {
@@ -67,6 +70,7 @@ export function buildProgram(): { program: Command; status(): number } {
   registerSessions(program, act);
   registerPassword(program, act);
   registerCi(program, act);
+  registerSsh(program, act, () => sshArgv);
   program.command("version").description("print the version (same as -V)").action(
     act(() => console.log(VERSION)),
   );
@@ -116,12 +120,26 @@ function usageHint(e: CommanderError, argv: string[]): string {
   return "see `tether --help`, or `tether COMMAND --help`";
 }
 
+/**
+ * `tether [globals] ssh ARGS…`: ARGS are OpenSSH's, not ours (`-t`, `-p 22`, `-V`), so they
+ * are kept from Commander and parsed by the ssh command itself.
+ */
+function splitSsh(argv: string[]): { argv: string[]; ssh: string[] } {
+  for (let i = 0; i < argv.length; i++) {
+    if (GLOBAL_VALUES.has(argv[i])) i++;
+    else if (argv[i] === "ssh") return { argv: argv.slice(0, i + 1), ssh: argv.slice(i + 1) };
+    else if (!argv[i].startsWith("-")) break;
+  }
+  return { argv, ssh: [] };
+}
+
 /** Runs the CLI; returns the process exit code. */
-export async function main(argv: string[]): Promise<number> {
+export async function main(args: string[]): Promise<number> {
+  const { argv, ssh } = splitSsh(args);
   const wantsJson = argv.slice(0, Math.max(0, argv.indexOf("--")) || argv.length).includes(
     "--json",
   );
-  const { program, status } = buildProgram();
+  const { program, status } = buildProgram(ssh);
   try {
     await program.parseAsync(argv, { from: "user" });
     return status();

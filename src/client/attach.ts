@@ -18,7 +18,7 @@ import {
   encodeData,
   MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
-import type { Open, WireError } from "../protocol/messages.ts";
+import type { Open, RemoteSpec, WireError } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
 import { RelayClient, type StreamAuth } from "./relay_client.ts";
 import { type AttachOutcome, AttachState, CTRL_D } from "./attach_state.ts";
@@ -71,6 +71,8 @@ export interface AttachRequest {
   env?: Record<string, string>;
   /** exec -t --timeout: end the session and fail with `timeout` after this long. */
   timeoutMs?: number;
+  /** tether ssh: how the machine runs argv (shell line, user). */
+  remote?: RemoteSpec;
 }
 
 /** Signals that end an attach cleanly (terminal restored, session left running). */
@@ -172,6 +174,7 @@ export async function attach(
         ...(req.oneShot ? { ephemeral: true } : {}),
         ...(req.cwd ? { cwd: req.cwd } : {}),
         ...(req.env ? { env: req.env } : {}),
+        ...req.remote,
       };
       const c = client;
       let started = false;

@@ -25,7 +25,7 @@ import {
   encodeData,
   MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
-import type { Open, WireError } from "../protocol/messages.ts";
+import type { Open, RemoteSpec, WireError } from "../protocol/messages.ts";
 import { reconnectWindowMs } from "./attach.ts";
 import type { RelayClient, StreamAuth } from "./relay_client.ts";
 
@@ -47,6 +47,8 @@ export interface ExecRequest {
   attach?: { id: string; offset?: number; errOffset?: number };
   /** Leave the command running once it started (exec --detach). */
   detach?: boolean;
+  /** tether ssh: how the machine runs argv (shell line, subsystem, user). */
+  remote?: RemoteSpec;
 }
 
 export interface ExecIO {
@@ -180,6 +182,7 @@ export function runExec(
         stdin: req.stdin && !req.detach,
         timeout_ms: req.timeoutMs,
         window: OUTPUT_WINDOW,
+        ...req.remote,
       };
     return new Promise((resolve) => {
       let opened = false;

@@ -174,6 +174,15 @@ export const Open = v.pipe(
     read_only: opt(v.boolean()),
     /** pty: end the session when this client leaves (exec -t). */
     ephemeral: opt(v.boolean()),
+    /**
+     * `tether ssh`: argv is [] or one command line, run as ssh runs it: by the (remote)
+     * user's shell, `$SHELL -c LINE`; [] is that shell itself (a login shell for a pty).
+     */
+    shell: opt(v.boolean()),
+    /** `tether ssh -s`: run this subsystem of the machine (sftp) instead of argv. */
+    subsystem: opt(str(64)),
+    /** `tether ssh user@`: run as this user (an agent running as root, --allow-user). */
+    user: opt(str(64)),
     /** A session token from an earlier password check on this machine. */
     token: opt(str(1024)),
     /** Set by the relay (never trusted from a client): the id of the client's key. */
@@ -185,7 +194,9 @@ export const Open = v.pipe(
     workspace: opt(str(256)),
   }),
   v.check(
-    (o) => o.kind !== "exec" || o.argv.length > 0 || o.session !== undefined,
+    (o) =>
+      o.kind !== "exec" || o.argv.length > 0 || o.session !== undefined || !!o.shell ||
+      !!o.subsystem,
     "argv: must not be empty",
   ),
 );
@@ -286,6 +297,8 @@ export type Ping = v.InferOutput<typeof Ping>;
 export type Req = v.InferOutput<typeof Req>;
 export type Res = v.InferOutput<typeof Res>;
 export type Open = v.InferOutput<typeof Open>;
+/** What `tether ssh` adds to an open: how the machine runs it. */
+export type RemoteSpec = Pick<Open, "shell" | "subsystem" | "user">;
 export type Challenge = v.InferOutput<typeof Challenge>;
 export type Auth = v.InferOutput<typeof Auth>;
 export type AuthOk = v.InferOutput<typeof AuthOk>;
