@@ -125,7 +125,13 @@ export function registerRelay(program: Command, act: Act) {
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
         pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
-        fleet: secret ? { secret, advertise: opts.advertise } : undefined,
+        fleet: secret
+          ? {
+            secret,
+            advertise: opts.advertise,
+            caFile: g.caFile || Deno.env.get("TETHER_CA_FILE"),
+          }
+          : undefined,
       });
       if (g.json) {
         printJson({

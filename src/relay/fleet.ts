@@ -59,6 +59,8 @@ export interface FleetOptions {
   /** How the other relays reach this one. */
   url: string;
   secret: string;
+  /** A private CA for the others' wss:// URLs (--ca-file, TETHER_CA_FILE). */
+  caFile?: string;
   store: FleetStore;
   hub: Hub;
   log: (line: string) => void;
@@ -192,6 +194,7 @@ export class Fleet implements FleetRouting {
       // Relays reach each other on the addresses they advertise; what crosses is up to
       // the operator's --advertise (wss:// across networks).
       insecure: true,
+      caFile: this.opts.caFile,
       label: `relay ${id}`,
     });
     const link: PeerLink = {

@@ -53,7 +53,8 @@ export interface RelayOptions {
    * One of a fleet on a shared store (it must have `fleet`): the secret the relays prove
    * to each other, and how the others reach this one (default: its own URL).
    */
-  fleet?: { secret: string; advertise?: string };
+  /** caFile: a private CA the other relays' wss:// certificates are signed by. */
+  fleet?: { secret: string; advertise?: string; caFile?: string };
 }
 
 export interface Relay {
@@ -123,6 +124,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
       relayId: newRelayId(),
       url: opts.fleet.advertise ?? url,
       secret: opts.fleet.secret,
+      caFile: opts.fleet.caFile,
       store: store.fleet,
       hub,
       log,
