@@ -3,6 +3,7 @@
  * with capped, jittered backoff), and runs the streams the relay routes to it.
  */
 import { RemoteCommands, type RemoteOptions } from "./remote_command.ts";
+import { TcpStream } from "./forward.ts";
 import { hostname } from "node:os";
 import { resolve } from "node:path";
 import { backoff, delay, within } from "../common/async.ts";
@@ -16,6 +17,7 @@ import {
   type Control,
   MAX_AGENT_MESSAGE,
   type Open,
+  type OpenKind,
   ProtocolError,
   type SessionInfo,
   type WireError,
@@ -65,10 +67,12 @@ export interface AgentOptions {
   workdir?: string;
   /** Called whenever sessions or their attached clients change. */
   onSessions?: (sessions: SessionInfo[]) => void;
+  /** Refuse `tether forward` and `tether proxy` (agent run --no-forward). */
+  noForward?: boolean;
   /** `tether ssh`: other users (as root) and the sftp server. */
   remote?: RemoteOptions;
   /** Called when a client starts a stream (after any password check). */
-  onStream?: (kind: "exec" | "pty") => void;
+  onStream?: (kind: OpenKind) => void;
 }
 
 const BACKOFF_MIN_MS = 250;
@@ -463,6 +467,7 @@ export class Agent {
 
   private startStream(conn: Conn, asked: Open): void {
     this.opts.onStream?.(asked.kind);
+    if (asked.kind === "tcp") return this.startForward(conn, asked);
     // tether ssh: a command line for the shell, a subsystem, another user.
     const open = this.remote.translate(asked);
     if ("code" in open) {
@@ -474,6 +479,25 @@ export class Agent {
     const s = msg.kind === "exec" ? this.openExec(conn, msg) : this.sessions.open(conn, msg);
     if ("code" in s) conn.send({ t: "error", sid: msg.sid, ...s });
     else this.streams.set(msg.sid, s);
+  }
+
+  /** tether forward / proxy: a TCP connection made from this machine. */
+  private startForward(conn: Conn, open: Open): void {
+    if (this.opts.noForward) {
+      conn.send({
+        t: "error",
+        sid: open.sid,
+        code: "forbidden",
+        message:
+          `${this.info.name} does not forward connections (its agent runs with --no-forward)`,
+      });
+      return;
+    }
+    const s = new TcpStream(conn, open.sid, open, () => {
+      if (this.streams.get(open.sid) === s) this.streams.delete(open.sid);
+    });
+    this.streams.set(open.sid, s);
+    s.start(open.target);
   }
 
   /** A new exec, or a watcher of one (`session`: exec --attach, or a resume). */

@@ -61,6 +61,7 @@ export function registerAgent(program: Command, act: Act) {
       [] as string[],
     )
     .option("--sftp-server <path>", "the sftp server for `tether ssh -s sftp` and scp/sftp")
+    .option("--no-forward", "refuse `tether forward` and `tether proxy` to this machine")
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
@@ -78,6 +79,7 @@ export function registerAgent(program: Command, act: Act) {
         workdir: opts.workdir ? existingDir(opts.workdir, "--workdir") : undefined,
         execRetentionMs: parseDuration(opts.execRetention, "--exec-retention"),
         remote: { allowUsers: opts.allowUser, sftpServer: opts.sftpServer },
+        noForward: opts.forward === false,
       });
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);

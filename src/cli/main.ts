@@ -21,6 +21,7 @@ import { asTetherError, printError } from "./output.ts";
 import { registerRelay } from "./relay.ts";
 import { registerSessions } from "./sessions.ts";
 import { registerSsh } from "./ssh.ts";
+import { registerForward } from "./forward.ts";
 import { registerUp } from "./up.ts";
 
 /** The program, and the exit status of the command that ran (once it ran). */
@@ -71,6 +72,7 @@ export function buildProgram(
   registerPassword(program, act);
   registerCi(program, act);
   registerSsh(program, act, () => sshArgv);
+  registerForward(program, act);
   program.command("version").description("print the version (same as -V)").action(
     act(() => console.log(VERSION)),
   );

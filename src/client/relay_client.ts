@@ -30,6 +30,8 @@ export interface StreamHandlers {
   onExit(msg: Exit): void;
   onError(err: WireError): void;
   onNotice?(message: string): void;
+  /** The agent's side ended its output (a tcp stream's peer closed its half). */
+  onEof?(): void;
 }
 
 /** How a stream passes a machine password check (see protocol/machine_auth.ts). */
@@ -196,6 +198,9 @@ export class RelayClient {
         return;
       case "notice":
         this.streams.get(msg.sid)?.onNotice?.(msg.message);
+        return;
+      case "eof":
+        this.streams.get(msg.sid)?.onEof?.();
         return;
       case "challenge":
         this.challenged(msg);

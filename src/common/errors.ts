@@ -16,6 +16,7 @@ export const ERROR_CODES = [
   "timeout",
   "interactive_required",
   "relay_unavailable",
+  "forward_failed",
   "internal",
 ] as const;
 

@@ -57,6 +57,9 @@ export type Role = v.InferOutput<typeof Role>;
 
 export const StreamKind = v.picklist(["exec", "pty"]);
 export type StreamKind = v.InferOutput<typeof StreamKind>;
+/** What an open starts: an exec, a PTY session, or a TCP connection made by the agent. */
+export const OpenKind = v.picklist(["exec", "pty", "tcp"]);
+export type OpenKind = v.InferOutput<typeof OpenKind>;
 
 export const ExecState = v.picklist(["running", "exited", "timeout", "lost"]);
 export type ExecState = v.InferOutput<typeof ExecState>;
@@ -150,8 +153,10 @@ export const Open = v.pipe(
     sid,
     /** Target machine id; set by clients, stripped by the relay before the agent sees it. */
     machine: opt(str(256)),
-    kind: StreamKind,
+    kind: OpenKind,
     argv: v.pipe(v.array(v.string()), v.maxLength(4096)),
+    /** tcp: HOST:PORT ([V6]:PORT) the agent connects to, as seen from its machine. */
+    target: opt(str(300)),
     cwd: opt(str(4096)),
     env: opt(strMap),
     /** false: the remote process gets /dev/null as stdin. */

@@ -28,6 +28,7 @@ import {
   type MachineView,
   MAX_STREAMS_PER_CONN,
   type Open,
+  type OpenKind,
   ProtocolError,
   type Req,
   type SessionInfo,
@@ -44,7 +45,7 @@ interface Route {
   asid: number;
   /** For messages: the machine's name. */
   machine: string;
-  kind: "exec" | "pty";
+  kind: OpenKind;
   /** Bytes the agent may still send toward the client, and at most (the client's window). */
   outCredit: number;
   outWindow: number;
@@ -296,7 +297,8 @@ export class Hub {
       }
       case "challenge":
       case "auth_ok":
-      case "notice": {
+      case "notice":
+      case "eof": {
         const r = up.routes.get(msg.sid);
         if (r) r.client.conn.send({ ...msg, sid: r.csid });
         return;
@@ -504,7 +506,7 @@ export class Hub {
           machine_name: row.name,
           kind: msg.kind,
           // A new command's argv; watching an exec (or joining a session) runs nothing new.
-          argv: msg.argv.length ? msg.argv : null,
+          argv: msg.argv.length ? msg.argv : msg.target ? [msg.target] : null,
           session: msg.session ?? null,
         });
       } catch (e) {
