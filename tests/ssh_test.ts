@@ -111,6 +111,11 @@ sshTest(
     r = await sh("tether-ssh -s box nosuchsubsystem", env);
     assert.equal(r.code, 255);
     assert.match(r.stderr, /unknown subsystem 'nosuchsubsystem'/);
+    // A machine whose sftp server is missing says so, and what to install.
+    await w.startAgent("bare", { args: ["--sftp-server", join(w.home, "no-sftp-server")] });
+    r = await sh("sftp -b /dev/null -S tether-ssh bare", env);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /sftp server .*no-sftp-server cannot be run.*\n.*openssh-sftp-server/);
   },
 );
 

@@ -32,8 +32,11 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
 while True:
     c, _ = s.accept(); left = size
-    while left > 0:
-        n = c.send(chunk[:min(left, len(chunk))]); left -= n
+    try:
+        while left > 0:
+            n = c.send(chunk[:min(left, len(chunk))]); left -= n
+    except OSError:
+        pass  # a reader that left (the readiness probe)
     c.close()
 `;
 
@@ -47,6 +50,19 @@ while True:
     n += r
 print(n)
 `;
+
+/** Waits until something accepts connections on 127.0.0.1:port. */
+async function listening(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await sleep(50);
+    }
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
 
 async function timed(cmd: string, env: Record<string, string>, cwd: string): Promise<number> {
   const r = await run(["sh", "-c", cmd], { env, cwd, timeoutMs: 600_000 });
@@ -143,7 +159,7 @@ async function main(): Promise<number> {
     // Forwarding: a source on the machine's side, read through each forward.
     const srcPort = freePort();
     const source = new Proc(["python3", "-c", SOURCE, String(srcPort), String(bigSize)]);
-    await sleep(500);
+    await listening(srcPort);
     const fwd = new Proc(w.argv(["forward", "bench", `0:127.0.0.1:${srcPort}`, "--json"]), {
       env: w.env(),
     });
@@ -159,20 +175,16 @@ async function main(): Promise<number> {
       `${sshPort}:127.0.0.1:${srcPort}`,
       "127.0.0.1",
     ]);
-    for (let i = 0; i < 100; i++) {
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port: sshPort })).close();
-        break;
-      } catch {
-        await sleep(100);
-      }
-    }
+    await listening(sshPort);
     const ports = { tether: tetherPort, ssh: sshPort };
     for (let r = 1; r <= runs; r++) {
       for (const who of ["tether", "ssh"] as const) {
         const res = await run(["python3", "-c", SINK, String(ports[who])], { timeoutMs: 600_000 });
         if (Number(res.stdout.trim()) !== bigSize) {
-          throw new Error(`forward via ${who}: ${res.stdout.trim()} bytes ${res.stderr}`);
+          throw new Error(
+            `forward via ${who}: ${res.stdout.trim()} bytes ${res.stderr}` +
+              (who === "tether" ? fwd.stderr : sshL.stderr),
+          );
         }
         results.forward[who].push(res.ms);
         log(

@@ -22,8 +22,8 @@ import {
 } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
 
-/** Largest read from the socket, i.e. the largest DATA frame a tcp stream sends. */
-const READ_SIZE = 64 * 1024;
+/** Largest read from the socket: the largest DATA frame (MAX_DATA_PAYLOAD). */
+const READ_SIZE = 256 * 1024;
 /** How long the agent waits for the TCP connection before it says it failed. */
 const CONNECT_TIMEOUT_MS = 10_000;
 

@@ -26,7 +26,7 @@ export interface LocalEnd {
   closeWrite(): Promise<void>;
 }
 
-const READ_SIZE = 64 * 1024;
+const READ_SIZE = 256 * 1024;
 
 export function forwardStream(
   client: RelayClient,
