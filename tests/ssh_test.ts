@@ -10,6 +10,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { SFTP_SERVER_PATHS } from "../src/agent/remote_command.ts";
 import { hasCommand, requirement, tetherArgv, walkFiles, World } from "./helpers.ts";
+import { hasTmux, Tmux } from "./tmux.ts";
 
 const sftpServer = SFTP_SERVER_PATHS.find((p) => {
   try {
@@ -251,4 +252,26 @@ sshTest("scp in SFTP mode and legacy -O mode, and sftp, through tether ssh", asy
   );
   assert.equal(r.code, 0, r.stderr);
   assert.deepEqual(await Deno.readFile(join(w.home, "s.bin")), data);
+});
+
+Deno.test({
+  name:
+    "ssh: on a terminal, -t gives the command a PTY, and no command is a session as connect --new",
+  ignore: !hasTmux() || needTools.ignore,
+  async fn() {
+    const { w } = await sshWorld();
+    await using _w = w;
+    await using t = await Tmux.start(tetherArgv(["ssh", "-t", "box", "tty; exit 4"]), {
+      env: w.env({ TERM: "xterm-256color" }),
+    });
+    await t.waitFor(/^\/dev\/pts\/\d+/m);
+    await t.waitFor(/\[exited 4\]/);
+    await using s = await Tmux.start(tetherArgv(["ssh", "box"]), {
+      env: w.env({ TERM: "xterm-256color" }),
+    });
+    await s.waitFor(/attached —/);
+    await s.line("echo in-$((6*7)); exit 5");
+    await s.waitFor(/^in-42$/m);
+    await s.waitFor(/\[exited 5\]/);
+  },
 });

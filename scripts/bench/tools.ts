@@ -77,9 +77,13 @@ async function main(): Promise<number> {
       quick: { type: "boolean", default: false },
       bundle: { type: "string" },
       "no-write": { type: "boolean", default: false },
+      /** For trying a change: only these figures (big, small, forward); writes nothing. */
+      only: { type: "string" },
     },
   });
   const quick = values.quick!;
+  const only = values.only ? new Set(values.only.split(",")) : undefined;
+  const want = (k: string) => !only || only.has(k);
   const runs = quick ? 1 : 3;
   const bigSize = quick ? 128 * MiB : GiB;
   const files = quick ? 1000 : 10_000;
@@ -142,13 +146,13 @@ async function main(): Promise<number> {
       forward: { tether: [], ssh: [] },
     };
     for (let r = 1; r <= runs; r++) {
-      for (const who of ["tether", "ssh"] as const) {
+      for (const who of want("big") ? ["tether", "ssh"] as const : []) {
         const ms = await timed(rsyncBy[who](join(src, "big.bin")), env, tmp);
         results.big[who].push(ms);
         log(`rsync big via ${who} run ${r}/${runs}: ${(ms / 1000).toFixed(2)} s`);
         await Deno.remove(join(dst, `r${n}`), { recursive: true });
       }
-      for (const who of ["tether", "ssh"] as const) {
+      for (const who of want("small") ? ["tether", "ssh"] as const : []) {
         const ms = await timed(rsyncBy[who](join(src, "small") + "/"), env, tmp);
         results.small[who].push(ms);
         log(`rsync ${files} files via ${who} run ${r}/${runs}: ${(ms / 1000).toFixed(2)} s`);
@@ -178,7 +182,7 @@ async function main(): Promise<number> {
     await listening(sshPort);
     const ports = { tether: tetherPort, ssh: sshPort };
     for (let r = 1; r <= runs; r++) {
-      for (const who of ["tether", "ssh"] as const) {
+      for (const who of want("forward") ? ["tether", "ssh"] as const : []) {
         const res = await run(["python3", "-c", SINK, String(ports[who])], { timeoutMs: 600_000 });
         if (Number(res.stdout.trim()) !== bigSize) {
           throw new Error(
@@ -248,7 +252,7 @@ async function main(): Promise<number> {
       "",
     ].join("\n");
     console.log(md);
-    if (!quick && !values["no-write"]) {
+    if (!quick && !only && !values["no-write"]) {
       const out = join(ROOT, "docs", "BENCHMARKS.md");
       await Deno.writeTextFile(out, withSection(await Deno.readTextFile(out), "tools", md));
       log(`wrote ${out}`);

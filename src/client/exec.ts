@@ -285,7 +285,8 @@ export function runExec(
 
   async function pumpStdin() {
     pumping = true;
-    const size = req.stream ? 16 * 1024 : 64 * 1024; // a pipe or terminal gives at most 64 KiB a read
+    // A pipe or terminal gives at most 64 KiB a read; a socket (rsync, scp) may give more.
+    const size = req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD;
     // One buffer, with room for the DATA header before what is read; the socket copies
     // each frame, so the buffer takes the next read at once.
     const buf = new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + size), DATA_FRAME_PREFIX, size);
