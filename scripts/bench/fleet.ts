@@ -42,7 +42,7 @@ import {
   stopAll,
 } from "./lib.ts";
 import { withSection } from "./report.ts";
-import { baseEnv, buildBundle, loginAccount } from "./tether.ts";
+import { baseEnv, bundleUnderTest, loginAccount } from "./tether.ts";
 
 const SECRET = "bench-fleet-secret-0123456789";
 const LOAD_SCRIPT = join(ROOT, "scripts", "bench", "agents_load.ts");
@@ -366,13 +366,7 @@ async function main(): Promise<number> {
   let pg: Cluster | undefined;
   try {
     await initClock();
-    let bundle = values.bundle;
-    if (bundle) bundle = bundle.startsWith("/") ? bundle : join(Deno.cwd(), bundle);
-    else {
-      bundle = join(tmp, "tether.js");
-      log("bundling the current source");
-      await buildBundle(bundle);
-    }
+    const bundle = await bundleUnderTest(values.bundle, tmp);
     log("starting PostgreSQL and three relays");
     pg = await startCluster();
     const f = new Fleet(bundle, tmp, await pg.database());

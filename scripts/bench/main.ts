@@ -25,7 +25,7 @@ import {
   markdown,
   table,
 } from "./report.ts";
-import { buildBundle, TetherWorld } from "./tether.ts";
+import { bundleUnderTest, TetherWorld } from "./tether.ts";
 import { slowReader, stdinThroughput, stdoutThroughput } from "./transfer.ts";
 
 const ITEMS: { n: number; name: string; fn: (ctx: Ctx) => Promise<ItemResult> }[] = [
@@ -137,14 +137,7 @@ async function main(): Promise<number> {
   try {
     await initClock();
     const info = await machineInfo(command);
-    let bundle = values.bundle;
-    if (bundle) {
-      bundle = bundle.startsWith("/") ? bundle : join(Deno.cwd(), bundle);
-    } else {
-      bundle = join(tmp, "tether.js");
-      log("bundling the current source");
-      await buildBundle(bundle);
-    }
+    const bundle = await bundleUnderTest(values.bundle, tmp);
 
     let sshSkipped: string | undefined;
     if (values["no-ssh"]) {

@@ -21,6 +21,15 @@ export async function buildBundle(out: string): Promise<void> {
   if (r.code !== 0) throw new Error(`deno bundle failed:\n${r.stderr}`);
 }
 
+/** The bundle under test: `given` (--bundle), or the current source bundled into `tmp`. */
+export async function bundleUnderTest(given: string | undefined, tmp: string): Promise<string> {
+  if (given) return given.startsWith("/") ? given : join(Deno.cwd(), given);
+  const out = join(tmp, "tether.js");
+  log("bundling the current source");
+  await buildBundle(out);
+  return out;
+}
+
 /** Environment of every tether process: an isolated home, nothing from the user's config. */
 export function baseEnv(home: string): Record<string, string> {
   return {

@@ -17,7 +17,7 @@ import { parseArgs } from "node:util";
 import { Sshd } from "./openssh.ts";
 import { freePort, log, median, MiB, output, Proc, ROOT, run, sleep, stopAll } from "./lib.ts";
 import { withSection } from "./report.ts";
-import { buildBundle, TetherWorld } from "./tether.ts";
+import { bundleUnderTest, TetherWorld } from "./tether.ts";
 
 const GiB = 1024 * MiB;
 
@@ -93,13 +93,7 @@ async function main(): Promise<number> {
   let world: TetherWorld | undefined;
   let sshd: Sshd | undefined;
   try {
-    let bundle = values.bundle;
-    if (bundle) bundle = bundle.startsWith("/") ? bundle : join(Deno.cwd(), bundle);
-    else {
-      bundle = join(tmp, "tether.js");
-      log("bundling the current source");
-      await buildBundle(bundle);
-    }
+    const bundle = await bundleUnderTest(values.bundle, tmp);
     const s = await Sshd.start(tmp);
     if (!(s instanceof Sshd)) throw new Error(s.skipped);
     sshd = s;
