@@ -141,6 +141,11 @@ Deno.test("forward: half-close both ways, several forwards, a refused connection
     // The other forward works, several at once, each with its own half-close.
     const answers = await Promise.all([1, 3_000_000, 0].map((n) => talk(ports[0], n)));
     assert.deepEqual(answers, ["got 1\n", "got 3000000\n", "got 0\n"]);
+    // More connections at once than one relay connection carries streams (256): the rest
+    // wait for a place, and every one is served.
+    const pool = await Promise.all(Array.from({ length: 300 }, () => talk(ports[0], 2)));
+    assert.deepEqual(new Set(pool), new Set(["got 2\n"]));
+    assert.equal(pool.length, 300);
   } finally {
     server.close();
     await serving;
@@ -197,4 +202,26 @@ Deno.test({
       await sshd.stop();
     }
   },
+});
+
+Deno.test("proxy: the far end closing ends proxy once all it sent is out, though stdin is open", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const server = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (server.addr as Deno.NetAddr).port;
+  const served = (async () => {
+    const c = await server.accept();
+    await c.write(new Uint8Array(300_000).fill(120));
+    await c.write(new TextEncoder().encode("\nthe end\n"));
+    await c.closeWrite();
+    const n = await c.read(new Uint8Array(64));
+    c.close();
+    return n;
+  })();
+  const p = w.spawn(["proxy", "box", `127.0.0.1:${port}`], { stdin: true });
+  // stdin stays open, as ssh keeps it: the far end's close is what ends the proxy.
+  assert.equal((await p.ended()).code, 0, p.stderr);
+  assert.equal(p.stdout, "x".repeat(300_000) + "\nthe end\n");
+  assert.equal(await served, null);
+  server.close();
 });

@@ -78,6 +78,11 @@ pgTest(
       // A relay removed (stopped) gives its leases up at once.
       await store.removeRelay("rb");
       assert.equal(await store.holder("m1"), undefined);
+      // Epochs never go back: a lease given up and taken again goes on from where it was.
+      assert.equal(await store.claimLease("m1", "ra"), e2 + 1);
+      await store.releaseLease("m1", "ra", e2 + 1);
+      assert.equal(await store.holder("m1"), undefined);
+      assert.equal(await store.claimLease("m1", "ra"), e2 + 2);
     } finally {
       await store.close();
     }

@@ -33,10 +33,10 @@ const needTools = requirement(
 );
 
 /** A world with agent `box`, and `tether-ssh` (a one-line script, as users write it). */
-async function sshWorld(agentArgs: string[] = []) {
+async function sshWorld(agentArgs: string[] = [], agentEnv: Record<string, string> = {}) {
   needTools.check();
   const w = await World.create();
-  await w.startAgent("box", { args: agentArgs });
+  await w.startAgent("box", { args: agentArgs, env: agentEnv });
   const bin = join(w.home, "bin");
   await Deno.mkdir(bin);
   const script = join(bin, "tether-ssh");
@@ -124,17 +124,26 @@ sshTest(
   "user@: the agent's own user works; root with --allow-user switches, others refused",
   async () => {
     const root = Deno.uid() === 0;
-    const { w, env } = await sshWorld(root ? ["--allow-user", "postgres"] : []);
+    const { w, env } = await sshWorld(root ? ["--allow-user", "postgres"] : [], {
+      AGENT_SECRET: "s3cret",
+    });
     await using _w = w;
     const me = (await sh("id -un", env)).stdout.trim();
-    let r = await sh(`tether-ssh ${me}@box id -un`, env);
-    assert.equal(r.stdout.trim(), me, r.stderr);
+    // The agent's own user runs as usual (no runuser: it is for root only).
+    let r = await sh(`tether-ssh ${me}@box 'id -un; echo $AGENT_SECRET'`, env);
+    assert.equal(r.stdout, `${me}\ns3cret\n`, r.stderr);
     if (!root || !hasCommand("id", ["postgres"])) return;
-    r = await sh(`tether-ssh postgres@box 'id -un; echo $HOME; pwd'`, env);
+    r = await sh(
+      `tether-ssh -o SetEnv=FROM_CLIENT=yes postgres@box ` +
+        `'id -un; echo $HOME; pwd; echo "\${AGENT_SECRET:-clean} $FROM_CLIENT"'`,
+      env,
+    );
     assert.equal(r.code, 0, r.stderr);
-    const [user, home, pwd] = r.stdout.trim().split("\n");
+    const [user, home, pwd, envLine] = r.stdout.trim().split("\n");
     assert.equal(user, "postgres");
     assert.equal(home, pwd);
+    // Another user starts from a clean environment: nothing of the agent's leaks to it.
+    assert.equal(envLine, "clean yes");
     r = await sh(`tether-ssh -l nobody box id -un`, env);
     assert.equal(r.code, 255);
     assert.match(r.stderr, /--allow-user nobody/);

@@ -47,6 +47,8 @@ export class TcpStream {
   private inEnded = false;
   private outEnded = false;
   private ended = false;
+  /** Aborts a connection attempt still under way when the stream goes. */
+  private readonly connecting = new AbortController();
 
   constructor(
     private readonly conn: Conn,
@@ -67,12 +69,17 @@ export class TcpStream {
     if (!addr) {
       return this.fail({ code: "usage", message: `not a HOST:PORT to forward to: '${target}'` });
     }
-    const ac = new AbortController();
-    const timer = setTimeout(() => ac.abort(), CONNECT_TIMEOUT_MS);
+    const ac = this.connecting;
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, CONNECT_TIMEOUT_MS);
     try {
       this.tcp = await Deno.connect({ ...addr, signal: ac.signal });
     } catch (e) {
-      const why = ac.signal.aborted
+      if (this.ended) return;
+      const why = timedOut
         ? `no answer within ${CONNECT_TIMEOUT_MS / 1000} s`
         : (e as Error).message.replace(/ \(os error \d+\)$/, "");
       return this.fail({
@@ -171,6 +178,7 @@ export class TcpStream {
   private close(): void {
     if (this.ended) return;
     this.ended = true;
+    this.connecting.abort();
     this.credit.close();
     try {
       this.tcp?.close();

@@ -5,7 +5,7 @@
  *
  * Another user is possible only when the agent runs as root and was started with
  * `--allow-user USER` (or `*`); the command then runs through `runuser -u USER --` with that
- * user's shell, home and login names, as sshd would set them.
+ * user's shell, home and login names and a clean environment, as sshd would set them.
  */
 import type { Open, WireError } from "../protocol/messages.ts";
 
@@ -25,6 +25,9 @@ export const SFTP_SERVER_PATHS = [
   "/usr/local/libexec/sftp-server",
   "/usr/lib/misc/sftp-server",
 ];
+
+/** PATH of a user the agent switches to (sshd's default, plus the sbin dirs for root). */
+const SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 interface Account {
   name: string;
@@ -82,7 +85,8 @@ export class RemoteCommands {
     if (open.user) {
       const u = this.user(open.user);
       if ("code" in u) return u;
-      user = u;
+      // Ourselves: nothing to switch (runuser is for root only, and absent off Linux).
+      if (u.uid !== Deno.uid()) user = u;
     }
     const shell = user?.shell ?? this.shell;
     let argv: string[];
@@ -103,17 +107,32 @@ export class RemoteCommands {
       argv = open.argv.length || !user ? open.argv : [shell, "-l"];
     }
     if (!user) return { ...open, argv };
+    // The other user starts from a clean environment, as sshd starts it: nothing of the
+    // agent's own (its service's secrets) reaches that user's shell and dotfiles.
+    const env: Record<string, string> = {
+      PATH: SAFE_PATH,
+      ...(Deno.env.get("LANG") ? { LANG: Deno.env.get("LANG")! } : {}),
+      ...(open.kind === "pty" ? { TERM: open.term || "xterm-256color" } : {}),
+      ...(open.env ?? {}),
+      HOME: user.home,
+      USER: user.name,
+      LOGNAME: user.name,
+      SHELL: user.shell,
+    };
     return {
       ...open,
-      argv: ["runuser", "-u", user.name, "--", ...argv],
+      argv: [
+        "env",
+        "-i",
+        ...Object.entries(env).map(([k, v]) => `${k}=${v}`),
+        "runuser",
+        "-u",
+        user.name,
+        "--",
+        ...argv,
+      ],
       cwd: open.cwd ?? user.home,
-      env: {
-        ...(open.env ?? {}),
-        HOME: user.home,
-        USER: user.name,
-        LOGNAME: user.name,
-        SHELL: user.shell,
-      },
+      env: undefined,
     };
   }
 

@@ -10,6 +10,7 @@ import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { processOutput } from "../client/stdout.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { parseTarget } from "../agent/forward.ts";
+import { MAX_STREAMS_PER_CONN } from "../protocol/messages.ts";
 import { type Act, clientConfig, type Globals, globals } from "./context.ts";
 import { asTetherError, printJson, say } from "./output.ts";
 import { authFor, chooseMachine } from "./target.ts";
@@ -130,12 +131,32 @@ others. With --json, one line {"forwards":[{"bind","port","target"}…]} once li
         });
         return await connecting;
       };
+      // A relay connection carries at most MAX_STREAMS_PER_CONN streams: connections past
+      // that wait here for a place (a pool of 300 is served, 256 at a time).
+      let active = 0;
+      const waiting: (() => void)[] = [];
+      const place = async () => {
+        while (active >= MAX_STREAMS_PER_CONN) await new Promise<void>((r) => waiting.push(r));
+        active++;
+      };
+      const leave = () => {
+        active--;
+        waiting.shift()?.();
+      };
       const serve = async (l: Deno.TcpListener, f: (typeof bound)[number]) => {
         for await (const conn of l) {
           conn.setNoDelay(true);
-          relay().then((c) =>
-            forwardStream(c, { machineId: target.id, target: f.target, auth }, conn)
-          ).catch((e) => {
+          place().then(async () => {
+            try {
+              await forwardStream(
+                await relay(),
+                { machineId: target.id, target: f.target, auth },
+                conn,
+              );
+            } finally {
+              leave();
+            }
+          }).catch((e) => {
             const err = asTetherError(e);
             say(`tether: ${f.bind}:${f.port} → ${f.target}: ${err.message}`);
           }).finally(() => {
@@ -175,16 +196,23 @@ others. With --json, one line {"forwards":[{"bind","port","target"}…]} once li
       try {
         const m = await resolveTarget(g, client, machine);
         const out = processOutput(1);
+        // When the far end has closed its half and all it sent is written, we end: Deno
+        // cannot close its own stdout, and the program reading it (ssh) waits for its end.
+        let farEnded!: () => void;
+        const ended = new Promise<void>((resolve) => (farEnded = resolve));
         const local: LocalEnd = {
           read: (buf) => Deno.stdin.read(buf),
           write: (p) => out.write(p),
-          closeWrite: async () => {},
+          closeWrite: () => Promise.resolve(farEnded()),
         };
-        await forwardStream(client, {
-          machineId: m.id,
-          target,
-          auth: authFor(cfg, client, m, opts.password, g),
-        }, local);
+        await Promise.race([
+          forwardStream(client, {
+            machineId: m.id,
+            target,
+            auth: authFor(cfg, client, m, opts.password, g),
+          }, local),
+          ended,
+        ]);
         return 0;
       } finally {
         client.close();

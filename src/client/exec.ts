@@ -135,12 +135,24 @@ export function runExec(
     wakeLost?.();
   };
 
+  /** Our own output failed: whatever the command's end, that is how this exec ends. */
+  let outputFailure: WireError | undefined;
   const finish = (fn: () => void) => {
     if (finished) return;
     finished = true;
     clearTimeout(backstop);
     credit.close();
-    writeChain.then(fn, fn);
+    // An exit that arrived while its last output was still being written is not a success
+    // if that write fails: the status is settled once the writes are.
+    const settle = () =>
+      outputFailure
+        ? rejectDone(
+          new TetherError(outputFailure.code, outputFailure.message, {
+            hint: outputFailure.hint,
+          }),
+        )
+        : fn();
+    writeChain.then(settle, settle);
   };
   const fail = (err: WireError) => {
     client.closeStream(sid, "detach");
@@ -228,11 +240,12 @@ export function runExec(
               // Our own output failed (a full disk, a closed file): say so, and leave the
               // command running, its output kept for an attach.
               writeChain = Promise.resolve();
-              fail({
+              outputFailure ??= {
                 code: "internal",
                 message: `cannot write the command's output here: ${(e as Error).message}`,
                 hint: `it runs on; watch it elsewhere: tether exec --attach ${id}`,
-              });
+              };
+              fail(outputFailure);
             });
         },
         onCredit(channel, bytes) {

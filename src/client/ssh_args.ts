@@ -34,6 +34,10 @@ export interface SshArgs {
   setEnv: Record<string, string>;
   /** -o RemoteCommand= (other than none): the command when none is given. */
   remoteCommand?: string;
+  /** -o HostName=: the machine the destination names. */
+  hostName?: string;
+  /** Whether -t, -T or -o RequestTTY= set `tty` already. */
+  ttySet?: boolean;
 }
 
 /** Options without a value that change nothing for tether (OpenSSH's own transport). */
@@ -75,7 +79,6 @@ const IGNORED_CONFIG = new Set([
   "forwardx11trusted",
   "globalknownhostsfile",
   "hostkeyalgorithms",
-  "hostname",
   "identitiesonly",
   "identityfile",
   "kexalgorithms",
@@ -162,8 +165,10 @@ export function parseSshArgs(argv: string[]): SshArgs {
   options();
   a.command = argv.slice(i);
   const { user, machine } = destination(dest);
-  if (user !== undefined) a.user = user;
-  a.machine = machine;
+  // As OpenSSH: -l and -o User= (the first given) come before the user@ of the destination,
+  // and -o HostName= names the machine the destination stands for.
+  a.user ??= user;
+  a.machine = a.hostName ?? machine;
   if (a.subsystem && a.command.length === 0) {
     throw usage("-s needs the subsystem's name as the command (e.g. sftp)", SYNOPSIS);
   }
@@ -188,10 +193,12 @@ function destination(dest: string): { user?: string; machine: string } {
 function option(a: Omit<SshArgs, "machine">, c: string, value?: string): void {
   switch (c) {
     case "t":
-      a.tty = Math.max(0, a.tty) + 1;
+      a.tty = a.tty >= 1 ? 2 : 1;
+      a.ttySet = true;
       return;
     case "T":
       a.tty = -1;
+      a.ttySet = true;
       return;
     case "n":
       a.nullStdin = true;
@@ -211,7 +218,7 @@ function option(a: Omit<SshArgs, "machine">, c: string, value?: string): void {
       a.printConfig = true;
       return;
     case "l":
-      a.user = value;
+      a.user ??= value;
       return;
     case "o":
       config(a, value!);
@@ -231,9 +238,15 @@ function config(a: Omit<SshArgs, "machine">, text: string): void {
   const value = m[2].trim().replace(/^"(.*)"$/, "$1");
   switch (key) {
     case "user":
-      a.user = value;
+      a.user ??= value;
+      return;
+    case "hostname":
+      a.hostName ??= value;
       return;
     case "requesttty": {
+      // A configuration value counts only if nothing set it before (-t and -T always do).
+      if (a.ttySet) return;
+      a.ttySet = true;
       const v = value.toLowerCase();
       if (v === "no") a.tty = -1;
       else if (v === "yes") a.tty = Math.max(a.tty, 1);

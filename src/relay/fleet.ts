@@ -8,7 +8,7 @@
  * sweep as the safety net.
  *
  * Relays prove the fleet secret to each other with an HMAC over their id and the time
- * (`Authorization: Fleet ID.TIME.MAC`), accepted within FLEET_TOKEN_SKEW_S.
+ * (`Authorization: Fleet ID.TO.TIME.NONCE.MAC`: for one relay, within FLEET_TOKEN_SKEW_S, once).
  */
 import { Buffer } from "node:buffer";
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
@@ -29,29 +29,45 @@ export function newRelayId(): string {
   return `r${randomBytes(5).toString("hex")}`;
 }
 
-function mac(secret: string, id: string, ts: number): string {
-  return createHmac("sha256", secret).update(`tether-fleet-v1|${id}|${ts}`).digest("hex");
+function mac(secret: string, id: string, to: string, ts: number, nonce: string): string {
+  return createHmac("sha256", secret).update(`tether-fleet-v2|${id}|${to}|${ts}|${nonce}`)
+    .digest("hex");
 }
 
-/** The Authorization header a relay presents to another. */
-export function fleetToken(secret: string, id: string, now = Date.now()): string {
+/**
+ * The Authorization header relay `id` presents to relay `to`: `Fleet ID.TO.TIME.NONCE.MAC`.
+ * Bound to the relay it is for, and good once: one seen on the way opens nothing.
+ */
+export function fleetToken(secret: string, id: string, to: string, now = Date.now()): string {
   const ts = Math.floor(now / 1000);
-  return `Fleet ${id}.${ts}.${mac(secret, id, ts)}`;
+  const nonce = randomBytes(16).toString("hex");
+  return `Fleet ${id}.${to}.${ts}.${nonce}.${mac(secret, id, to, ts, nonce)}`;
 }
 
-/** The relay id a fleet token proves, or undefined. */
-export function checkFleetToken(
-  secret: string,
-  header: string,
-  now = Date.now(),
-): string | undefined {
-  const m = /^Fleet ([a-z0-9]{1,32})\.(\d{1,12})\.([0-9a-f]{64})$/.exec(header);
-  if (!m) return undefined;
-  const [, id, tsText, given] = m;
-  const ts = Number(tsText);
-  if (Math.abs(now / 1000 - ts) > FLEET_TOKEN_SKEW_S) return undefined;
-  const want = Buffer.from(mac(secret, id, ts), "hex");
-  return timingSafeEqual(want, Buffer.from(given, "hex")) ? id : undefined;
+/** Checks the fleet tokens presented to one relay (`self`), each accepted once. */
+export class FleetTokens {
+  /** Nonces accepted within the skew window, with when they may be forgotten (s). */
+  private readonly seen = new Map<string, number>();
+
+  constructor(private readonly secret: string, readonly self: string) {}
+
+  /** The relay id a token proves, or undefined (forged, stale, for another relay, replayed). */
+  check(header: string, now = Date.now()): string | undefined {
+    const m =
+      /^Fleet ([a-z0-9]{1,32})\.([a-z0-9]{1,32})\.(\d{1,12})\.([0-9a-f]{32})\.([0-9a-f]{64})$/
+        .exec(header);
+    if (!m) return undefined;
+    const [, id, to, tsText, nonce, given] = m;
+    const ts = Number(tsText);
+    const nowS = now / 1000;
+    if (to !== this.self || Math.abs(nowS - ts) > FLEET_TOKEN_SKEW_S) return undefined;
+    const want = Buffer.from(mac(this.secret, id, to, ts, nonce), "hex");
+    if (!timingSafeEqual(want, Buffer.from(given, "hex"))) return undefined;
+    for (const [n, until] of this.seen) if (until < nowS) this.seen.delete(n);
+    if (this.seen.has(nonce)) return undefined;
+    this.seen.set(nonce, ts + FLEET_TOKEN_SKEW_S);
+    return id;
+  }
 }
 
 export interface FleetOptions {
@@ -88,6 +104,8 @@ export class Fleet implements FleetRouting {
       this.renew().catch(() => {});
     });
     hub.fleet = this;
+    // Agents that connected while we were joining get their leases at once.
+    this.renew().catch(() => {});
     this.timer = setInterval(() => {
       this.renew().catch((e) => this.opts.log(`cannot renew leases: ${(e as Error).message}`));
     }, LEASE_RENEW_MS);
@@ -121,6 +139,11 @@ export class Fleet implements FleetRouting {
       const held = new Map<string, number>();
       for (const a of this.opts.hub.agents.values()) {
         if (a.epoch !== undefined) held.set(a.machineId, a.epoch);
+      }
+      // An agent without a lease said hello while this relay was joining the fleet, or
+      // while the database was away: take its lease now.
+      for (const a of [...this.opts.hub.agents.values()].filter((a) => a.epoch === undefined)) {
+        a.epoch = await this.claim(a.machineId);
       }
       const lost = await this.opts.store.renewLeases(this.relayId, this.opts.url, held);
       for (const m of lost) {
@@ -189,7 +212,7 @@ export class Fleet implements FleetRouting {
     const { conn } = await dial({
       relay: url,
       key: "",
-      authorization: fleetToken(secret, this.relayId),
+      authorization: fleetToken(secret, this.relayId, id),
       role: "relay",
       // Relays reach each other on the addresses they advertise; what crosses is up to
       // the operator's --advertise (wss:// across networks).

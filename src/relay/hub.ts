@@ -451,8 +451,18 @@ export class Hub {
     if (link.routes.has(msg.sid) || link.opening.has(msg.sid)) {
       throw new ProtocolError(`stream ${msg.sid} is already open`);
     }
-    if (link.routes.size + link.opening.size >= MAX_STREAMS_PER_CONN) {
-      throw new ProtocolError(`more than ${MAX_STREAMS_PER_CONN} streams on one connection`);
+    // Too many streams is that stream's refusal, never the connection's end (which would end
+    // every other stream on it). A relay of the fleet carries many clients' streams.
+    const cap = link.peer ? MAX_STREAMS_PER_PEER : MAX_STREAMS_PER_CONN;
+    if (link.routes.size + link.opening.size >= cap) {
+      link.conn.send({
+        t: "error",
+        sid: msg.sid,
+        code: "rate_limited",
+        message: `more than ${cap} streams on one connection`,
+        hint: "close some, or use another connection",
+      });
+      return;
     }
     const pending: Opening = { closed: undefined, queued: [] };
     link.opening.set(msg.sid, pending);

@@ -15,7 +15,7 @@ import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
-import { checkFleetToken, Fleet, newRelayId } from "./fleet.ts";
+import { Fleet, FleetTokens, newRelayId } from "./fleet.ts";
 import type { Principal, Store } from "./store.ts";
 import { SqliteStore } from "./store_sqlite.ts";
 import { FailurePacer } from "../common/throttle.ts";
@@ -83,7 +83,9 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   });
   metrics.watch(hub);
   const tls = !!(opts.tlsCert && opts.tlsKey) || !!opts.tls;
-  const fleetSecret = opts.fleet?.secret;
+  // In a fleet: this relay's id, and the check of the tokens the others present to it.
+  const relayId = opts.fleet ? newRelayId() : undefined;
+  const fleetTokens = opts.fleet ? new FleetTokens(opts.fleet.secret, relayId!) : undefined;
   if (opts.fleet && !store.fleet) {
     await store.close();
     throw new TetherError("usage", "a fleet of relays needs a shared store", {
@@ -105,7 +107,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
       // The largest message anyone may send; Conn holds each role to its own limit.
       maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE, MAX_AGENT_MESSAGE),
       log,
-    }, (req) => handle(req, hub, pacer, log, fleetSecret, metrics));
+    }, (req) => handle(req, hub, pacer, log, fleetTokens, metrics));
   } catch (e) {
     store.close().catch(() => {});
     if (e instanceof Deno.errors.AddrInUse) {
@@ -121,7 +123,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   let fleet: Fleet | undefined;
   if (opts.fleet && store.fleet) {
     fleet = new Fleet({
-      relayId: newRelayId(),
+      relayId: relayId!,
       url: opts.fleet.advertise ?? url,
       secret: opts.fleet.secret,
       caFile: opts.fleet.caFile,
@@ -173,7 +175,7 @@ function handle(
   hub: Hub,
   pacer: FailurePacer,
   log: (l: string) => void,
-  fleetSecret: string | undefined,
+  fleetTokens: FleetTokens | undefined,
   metrics: RelayMetrics,
 ): HttpAnswer | Promise<HttpAnswer> {
   // Liveness: the process serves. Readiness: it can also write its store.
@@ -194,7 +196,7 @@ function handle(
     ? "agent"
     : req.path === "/v1/client"
     ? "client"
-    : req.path === "/v1/relay" && fleetSecret
+    : req.path === "/v1/relay" && fleetTokens
     ? "relay"
     : undefined;
   if (!role) return { status: 404, body: "not found\n" };
@@ -202,7 +204,7 @@ function handle(
   const auth = req.headers.get("authorization") ?? "";
   if (role === "relay") {
     // Another relay of the fleet: it proves the fleet secret, not a key.
-    const relayId = checkFleetToken(fleetSecret!, auth);
+    const relayId = fleetTokens!.check(auth);
     const principal: Principal | null = relayId
       ? { kind: "relay", keyId: `relay:${relayId}`, workspace: "", relayId }
       : null;

@@ -132,10 +132,15 @@ type Sql = postgres.Sql;
 
 /** The leases whose relay renewed within LEASE_TTL_MS, as `l` (with the relay as `lr`). */
 function liveLeases(sql: Sql) {
-  return sql`(leases l JOIN relays lr ON lr.id = l.relay_id AND lr.seen_at > ${
-    Date.now() - LEASE_TTL_MS
-  })`;
+  return sql`(leases l JOIN relays lr ON lr.id = l.relay_id
+              AND lr.seen_at > ${sql.unsafe(DB_NOW_MS)} - ${LEASE_TTL_MS})`;
 }
+
+/**
+ * The database's clock in ms. Relays' liveness is written and judged by this one clock, so
+ * relays whose own clocks disagree still agree on which leases live.
+ */
+const DB_NOW_MS = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
 /** Whether a --store value names a PostgreSQL database. */
 export function isPostgresUrl(spec: string): boolean {
@@ -450,7 +455,10 @@ export class PostgresStore implements Store, FleetStore {
   async removeMachine(id: string): Promise<boolean> {
     const r = await this.run(
       "machine removal",
-      (sql) => sql`DELETE FROM machines WHERE id = ${id}`,
+      (sql) =>
+        sql`WITH gone AS (DELETE FROM machines WHERE id = ${id} RETURNING id),
+                        leases_gone AS (DELETE FROM leases WHERE machine_id IN (SELECT id FROM gone))
+                   SELECT id FROM gone`,
     );
     if (r.count > 0) await this.notify({ kind: "machine", id });
     return r.count > 0;
@@ -465,28 +473,32 @@ export class PostgresStore implements Store, FleetStore {
     const offline = Number.isFinite(offlineBefore) ? offlineBefore : 0;
     return this.rows("pruning", (sql) =>
       sql<{ id: string; name: string }[]>`
-        DELETE FROM machines
-         WHERE ((retired_at IS NULL AND last_seen < ${offline}) OR retired_at < ${retiredBefore})
-           AND NOT (id IN (SELECT jsonb_array_elements_text(${sql.json([...online])})))
-           AND NOT EXISTS (SELECT 1 FROM ${liveLeases(sql)} WHERE l.machine_id = machines.id)
-        RETURNING id, name`);
+        WITH gone AS (
+          DELETE FROM machines
+           WHERE ((retired_at IS NULL AND last_seen < ${offline}) OR retired_at < ${retiredBefore})
+             AND NOT (id IN (SELECT jsonb_array_elements_text(${sql.json([...online])})))
+             AND NOT EXISTS (SELECT 1 FROM ${liveLeases(sql)} WHERE l.machine_id = machines.id)
+          RETURNING id, name),
+        leases_gone AS (DELETE FROM leases WHERE machine_id IN (SELECT id FROM gone))
+        SELECT id, name FROM gone`);
   }
 
   // ---- the fleet ----
 
   async registerRelay(id: string, url: string): Promise<void> {
-    const now = Date.now();
     await this.run(
       "relay registry",
       (sql) =>
-        sql`INSERT INTO relays (id, url, started_at, seen_at) VALUES (${id}, ${url}, ${now}, ${now})
+        sql`INSERT INTO relays (id, url, started_at, seen_at)
+            VALUES (${id}, ${url}, ${sql.unsafe(DB_NOW_MS)}, ${sql.unsafe(DB_NOW_MS)})
           ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen_at = excluded.seen_at`,
     );
   }
 
   async removeRelay(id: string): Promise<void> {
     await this.run("relay registry", async (sql) => {
-      await sql`DELETE FROM leases WHERE relay_id = ${id}`;
+      // Released, not deleted: the next claim goes on from the epoch it had.
+      await sql`UPDATE leases SET relay_id = '' WHERE relay_id = ${id}`;
       await sql`DELETE FROM relays WHERE id = ${id}`;
     });
   }
@@ -496,7 +508,7 @@ export class PostgresStore implements Store, FleetStore {
       "relay registry",
       (sql) =>
         sql<RelayRow[]>`SELECT id, url, started_at, seen_at FROM relays
-                       WHERE seen_at > ${Date.now() - withinMs} ORDER BY id`,
+                       WHERE seen_at > ${sql.unsafe(DB_NOW_MS)} - ${withinMs} ORDER BY id`,
     );
   }
 
@@ -514,11 +526,11 @@ export class PostgresStore implements Store, FleetStore {
   }
 
   async renewLeases(relay: string, url: string, held: Map<string, number>): Promise<string[]> {
-    const now = Date.now();
     const kept = await this.rows("leases", async (sql) => {
       // One row written, however many agents: the leases live as long as this row is fresh.
       // (An upsert: a relay whose row was removed, say by a restored database, is back.)
-      await sql`INSERT INTO relays (id, url, started_at, seen_at) VALUES (${relay}, ${url}, ${now}, ${now})
+      await sql`INSERT INTO relays (id, url, started_at, seen_at)
+                VALUES (${relay}, ${url}, ${sql.unsafe(DB_NOW_MS)}, ${sql.unsafe(DB_NOW_MS)})
                 ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at`;
       if (held.size === 0) return [];
       // A read: which of ours another relay has claimed since (its epoch moved on).
@@ -531,7 +543,9 @@ export class PostgresStore implements Store, FleetStore {
 
   async releaseLease(machine: string, relay: string, epoch: number): Promise<void> {
     await this.run("lease", (sql) =>
-      sql`DELETE FROM leases
+      // Released, not deleted: the next claim goes on from this epoch, so an event about an
+      // older connection can never look newer than the next one.
+      sql`UPDATE leases SET relay_id = ''
            WHERE machine_id = ${machine} AND relay_id = ${relay} AND epoch = ${epoch}`);
   }
 

@@ -1,26 +1,34 @@
 import assert from "node:assert/strict";
-import { checkFleetToken, fleetToken, newRelayId } from "../../src/relay/fleet.ts";
+import { fleetToken, FleetTokens, newRelayId } from "../../src/relay/fleet.ts";
 import { decodeEvent, encodeEvent } from "../../src/relay/store_postgres.ts";
 
 const SECRET = "0123456789abcdef0123";
 
-Deno.test("fleet token: proves the secret and the relay id, within five minutes either way", () => {
-  const id = newRelayId();
+Deno.test("fleet token: proves the secret, is for one relay, within five minutes, once", () => {
+  const id = newRelayId(), me = newRelayId();
   const now = Date.now();
-  assert.equal(checkFleetToken(SECRET, fleetToken(SECRET, id, now), now), id);
-  assert.equal(checkFleetToken(SECRET, fleetToken(SECRET, id, now - 290_000), now), id);
-  assert.equal(checkFleetToken(SECRET, fleetToken(SECRET, id, now + 290_000), now), id);
-  assert.equal(checkFleetToken(SECRET, fleetToken(SECRET, id, now - 310_000), now), undefined);
-  assert.equal(
-    checkFleetToken("another-secret-entirely", fleetToken(SECRET, id, now), now),
-    undefined,
-  );
+  const fresh = () => new FleetTokens(SECRET, me);
+  assert.equal(fresh().check(fleetToken(SECRET, id, me, now), now), id);
+  assert.equal(fresh().check(fleetToken(SECRET, id, me, now - 290_000), now), id);
+  assert.equal(fresh().check(fleetToken(SECRET, id, me, now + 290_000), now), id);
+  assert.equal(fresh().check(fleetToken(SECRET, id, me, now - 310_000), now), undefined);
+  assert.equal(fresh().check(fleetToken("another-secret-entirely", id, me, now), now), undefined);
+  // Made for another relay of the fleet: refused here.
+  assert.equal(fresh().check(fleetToken(SECRET, id, newRelayId(), now), now), undefined);
+  // Seen once: a replay of the same header is refused; a new token is fine.
+  const tokens = fresh();
+  const t = fleetToken(SECRET, id, me, now);
+  assert.equal(tokens.check(t, now), id);
+  assert.equal(tokens.check(t, now + 1000), undefined);
+  assert.equal(tokens.check(fleetToken(SECRET, id, me, now), now), id);
   // Another id with the same MAC, a bearer key, garbage: refused.
-  const [, rest] = fleetToken(SECRET, id, now).split(" ");
+  const [, rest] = fleetToken(SECRET, id, me, now).split(" ");
   const forged = `Fleet rother.${rest.split(".").slice(1).join(".")}`;
-  assert.equal(checkFleetToken(SECRET, forged, now), undefined);
-  for (const h of ["", "Bearer x", "Fleet ", "Fleet a.b.c", `Fleet ${id}.1.${"0".repeat(64)}`]) {
-    assert.equal(checkFleetToken(SECRET, h, now), undefined, h);
+  assert.equal(fresh().check(forged, now), undefined);
+  for (
+    const h of ["", "Bearer x", "Fleet ", "Fleet a.b.c", `Fleet ${id}.1.${"0".repeat(64)}`]
+  ) {
+    assert.equal(fresh().check(h, now), undefined, h);
   }
 });
 

@@ -8,7 +8,7 @@ import {
   encodeCredit,
   encodeData,
 } from "../../src/protocol/frames.ts";
-import { ProtocolError } from "../../src/protocol/messages.ts";
+import { MAX_STREAMS_PER_CONN, ProtocolError } from "../../src/protocol/messages.ts";
 import { fakeConn, type Sent } from "./fakes.ts";
 
 const facts = {
@@ -270,4 +270,46 @@ Deno.test("hub: a client that leaves while its open waits for the store leaves n
   assert.equal(w.agent.routes.size, 0);
   const [row] = await w.store.listAudit();
   assert.equal(row.error, "client_lost");
+});
+
+Deno.test("hub: one stream too many is that stream's refusal; a fleet peer carries more", async () => {
+  await using w = await world();
+  const c = w.client();
+  for (let sid = 1; sid <= MAX_STREAMS_PER_CONN + 1; sid++) {
+    w.hub.onClientControl(c.link, open(w.machine, { sid }));
+  }
+  await settled();
+  const refused = c.sent.controls.filter((m) => m.t === "error");
+  assert.equal(refused.length, 1);
+  assert.equal((refused[0] as { sid: number }).sid, MAX_STREAMS_PER_CONN + 1);
+  assert.equal((refused[0] as { code: string }).code, "rate_limited");
+  assert.equal(c.link.conn.isOpen, true, "the connection and its other streams go on");
+  // The machine itself is full now: the next open anywhere is refused the same way.
+  const other = w.client();
+  w.hub.onClientControl(other.link, open(w.machine, { sid: 1 }));
+  await settled();
+  assert.equal((other.sent.controls[0] as { code: string }).code, "rate_limited");
+});
+
+Deno.test("hub: a fleet peer's link carries more than one client's limit of streams", async () => {
+  await using w = await world();
+  // A relay of the fleet forwards many clients' streams on one link (to several machines).
+  const p = fakeConn();
+  const peer: ClientLink = {
+    conn: p.conn,
+    principal: { kind: "relay", keyId: "relay:r1", workspace: "", relayId: "r1" },
+    workspace: "",
+    routes: new Map(),
+    opening: new Map(),
+    peer: true,
+  };
+  w.hub.addClient(peer);
+  for (let sid = 1; sid <= MAX_STREAMS_PER_CONN + 1; sid++) {
+    w.hub.onClientControl(peer, open(`nosuch-${sid}`, { sid, workspace: "w", client_key: "k1" }));
+  }
+  await settled();
+  const codes = new Set(p.sent.controls.map((m) => (m as { code?: string }).code));
+  // Each is refused for its own reason (no such machine), none for the link's stream count.
+  assert.deepEqual([...codes], ["machine_not_found"]);
+  assert.equal(p.sent.controls.length, MAX_STREAMS_PER_CONN + 1);
 });

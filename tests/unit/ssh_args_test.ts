@@ -71,6 +71,20 @@ Deno.test("ssh args: what rsync, git, scp and sftp pass", () => {
   assert.equal(parseSshArgs(["-o", "RemoteCommand=htop", "box"]).remoteCommand, "htop");
 });
 
+Deno.test("ssh args: which value wins, as OpenSSH decides it", () => {
+  // -l and -o User= (the first one given) over the user@ of the destination
+  assert.equal(parseSshArgs(["-l", "alice", "bob@box"]).user, "alice");
+  assert.equal(parseSshArgs(["-oUser=alice", "-l", "carol", "bob@box"]).user, "alice");
+  assert.equal(parseSshArgs(["bob@box"]).user, "bob");
+  // -t and -T always count; -o RequestTTY only if nothing set it before
+  assert.equal(parseSshArgs(["-t", "-oRequestTTY=no", "box"]).tty, 1);
+  assert.equal(parseSshArgs(["-oRequestTTY=no", "-t", "box"]).tty, 1);
+  assert.equal(parseSshArgs(["-oRequestTTY=force", "box"]).tty, 2);
+  assert.equal(parseSshArgs(["-ttt", "box"]).tty, 2);
+  // -o HostName names the machine the destination stands for
+  assert.equal(parseSshArgs(["-o", "HostName=real", "alias"]).machine, "real");
+});
+
 Deno.test("ssh args: unknown and unsupported options are usage errors naming them", () => {
   assert.match(usageOf(["-Z", "box"]), /unknown option -Z/);
   assert.match(usageOf(["-L", "8080:localhost:80", "box"]), /-L is not supported.*tether forward/);
