@@ -148,6 +148,8 @@ export function registerRelay(program: Command, act: Act) {
         console.error(`store: ${storeLabel(store, dataDir)}`);
         if (r.relayId) {
           console.error(`fleet: relay ${r.relayId}, reached by the others at ${r.advertise}`);
+          const problem = advertiseProblem(r.advertise!);
+          if (problem) console.error(`fleet: warning: ${problem}`);
         }
         if (self) {
           console.error(
@@ -296,4 +298,24 @@ export function registerRelay(program: Command, act: Act) {
         else console.log(`revoked key ${id}`);
       });
     }));
+}
+
+/** What is wrong with how the other relays are told to reach this one, if anything. */
+export function advertiseProblem(advertise: string): string | undefined {
+  let u: URL;
+  try {
+    u = new URL(advertise);
+  } catch {
+    return `--advertise ${advertise} is not a URL`;
+  }
+  const host = u.hostname.replace(/^\[|\]$/g, "");
+  if (host === "0.0.0.0" || host === "::") {
+    return `the others cannot reach ${advertise}; pass --advertise ws[s]://THIS-HOST:PORT`;
+  }
+  const loopback = host === "localhost" || host === "::1" || host.startsWith("127.");
+  if (u.protocol === "ws:" && !loopback) {
+    return `relays will reach each other over plain ${advertise}: the fleet's streams cross ` +
+      "the network unencrypted; advertise a wss:// URL across machines";
+  }
+  return undefined;
 }

@@ -107,6 +107,9 @@ const MIGRATION_LOCK = 7420_0001;
 /** How long a relay waits for a connection to the database before it says so. */
 const CONNECT_TIMEOUT_S = 5;
 
+/** How long one store operation may take before it fails as relay_unavailable. */
+const QUERY_TIMEOUT_MS = 10_000;
+
 /** Connections one relay holds open at most. */
 const POOL_SIZE = 8;
 
@@ -217,8 +220,19 @@ export class PostgresStore implements Store, FleetStore {
    * for health() and becomes `relay_unavailable`; the next success clears it.
    */
   private async run<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const out = await fn(this.sql);
+      // A database that went silent (a cut network, no reset) fails the operation after a
+      // bound, rather than holding what waits on it (an open, a renewal) indefinitely.
+      const out = await Promise.race([
+        fn(this.sql),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`no answer within ${QUERY_TIMEOUT_MS / 1000} s`)),
+            QUERY_TIMEOUT_MS,
+          );
+        }),
+      ]);
       this.lastError = undefined;
       return out;
     } catch (e) {
@@ -229,6 +243,8 @@ export class PostgresStore implements Store, FleetStore {
         `the relay cannot use its store (${what}): ${this.lastError}`,
         { hint: `the relay's operator must check the database ${this.where}` },
       );
+    } finally {
+      clearTimeout(timer);
     }
   }
 

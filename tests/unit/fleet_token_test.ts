@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { fleetToken, FleetTokens, newRelayId } from "../../src/relay/fleet.ts";
+import { advertiseProblem } from "../../src/cli/relay.ts";
 import { decodeEvent, encodeEvent } from "../../src/relay/store_postgres.ts";
 
 const SECRET = "0123456789abcdef0123";
@@ -45,4 +46,12 @@ Deno.test("fleet events survive NOTIFY payloads; unknown ones are ignored", () =
   for (const p of ["", "revoke:", "lease:m:r:x", "other:1", "lease:m"]) {
     assert.equal(decodeEvent(p), undefined, p);
   }
+});
+
+Deno.test("--advertise: an address the others cannot reach, or plain ws:// across machines, is said", () => {
+  assert.equal(advertiseProblem("ws://127.0.0.1:7420"), undefined);
+  assert.equal(advertiseProblem("wss://relay-a.internal:7420"), undefined);
+  assert.match(advertiseProblem("ws://0.0.0.0:7420")!, /cannot reach/);
+  assert.match(advertiseProblem("ws://[::]:7420")!, /cannot reach/);
+  assert.match(advertiseProblem("ws://relay-a.internal:7420")!, /unencrypted/);
 });
