@@ -75,6 +75,8 @@ export interface AgentLink extends Upstream {
   workspace: string;
   info: AgentInfo;
   lastSeen: number;
+  /** The last-seen time the store has for it (written at hello, then now and then). */
+  storedSeen?: number;
   /** The agent's sessions as it last reported them. */
   sessions: SessionInfo[];
   /** In a fleet: the epoch of this relay's lease on the machine. */
@@ -153,8 +155,10 @@ function sessionView(a: AgentLink, s: SessionInfo): SessionView {
   };
 }
 
-/** How often the last-seen times of online machines are written to the store. */
+/** How often the last-seen times of online machines are looked at for writing. */
 const LAST_SEEN_FLUSH_MS = 30_000;
+/** An online machine's last-seen time in the store is refreshed when older than this. */
+const LAST_SEEN_STALE_MS = 10 * 60_000;
 /** How often offline and retired machines are pruned. */
 const PRUNE_EVERY_MS = 10 * 60_000;
 /** How long a retired machine (an ended CI hold) stays known to `ci attach`. */
@@ -759,7 +763,13 @@ export class Hub {
     const now = Date.now();
     return rows.map((m: MachineRow) => {
       const live = this.agents.get(m.id);
-      const lastSeen = live ? live.lastSeen : m.last_seen;
+      // Ours: the exact time. Held by another relay of the fleet: it renewed the lease within
+      // LEASE_TTL_MS and drops a silent agent, so its renewal bounds the agent's last word.
+      const lastSeen = live
+        ? live.lastSeen
+        : m.held_by !== null
+        ? Math.max(m.last_seen, m.held_seen ?? 0)
+        : m.last_seen;
       return {
         id: m.id,
         name: m.name,
@@ -844,11 +854,25 @@ export class Hub {
     }
   }
 
+  /**
+   * Writes the heartbeat times the store has let grow older than LAST_SEEN_STALE_MS. An
+   * online machine's exact time lives in memory (and, in a fleet, its lease says it is
+   * there); the store's serves pruning and `machines` once it is offline, and is written
+   * exactly when the agent leaves. So a relay at rest writes a few rows per second however
+   * many agents it holds, not one per agent per flush.
+   */
   async flushLastSeen(): Promise<void> {
     this.lastFlush = Date.now();
     const seen = new Map<string, number>();
-    for (const a of this.agents.values()) seen.set(a.machineId, a.lastSeen);
+    for (const a of this.agents.values()) {
+      if (a.lastSeen - (a.storedSeen ?? 0) >= LAST_SEEN_STALE_MS) seen.set(a.machineId, a.lastSeen);
+    }
+    if (seen.size === 0) return;
     await this.store.touchMachines(seen);
+    for (const [id, at] of seen) {
+      const a = this.agents.get(id);
+      if (a) a.storedSeen = at;
+    }
   }
 
   closeAll(): void {

@@ -441,6 +441,8 @@ async function hello(
     workspace: principal.workspace,
     info: msg.agent,
     lastSeen: Date.now(),
+    // The hello wrote it (enrollment or the machine's update).
+    storedSeen: Date.now(),
     routes: new Map(),
     nextSid: 1,
     sessions: [],

@@ -33,6 +33,8 @@ export interface MachineRow {
   retired_at: number | null;
   /** In a fleet: the relay whose lease on the machine is live (its agent is there). */
   held_by: string | null;
+  /** In a fleet: when that relay last renewed its leases (ms). */
+  held_seen?: number | null;
 }
 
 /** What an agent says of itself in its hello, as the machines table keeps it. */

@@ -115,7 +115,8 @@ const POOL_SIZE = 8;
 
 /** A machine's columns, with the relay holding a live lease on it (`m` and `l`). */
 const MACHINE_COLUMNS = `m.id, m.workspace, m.enrolled_by, m.name, m.hostname, m.labels, m.os,
-  m.arch, m.agent_version, m.first_seen, m.last_seen, m.retired_at, l.relay_id AS held_by`;
+  m.arch, m.agent_version, m.first_seen, m.last_seen, m.retired_at, l.relay_id AS held_by,
+  lr.seen_at AS held_seen`;
 
 /** Fleet events as NOTIFY payloads: `revoke:ID`, `machine:ID`, `lease:MACHINE:RELAY:EPOCH`. */
 export function encodeEvent(e: FleetEvent): string {

@@ -313,3 +313,25 @@ Deno.test("hub: a fleet peer's link carries more than one client's limit of stre
   assert.deepEqual([...codes], ["machine_not_found"]);
   assert.equal(p.sent.controls.length, MAX_STREAMS_PER_CONN + 1);
 });
+
+Deno.test("hub: heartbeat times reach the store only once they are stale, not on every flush", async () => {
+  await using w = await world();
+  const writes: number[] = [];
+  const touch = w.store.touchMachines.bind(w.store);
+  w.store.touchMachines = (seen) => {
+    writes.push(seen.size);
+    return touch(seen);
+  };
+  // The test's agent link has no stored time yet: the first flush writes it.
+  await w.hub.flushLastSeen();
+  assert.deepEqual(writes, [1]);
+  // Heartbeats keep coming; the stored time is recent: nothing is written.
+  w.agent.lastSeen = Date.now();
+  await w.hub.flushLastSeen();
+  assert.deepEqual(writes, [1]);
+  // Ten minutes on, it is written again.
+  w.agent.lastSeen = Date.now() + 10 * 60_000;
+  await w.hub.flushLastSeen();
+  assert.deepEqual(writes, [1, 1]);
+  assert.equal((await w.store.getMachine(w.machine))?.last_seen, w.agent.lastSeen);
+});
