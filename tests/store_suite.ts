@@ -4,7 +4,7 @@
  * real PostgreSQL. A fresh, empty store per test.
  */
 import assert from "node:assert/strict";
-import type { Store } from "../src/relay/store.ts";
+import type { ShareRow, Store } from "../src/relay/store.ts";
 import { parseKey } from "../src/protocol/keys.ts";
 
 export type StoreFactory = () => Promise<{ store: Store; dispose(): Promise<void> }>;
@@ -166,6 +166,52 @@ export function storeCases(open: StoreFactory): StoreCase[] {
     const rows = await s.listAudit(1);
     assert.deepEqual(rows.map((r) => [r.id, r.ended_at, r.argv]), [[second, null, null]]);
     assert.equal(await s.health(), undefined);
+  });
+
+  test("share links: hashed, bound, spent once per use, expired, revoked, told apart", async (s) => {
+    const now = Date.now();
+    const base = {
+      workspace: "w",
+      machine_id: "m1",
+      session: "s1",
+      read_only: true,
+      created_by: "k1",
+      expires_at: now + 3_600_000,
+      uses_left: 2,
+    };
+    const { row, token } = await s.createShare(base);
+    assert.match(token, /^[0-9a-f]{12}\.[0-9a-f]{40}$/);
+    assert.ok(token.startsWith(`${row.id}.`));
+    // Two uses, then used up.
+    const first = await s.useShare(token, now);
+    assert.equal(typeof first, "object");
+    assert.deepEqual(
+      [
+        (first as ShareRow).machine_id,
+        (first as ShareRow).read_only,
+        (first as ShareRow).uses_left,
+      ],
+      ["m1", true, 1],
+    );
+    assert.equal(typeof await s.useShare(token, now), "object");
+    assert.equal(await s.useShare(token, now), "used");
+    // A wrong secret for a real id, garbage, an expired link, a revoked one.
+    assert.equal(await s.useShare(`${row.id}.${"0".repeat(40)}`, now), "unknown");
+    assert.equal(await s.useShare("nonsense", now), "unknown");
+    const late = await s.createShare({ ...base, expires_at: now - 1 });
+    assert.equal(await s.useShare(late.token, now), "expired");
+    const other = await s.createShare({ ...base, workspace: "w2", uses_left: 5 });
+    assert.equal(await s.revokeShare("w", other.row.id), false, "another workspace's link");
+    assert.equal(await s.revokeShare("w2", other.row.id), true);
+    assert.equal(await s.useShare(other.token, now), "revoked");
+    // Listings are per workspace, newest first, and never show a secret.
+    const listed = await s.listShares("w");
+    assert.deepEqual(new Set(listed.map((r) => r.id)), new Set([row.id, late.row.id]));
+    assert.equal(listed.find((r) => r.id === row.id)?.uses_left, 0);
+    assert.ok(!JSON.stringify(listed).includes(token.split(".")[1]));
+    assert.deepEqual((await s.listShares("w2")).map((r) => [r.id, r.revoked_at !== null]), [
+      [other.row.id, true],
+    ]);
   });
   return cases;
 }

@@ -6,6 +6,7 @@
  * conformance tests (tests/store_suite.ts) hold both to the same behaviour.
  * Only hashes of secrets are ever written.
  */
+import { newKeyId, newSecret } from "./keys.ts";
 import type { KeyRole, ParsedKey } from "../protocol/keys.ts";
 
 export interface KeyRow {
@@ -167,6 +168,17 @@ export interface Store {
   ): Promise<{ id: string; name: string }[]>;
 
   /** Records the start of an exec or attach; returns its row id. */
+  /** Makes a share link; the token (`ID.SECRET`) is returned once and kept only hashed. */
+  createShare(share: NewShare): Promise<{ row: ShareRow; token: string }>;
+  /** A workspace's share links, newest first (expired and revoked ones too). */
+  listShares(workspace: string): Promise<ShareRow[]>;
+  /** Revokes one of a workspace's links; false when there is none. */
+  revokeShare(workspace: string, id: string): Promise<boolean>;
+  /**
+   * Spends one use of the link `token` names, atomically, if the secret matches and the
+   * link is neither revoked, expired nor used up; else says why not.
+   */
+  useShare(token: string, now?: number): Promise<ShareRow | ShareRefusal>;
   auditStart(row: AuditStart): Promise<number>;
   /** Records its end (once; a second end is ignored). */
   auditEnd(id: number, end: AuditEnd): Promise<void>;
@@ -183,6 +195,31 @@ export interface Store {
  * one row written (the relay's), whatever the number of agents.
  */
 export const LEASE_TTL_MS = 10_000;
+
+/**
+ * A share link (`tether share`, issue 17): one workspace, one machine, one session; the
+ * token's secret is kept only as a hash. It opens at most `uses_left` more times, until
+ * `expires_at`, unless revoked.
+ */
+export interface ShareRow {
+  /** Public: the token is `ID.SECRET`. */
+  id: string;
+  workspace: string;
+  machine_id: string;
+  session: string;
+  read_only: boolean;
+  /** The key that made it. */
+  created_by: string;
+  created_at: number;
+  expires_at: number;
+  uses_left: number;
+  revoked_at: number | null;
+}
+
+export type NewShare = Omit<ShareRow, "id" | "created_at" | "revoked_at">;
+
+/** Why a share token opens nothing. */
+export type ShareRefusal = "unknown" | "expired" | "used" | "revoked";
 
 /** A relay of the fleet as the store knows it. */
 export interface RelayRow {
@@ -228,4 +265,45 @@ export interface FleetStore {
    */
   listen(on: (e: FleetEvent) => void, resync: () => void): Promise<void>;
   notify(e: FleetEvent): Promise<void>;
+}
+
+/** The columns of a share row, as both stores select them. */
+export const SHARE_COLUMNS =
+  "id, workspace, machine_id, session, read_only, created_by, created_at, expires_at, uses_left, revoked_at";
+
+/** A share row from either store's row (SQLite keeps booleans as 0/1). */
+export function shareFromRow(r: Record<string, unknown>): ShareRow {
+  return {
+    id: String(r.id),
+    workspace: String(r.workspace),
+    machine_id: String(r.machine_id),
+    session: String(r.session),
+    read_only: r.read_only === true || r.read_only === 1,
+    created_by: String(r.created_by),
+    created_at: Number(r.created_at),
+    expires_at: Number(r.expires_at),
+    uses_left: Number(r.uses_left),
+    revoked_at: r.revoked_at === null || r.revoked_at === undefined ? null : Number(r.revoked_at),
+  };
+}
+
+/** A new share: its public id, its secret (≥ 128 bits), and the row to keep. */
+export function newShareRow(s: NewShare): { id: string; secret: string; row: ShareRow } {
+  const id = newKeyId();
+  const secret = newSecret();
+  return { id, secret, row: { ...s, id, created_at: Date.now(), revoked_at: null } };
+}
+
+/** `ID.SECRET` as `newShareRow` makes them; undefined when it is not one. */
+export function parseShareToken(token: string): { id: string; secret: string } | undefined {
+  const m = /^([0-9a-f]{12})\.([0-9a-f]{40})$/.exec(token);
+  return m ? { id: m[1], secret: m[2] } : undefined;
+}
+
+/** Why a link whose secret matched opens nothing, judged before its use is spent. */
+export function shareRefusal(row: ShareRow, now: number): ShareRefusal | undefined {
+  if (row.revoked_at !== null) return "revoked";
+  if (row.expires_at <= now) return "expired";
+  if (row.uses_left <= 0) return "used";
+  return undefined;
 }

@@ -26,9 +26,17 @@ import {
   LEASE_TTL_MS,
   type MachineRow,
   type MintedKey,
+  type NewShare,
+  newShareRow,
+  parseShareToken,
   type Principal,
   reason,
   type RelayRow,
+  SHARE_COLUMNS,
+  shareFromRow,
+  type ShareRefusal,
+  shareRefusal,
+  type ShareRow,
   type Store,
 } from "./store.ts";
 
@@ -94,6 +102,21 @@ const MIGRATIONS: string[] = [
      epoch BIGINT NOT NULL
    );
    CREATE INDEX leases_relay ON leases(relay_id);`,
+  // Share links (tether share): the token's secret only as a hash.
+  `CREATE TABLE shares (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL,
+     machine_id TEXT NOT NULL,
+     session TEXT NOT NULL,
+     read_only BOOLEAN NOT NULL,
+     hash TEXT NOT NULL,
+     created_by TEXT NOT NULL,
+     created_at BIGINT NOT NULL,
+     expires_at BIGINT NOT NULL,
+     uses_left INTEGER NOT NULL,
+     revoked_at BIGINT
+   );
+   CREATE INDEX shares_workspace ON shares(workspace);`,
 ];
 
 /** The channel of LISTEN/NOTIFY the relays of a fleet tell each other on. */
@@ -320,6 +343,61 @@ export class PostgresStore implements Store, FleetStore {
       (sql) => sql`SELECT 1 FROM workspaces WHERE name = ${name}`,
     );
     return rows.length > 0;
+  }
+
+  async createShare(share: NewShare): Promise<{ row: ShareRow; token: string }> {
+    const { id, secret, row } = newShareRow(share);
+    await this.run(
+      "new share",
+      (sql) =>
+        sql`INSERT INTO shares (id, workspace, machine_id, session, read_only, hash, created_by,
+            created_at, expires_at, uses_left)
+          VALUES (${id}, ${row.workspace}, ${row.machine_id}, ${row.session}, ${row.read_only},
+            ${hashSecret(secret)}, ${row.created_by}, ${row.created_at}, ${row.expires_at},
+            ${row.uses_left})`,
+    );
+    return { row, token: `${id}.${secret}` };
+  }
+
+  async listShares(workspace: string): Promise<ShareRow[]> {
+    const rows = await this.rows(
+      "shares",
+      (sql) =>
+        sql<Record<string, unknown>[]>`SELECT ${sql.unsafe(SHARE_COLUMNS)} FROM shares
+        WHERE workspace = ${workspace} ORDER BY created_at DESC, id`,
+    );
+    return rows.map(shareFromRow);
+  }
+
+  async revokeShare(workspace: string, id: string): Promise<boolean> {
+    const r = await this.run(
+      "share revocation",
+      (sql) =>
+        sql`UPDATE shares SET revoked_at = coalesce(revoked_at, ${Date.now()})
+           WHERE id = ${id} AND workspace = ${workspace}`,
+    );
+    return r.count > 0;
+  }
+
+  async useShare(token: string, now = Date.now()): Promise<ShareRow | ShareRefusal> {
+    const t = parseShareToken(token);
+    const [found] = t
+      ? await this.rows(
+        "share",
+        (sql) =>
+          sql<Record<string, unknown>[]>`SELECT ${sql.unsafe(SHARE_COLUMNS)}, hash FROM shares
+          WHERE id = ${t.id}`,
+      )
+      : [];
+    if (!t || !secretMatches(t.secret, found?.hash as string | undefined)) return "unknown";
+    const row = shareFromRow(found!);
+    const refusal = shareRefusal(row, now);
+    if (refusal) return refusal;
+    // One statement decides, so two pages on two relays racing for the last use cannot both.
+    const r = await this.run("share use", (sql) =>
+      sql`UPDATE shares SET uses_left = uses_left - 1
+           WHERE id = ${row.id} AND uses_left > 0 AND revoked_at IS NULL AND expires_at > ${now}`);
+    return r.count > 0 ? { ...row, uses_left: row.uses_left - 1 } : "used";
   }
 
   async createKey(workspace: string, role: KeyRole): Promise<MintedKey> {

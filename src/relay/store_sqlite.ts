@@ -17,8 +17,16 @@ import {
   KeyUse,
   type MachineRow,
   type MintedKey,
+  type NewShare,
+  newShareRow,
+  parseShareToken,
   type Principal,
   reason,
+  SHARE_COLUMNS,
+  shareFromRow,
+  type ShareRefusal,
+  shareRefusal,
+  type ShareRow,
   type Store,
 } from "./store.ts";
 
@@ -74,6 +82,21 @@ const MIGRATIONS: string[] = [
   // A machine that retired (an ended CI hold) is left out of listings and refused at once;
   // its row stays a while so that `ci attach` can tell a hold that ended from one not yet up.
   `ALTER TABLE machines ADD COLUMN retired_at INTEGER;`,
+  // Share links (tether share): the token's secret only as a hash.
+  `CREATE TABLE shares (
+     id TEXT PRIMARY KEY,
+     workspace TEXT NOT NULL,
+     machine_id TEXT NOT NULL,
+     session TEXT NOT NULL,
+     read_only INTEGER NOT NULL,
+     hash TEXT NOT NULL,
+     created_by TEXT NOT NULL,
+     created_at INTEGER NOT NULL,
+     expires_at INTEGER NOT NULL,
+     uses_left INTEGER NOT NULL,
+     revoked_at INTEGER
+   );
+   CREATE INDEX shares_workspace ON shares(workspace);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -281,6 +304,70 @@ export class SqliteStore implements Store {
   hasWorkspace(name: string): Promise<boolean> {
     return this.io(() => {
       return !!this.db.prepare("SELECT 1 FROM workspaces WHERE name = ?").get(name);
+    });
+  }
+
+  createShare(share: NewShare): Promise<{ row: ShareRow; token: string }> {
+    const { id, secret, row } = newShareRow(share);
+    return this.io(() => {
+      this.write("new share", () =>
+        this.db.prepare(
+          `INSERT INTO shares (id, workspace, machine_id, session, read_only, hash, created_by,
+             created_at, expires_at, uses_left) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+        ).run(
+          id,
+          row.workspace,
+          row.machine_id,
+          row.session,
+          row.read_only ? 1 : 0,
+          hashSecret(secret),
+          row.created_by,
+          row.created_at,
+          row.expires_at,
+          row.uses_left,
+        ));
+      return { row, token: `${id}.${secret}` };
+    });
+  }
+
+  listShares(workspace: string): Promise<ShareRow[]> {
+    return this.io(() =>
+      (this.db.prepare(
+        `SELECT ${SHARE_COLUMNS} FROM shares WHERE workspace = ? ORDER BY created_at DESC, id`,
+      ).all(workspace) as Record<string, unknown>[]).map(shareFromRow)
+    );
+  }
+
+  revokeShare(workspace: string, id: string): Promise<boolean> {
+    return this.io(() =>
+      this.write("share revocation", () =>
+        Number(
+          this.db.prepare(
+            `UPDATE shares SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? AND workspace = ?`,
+          ).run(Date.now(), id, workspace).changes,
+        ) > 0)
+    );
+  }
+
+  useShare(token: string, now = Date.now()): Promise<ShareRow | ShareRefusal> {
+    return this.io(() => {
+      const t = parseShareToken(token);
+      const found = t
+        ? this.db.prepare(`SELECT ${SHARE_COLUMNS}, hash FROM shares WHERE id = ?`).get(t.id) as
+          | Record<string, unknown>
+          | undefined
+        : undefined;
+      if (!t || !secretMatches(t.secret, found?.hash as string | undefined)) return "unknown";
+      const row = shareFromRow(found!);
+      const refusal = shareRefusal(row, now);
+      if (refusal) return refusal;
+      // One statement decides, so two pages racing for the last use cannot both have it.
+      const spent = this.write("share use", () =>
+        this.db.prepare(
+          `UPDATE shares SET uses_left = uses_left - 1
+            WHERE id = ? AND uses_left > 0 AND revoked_at IS NULL AND expires_at > ?`,
+        ).run(row.id, now).changes);
+      return Number(spent) > 0 ? { ...row, uses_left: row.uses_left - 1 } : "used";
     });
   }
 
