@@ -8,7 +8,15 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { Sshd } from "../scripts/bench/openssh.ts";
-import { eventually, hasCommand, type Proc, requirement, tetherArgv, World } from "./helpers.ts";
+import {
+  eventually,
+  freePort,
+  hasCommand,
+  type Proc,
+  requirement,
+  tetherArgv,
+  World,
+} from "./helpers.ts";
 
 const needPython = requirement(
   hasCommand("python3") ? undefined : "forward tests need python3 (Debian package `python3`)",
@@ -24,13 +32,6 @@ const needSshd = requirement(
     ? undefined
     : "the ProxyCommand test needs sshd and ssh (Debian packages `openssh-server`, `openssh-client`)",
 );
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 async function waitListening(port: number): Promise<void> {
   await eventually(async () => {

@@ -283,6 +283,14 @@ export function requirement(missing: string | undefined): { ignore: boolean; che
   };
 }
 
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
 /** Whether `cmd` runs on this machine (found on PATH and exits 0 with `args`). */
 export function hasCommand(cmd: string, args: string[] = ["--version"]): boolean {
   try {

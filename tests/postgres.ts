@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import postgres from "postgres";
-import { requirement } from "./helpers.ts";
+import { freePort, requirement } from "./helpers.ts";
 
 export interface Cluster extends AsyncDisposable {
   /** The admin URL (database `postgres`). */
@@ -62,13 +62,6 @@ async function sh(cmd: string, args: string[]): Promise<string> {
   const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
   if (!out.success) throw new Error(`${cmd} ${args.join(" ")} failed:\n${text}`);
   return text;
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 export async function startCluster(): Promise<Cluster> {

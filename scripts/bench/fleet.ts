@@ -36,7 +36,7 @@ import {
   percentile,
   Proc,
   ROOT,
-  rss,
+  rssSamples,
   run,
   sleep,
   stopAll,
@@ -239,7 +239,7 @@ async function idle(f: Fleet, pg: Cluster, total: number, quick: boolean) {
   for (const p of loads.values()) await p.waitFor(/"warm":/, "stdout", 60_000);
   await sleep(settleMs);
   const base = new Map<Name, number>();
-  for (const name of NAMES) base.set(name, await medianRss(f.relay(name).proc.pid));
+  for (const name of NAMES) base.set(name, await rssSamples(f.relay(name).proc.pid, 3, 300));
   const t0 = performance.now();
   for (const p of loads.values()) await p.write("go\n");
   for (const [name, p] of loads) {
@@ -266,7 +266,7 @@ async function idle(f: Fleet, pg: Cluster, total: number, quick: boolean) {
     const l1 = await cpuSeconds(loadPids);
     const s = windowMs / 1000;
     const loaded = new Map<Name, number>();
-    for (const name of NAMES) loaded.set(name, await medianRss(f.relay(name).proc.pid));
+    for (const name of NAMES) loaded.set(name, await rssSamples(f.relay(name).proc.pid, 3, 300));
     const online: Record<string, number | string> = {};
     for (const name of NAMES) {
       // The whole list (Proc keeps only the tail of what a process prints).
@@ -317,15 +317,6 @@ async function idle(f: Fleet, pg: Cluster, total: number, quick: boolean) {
   } finally {
     await sql.end();
   }
-}
-
-async function medianRss(pid: number): Promise<number> {
-  const xs: number[] = [];
-  for (let i = 0; i < 3; i++) {
-    xs.push(await rss(pid));
-    await sleep(300);
-  }
-  return median(xs);
 }
 
 // ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import {
   pssOf,
   ROOT,
   rss,
+  rssSamples,
   run,
   Sampler,
   sleep,
@@ -24,15 +25,6 @@ import { baseEnv, TetherWorld } from "./tether.ts";
 
 const LOAD_SCRIPT = join(ROOT, "scripts", "bench", "agents_load.ts");
 const HEARTBEAT_S = 2;
-
-async function rssSamples(pid: number, n: number, gapMs: number): Promise<number> {
-  const xs: number[] = [];
-  for (let i = 0; i < n; i++) {
-    xs.push(await rss(pid));
-    if (i < n - 1) await sleep(gapMs);
-  }
-  return median(xs);
-}
 
 interface TetherIdle {
   n: number;

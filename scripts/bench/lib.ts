@@ -281,6 +281,29 @@ export async function rss(pid: number): Promise<number> {
   return out === undefined ? NaN : Number(out.trim()) * KiB;
 }
 
+/** The median of `n` RSS samples of `pid`, `gapMs` apart. */
+export async function rssSamples(pid: number, n: number, gapMs: number): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < n; i++) {
+    xs.push(await rss(pid));
+    if (i < n - 1) await sleep(gapMs);
+  }
+  return median(xs);
+}
+
+/** Waits until something accepts connections on 127.0.0.1:port (10 s at most). */
+export async function listening(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await sleep(50);
+    }
+  }
+  throw new Error(`nothing listens on ${port}`);
+}
+
 export interface ProcStat {
   pid: number;
   /** utime + stime in seconds. */

@@ -15,7 +15,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Sshd } from "./openssh.ts";
-import { freePort, log, median, MiB, output, Proc, ROOT, run, sleep, stopAll } from "./lib.ts";
+import { freePort, listening, log, median, MiB, output, Proc, ROOT, run, stopAll } from "./lib.ts";
 import { withSection } from "./report.ts";
 import { bundleUnderTest, TetherWorld } from "./tether.ts";
 
@@ -50,19 +50,6 @@ while True:
     n += r
 print(n)
 `;
-
-/** Waits until something accepts connections on 127.0.0.1:port. */
-async function listening(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await sleep(50);
-    }
-  }
-  throw new Error(`nothing listens on ${port}`);
-}
 
 async function timed(cmd: string, env: Record<string, string>, cwd: string): Promise<number> {
   const r = await run(["sh", "-c", cmd], { env, cwd, timeoutMs: 600_000 });

@@ -21,20 +21,12 @@ import {
   encodeCredit,
 } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
+import { parseTarget } from "../protocol/target.ts";
 
 /** Largest read from the socket: the largest DATA frame (MAX_DATA_PAYLOAD). */
 const READ_SIZE = 256 * 1024;
 /** How long the agent waits for the TCP connection before it says it failed. */
 const CONNECT_TIMEOUT_MS = 10_000;
-
-/** HOST:PORT or [V6]:PORT; undefined when malformed. */
-export function parseTarget(target: string): { hostname: string; port: number } | undefined {
-  const m = /^(?:\[([^\]]+)\]|([^:\[\]]+)):(\d{1,5})$/.exec(target);
-  if (!m) return undefined;
-  const port = Number(m[3]);
-  if (port < 1 || port > 65535) return undefined;
-  return { hostname: m[1] ?? m[2], port };
-}
 
 export class TcpStream {
   private tcp?: Deno.TcpConn;

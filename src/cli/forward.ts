@@ -9,7 +9,7 @@ import { forwardStream, type LocalEnd } from "../client/forward.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { processOutput } from "../client/stdout.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
-import { parseTarget } from "../agent/forward.ts";
+import { parseTarget } from "../protocol/target.ts";
 import { MAX_STREAMS_PER_CONN } from "../protocol/messages.ts";
 import { type Act, clientConfig, type Globals, globals } from "./context.ts";
 import { asTetherError, printJson, say } from "./output.ts";
