@@ -3,6 +3,8 @@ export class TcpProxy {
   private readonly listener: Deno.TcpListener;
   private readonly pairs = new Set<[Deno.TcpConn, Deno.TcpConn]>();
   readonly port: number;
+  /** While set, the network is down: open connections were cut, new ones are dropped. */
+  private down = false;
 
   /**
    * `answers`: the first connections get these raw HTTP answers instead of being forwarded
@@ -19,6 +21,10 @@ export class TcpProxy {
 
   private async accept(): Promise<void> {
     for await (const inbound of this.listener) {
+      if (this.down) {
+        inbound.close();
+        continue;
+      }
       const canned = this.answers.shift();
       if (canned !== undefined) {
         this.answer(inbound, canned);
@@ -77,8 +83,18 @@ export class TcpProxy {
     return n;
   }
 
+  /** Takes the network down (cutting what is open) or brings it back. */
+  setDown(down: boolean): void {
+    this.down = down;
+    if (down) this.cut();
+  }
+
   get connections(): number {
     return this.pairs.size;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
   }
 
   close(): void {

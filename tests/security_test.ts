@@ -463,9 +463,11 @@ Deno.test("audit: every exec and attach is recorded with key, machine, argv, byt
   assert.equal(rows.length, 2);
   const keyId = w.keys.client_key.split("_")[2];
   assert.deepEqual(
-    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0, session: 0 },
+    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0, session: 0, remote: 0 },
     {
       id: 0,
+      remote: 0,
+      read_only: false,
       workspace: "default",
       key_id: keyId,
       machine_id: 0,
@@ -484,8 +486,9 @@ Deno.test("audit: every exec and attach is recorded with key, machine, argv, byt
   );
   assert.ok(Date.parse(rows[0].ended_at) >= Date.parse(rows[0].started_at));
   assert.match(rows[0].session, /^[0-9a-f]{12}$/, "the exec's id, for exec --attach");
+  assert.match(rows[0].remote, /^127\.0\.0\.1:\d+$/, "where the client connected from");
   const human = await w.tether(["relay", "audit", "--data-dir", w.relayDir]);
-  assert.match(human.stdout, /audited\s+exec\s+true/);
+  assert.match(human.stdout, /127\.0\.0\.1:\d+\s+audited\s+exec\s+true/);
 });
 
 /** Opens a raw WebSocket with a valid key and feeds it `send`; resolves when the relay closes it. */

@@ -159,12 +159,17 @@ export function storeCases(open: StoreFactory): StoreCase[] {
       key_id: "k",
       machine_id: "m",
       machine_name: "box",
-      kind: "attach",
+      kind: "pty",
       argv: null,
       session: "s1",
+      remote: "127.0.0.1:5555",
+      read_only: true,
     });
-    const rows = await s.listAudit(1);
-    assert.deepEqual(rows.map((r) => [r.id, r.ended_at, r.argv]), [[second, null, null]]);
+    const rows = await s.listAudit(2);
+    assert.deepEqual(rows.map((r) => [r.id, r.ended_at, r.argv, r.remote, r.read_only]), [
+      [id, rows[0].ended_at, ["echo", "hi"], null, false],
+      [second, null, null, "127.0.0.1:5555", true],
+    ]);
     assert.equal(await s.health(), undefined);
   });
 
@@ -204,6 +209,11 @@ export function storeCases(open: StoreFactory): StoreCase[] {
     assert.equal(await s.revokeShare("w", other.row.id), false, "another workspace's link");
     assert.equal(await s.revokeShare("w2", other.row.id), true);
     assert.equal(await s.useShare(other.token, now), "revoked");
+    // A page of a link acts as `share:ID`: revoked when its link is, beside real keys.
+    assert.deepEqual(
+      await s.revokedAmong([`share:${other.row.id}`, `share:${row.id}`, "share:nosuch"]),
+      [`share:${other.row.id}`, "share:nosuch"],
+    );
     // Listings are per workspace, newest first, and never show a secret.
     const listed = await s.listShares("w");
     assert.deepEqual(new Set(listed.map((r) => r.id)), new Set([row.id, late.row.id]));

@@ -14,8 +14,11 @@ import type { Conn } from "../protocol/conn.ts";
 import { Grant } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit } from "../protocol/frames.ts";
 import {
+  MAX_HOLD_MS,
+  MAX_PARTICIPANTS,
   MAX_STREAMS_PER_CONN,
   type Open,
+  type Participant,
   type SessionInfo,
   type WireError,
 } from "../protocol/messages.ts";
@@ -57,6 +60,8 @@ export class Attachment {
     readonly readOnly: boolean,
     public cols: number,
     public rows: number,
+    /** The key it came with, as the relay told us (`share:ID` for a browser page). */
+    readonly key: string,
   ) {
     this.grant = new Grant(
       PTY_INPUT_WINDOW,
@@ -112,6 +117,8 @@ export class Session {
   lastActivity = Date.now();
   ended?: PtyExit;
   private graceTimer?: ReturnType<typeof setTimeout>;
+  /** Kept without clients at least until then (an open's `hold_ms`: a share link's life). */
+  private holdUntil = 0;
   /** Resolves when the read loop has ended and exit statuses went out. */
   private finished: Promise<void>;
   private inputTail: Promise<void> = Promise.resolve();
@@ -150,7 +157,22 @@ export class Session {
       cols: this.cols,
       rows: this.rows,
       idle_ms: Date.now() - this.lastActivity,
+      participants: this.participants(),
     };
+  }
+
+  participants(): Participant[] {
+    return [...this.attachments].slice(0, MAX_PARTICIPANTS).map((a) => ({
+      id: a.id,
+      key: a.key,
+      read_only: a.readOnly,
+    }));
+  }
+
+  /** Tells every attached client who is attached now. */
+  private announce(): void {
+    const msg = { participants: this.participants(), clients: this.attachments.size };
+    for (const a of this.attachments) a.conn.send({ t: "participants", sid: a.sid, ...msg });
   }
 
   attach(conn: Conn, open: Open): Attachment {
@@ -165,8 +187,12 @@ export class Session {
       !!open.read_only,
       open.cols ?? this.cols,
       open.rows ?? this.rows,
+      open.client_key ?? "",
     );
     this.attachments.add(a);
+    if (open.hold_ms && !a.readOnly) {
+      this.holdUntil = Math.max(this.holdUntil, Date.now() + Math.min(open.hold_ms, MAX_HOLD_MS));
+    }
     clearTimeout(this.graceTimer);
     this.graceTimer = undefined;
     conn.send({
@@ -183,6 +209,7 @@ export class Session {
     // After the caller has registered the stream: an ended session's last message may go
     // out in this first pump, and the stream must be known then to be forgotten.
     queueMicrotask(() => this.output.pump(w));
+    this.announce();
     this.manager.changed();
     return a;
   }
@@ -232,9 +259,11 @@ export class Session {
     } else if (this.attachments.size === 0) {
       if (this.ephemeral) this.terminate();
       else {
-        this.graceTimer = setTimeout(() => this.terminate(), this.manager.graceMs);
+        const wait = Math.max(this.manager.graceMs, this.holdUntil - Date.now());
+        this.graceTimer = setTimeout(() => this.terminate(), wait);
       }
     }
+    this.announce();
     this.manager.changed();
   }
 

@@ -20,6 +20,7 @@ import { registerPassword } from "./password.ts";
 import { asTetherError, printError } from "./output.ts";
 import { registerRelay } from "./relay.ts";
 import { registerSessions } from "./sessions.ts";
+import { registerShare } from "./share.ts";
 import { registerSsh } from "./ssh.ts";
 import { registerForward } from "./forward.ts";
 import { registerUp } from "./up.ts";
@@ -69,6 +70,7 @@ export function buildProgram(
   registerConnect(program, act);
   registerExec(program, act);
   registerSessions(program, act);
+  registerShare(program, act);
   registerPassword(program, act);
   registerCi(program, act);
   registerSsh(program, act, () => sshArgv);

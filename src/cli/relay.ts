@@ -88,6 +88,11 @@ export function registerRelay(program: Command, act: Act) {
       "with --store: how the other relays of the fleet reach this one (default: its own " +
         "ws:// or wss:// address)",
     )
+    .option(
+      "--public-url <url>",
+      "the URL browsers reach this relay at (behind a proxy): share pages from any other " +
+        "origin are refused (default: the host the page was loaded from)",
+    )
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       if (!!opts.tlsCert !== !!opts.tlsKey) throw usage("--tls-cert and --tls-key go together");
@@ -115,6 +120,9 @@ export function registerRelay(program: Command, act: Act) {
         throw usage("--advertise and a fleet secret go with --store postgres://…");
       }
       if (opts.advertise) relayBase(opts.advertise);
+      if (opts.publicUrl && !/^(https?|wss?):\/\/[^/]+/.test(opts.publicUrl)) {
+        throw usage(`invalid --public-url '${opts.publicUrl}'`, "e.g. https://relay.example.com");
+      }
       const store = await openStore(spec, dataDir);
       const r = await startRelay({
         hostname,
@@ -125,6 +133,7 @@ export function registerRelay(program: Command, act: Act) {
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
         pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
+        publicUrl: opts.publicUrl,
         fleet: secret
           ? {
             secret,
@@ -205,12 +214,24 @@ export function registerRelay(program: Command, act: Act) {
           return;
         }
         console.log(table(
-          ["STARTED", "KEY", "MACHINE", "KIND", "COMMAND", "SECONDS", "IN", "OUT", "RESULT"],
+          [
+            "STARTED",
+            "KEY",
+            "FROM",
+            "MACHINE",
+            "KIND",
+            "COMMAND",
+            "SECONDS",
+            "IN",
+            "OUT",
+            "RESULT",
+          ],
           rows.map((r) => [
             iso(r.started_at)!.replace(/\.\d+Z$/, "Z"),
             r.key_id,
+            r.remote ?? "-",
             r.machine_name,
-            r.kind,
+            r.read_only ? `${r.kind} (read-only)` : r.kind,
             r.argv ? r.argv.join(" ") : r.session ? `session ${r.session}` : "shell",
             r.ended_at ? ((r.ended_at - r.started_at) / 1000).toFixed(1) : "running",
             String(r.bytes_in),

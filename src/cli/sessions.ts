@@ -24,6 +24,12 @@ function stateOf(s: SessionView): string {
   }
 }
 
+/** How many are attached, and how many of them are browser pages of share links. */
+function clientsOf(s: SessionView): string {
+  const pages = (s.participants ?? []).filter((p) => p.key.startsWith("share:")).length;
+  return pages ? `${s.clients} (${pages} browser)` : String(s.clients);
+}
+
 export function registerSessions(program: Command, act: Act) {
   const sessions = program.command("sessions")
     .description("list sessions and execs (all machines, or one), or end one")
@@ -59,7 +65,7 @@ export function registerSessions(program: Command, act: Act) {
           s.machine,
           s.kind,
           `${formatAge(now - Date.parse(s.created))} ago`,
-          String(s.clients),
+          clientsOf(s),
           stateOf(s),
           s.kind === "pty" ? formatAge(s.idle_ms) : "-",
           s.command,

@@ -12,6 +12,7 @@ import {
   type Exit,
   type MachineView,
   type Open,
+  type Participants,
   ProtocolError,
   type SessionView,
   type Started,
@@ -30,6 +31,8 @@ export interface StreamHandlers {
   onExit(msg: Exit): void;
   onError(err: WireError): void;
   onNotice?(message: string): void;
+  /** pty: who is attached to the session now (sent on every join and leave). */
+  onParticipants?(msg: Participants): void;
   /** The agent's side ended its output (a tcp stream's peer closed its half). */
   onEof?(): void;
 }
@@ -59,10 +62,16 @@ export class RelayClient {
   private resolveClosed!: (reason: string) => void;
   private readonly closedPromise = new Promise<string>((r) => (this.resolveClosed = r));
 
-  private constructor(readonly conn: Conn, readonly workspace: string, readonly keyId: string) {}
+  private constructor(
+    readonly conn: Conn,
+    readonly workspace: string,
+    readonly keyId: string,
+    /** The relay that answered (one of a list). */
+    readonly relay: string,
+  ) {}
 
   static async connect(cfg: ClientConfig): Promise<RelayClient> {
-    const { conn, welcome } = await dial({
+    const { conn, welcome, relay } = await dial({
       relay: cfg.relay,
       key: cfg.apiKey,
       role: "client",
@@ -70,7 +79,7 @@ export class RelayClient {
       insecure: cfg.insecure,
       timeoutMs: cfg.dialTimeoutMs,
     });
-    const client = new RelayClient(conn, welcome.workspace, welcome.key_id);
+    const client = new RelayClient(conn, welcome.workspace, welcome.key_id, relay);
     conn.start({
       onControl: (m) => client.onControl(m),
       onFrame: (f) => client.onFrame(f),
@@ -198,6 +207,9 @@ export class RelayClient {
         return;
       case "notice":
         this.streams.get(msg.sid)?.onNotice?.(msg.message);
+        return;
+      case "participants":
+        this.streams.get(msg.sid)?.onParticipants?.(msg);
         return;
       case "eof":
         this.streams.get(msg.sid)?.onEof?.();

@@ -25,6 +25,8 @@ export const MAX_CONTROL_MESSAGE = 64 * 1024;
 export const MAX_RELAY_MESSAGE = 16 * 1024 * 1024;
 /** Largest control message the relay accepts from an agent (its list of sessions and execs). */
 export const MAX_AGENT_MESSAGE = 1024 * 1024;
+/** Longest an open may ask a session to wait for clients (`hold_ms`): a week. */
+export const MAX_HOLD_MS = 7 * 86_400_000;
 /** Most streams one connection may have open at once. */
 export const MAX_STREAMS_PER_CONN = 256;
 
@@ -91,6 +93,19 @@ const wireErrorEntries = {
 export const WireError = v.object(wireErrorEntries);
 export type WireError = v.InferOutput<typeof WireError>;
 
+/** Most participants a session reports by name (more are counted in `clients`). */
+export const MAX_PARTICIPANTS = 64;
+/** One client attached to a session: who (the relay's word for its key) and how. */
+export const Participant = v.object({
+  /** Its attach id. */
+  id: str(64),
+  /** The key it connected with, or `share:ID` for a browser page of a share link. */
+  key: str(128),
+  read_only: v.boolean(),
+});
+export type Participant = v.InferOutput<typeof Participant>;
+const participants = v.pipe(v.array(Participant), v.maxLength(MAX_PARTICIPANTS));
+
 /** A PTY session, or an exec, as the agent reports it. */
 export const SessionInfo = v.object({
   id: str(64),
@@ -102,6 +117,8 @@ export const SessionInfo = v.object({
   cols: size,
   rows: size,
   idle_ms: offset,
+  /** pty: who is attached (the first MAX_PARTICIPANTS). */
+  participants: opt(participants),
   /** exec: running, exited (with exit_code and signal), timeout, or lost (agent restarted). */
   state: opt(ExecState),
   exit_code: opt(int(0, 255)),
@@ -121,7 +138,24 @@ export const Hello = v.object({
   role: Role,
   version: str(64),
   agent: opt(AgentInfo),
+  /**
+   * A browser page on /v1/share: the share link's token (`ID.SECRET`) on its first join,
+   * or the resume secret its welcome gave it on a reconnect.
+   */
+  share: opt(v.object({ token: opt(str(128)), resume: opt(str(128)) })),
 });
+/** What a share link lets its page do, told in the welcome. */
+export const ShareGrant = v.object({
+  id: str(64),
+  machine: str(64),
+  machine_name: str(256),
+  session: str(64),
+  read_only: v.boolean(),
+  expires_at: offset,
+  /** Presented instead of the token when the page reconnects (the token is spent). */
+  resume: str(128),
+});
+export type ShareGrant = v.InferOutput<typeof ShareGrant>;
 /** The relay's answer to a hello. */
 export const Welcome = v.object({
   t: v.literal("welcome"),
@@ -132,6 +166,8 @@ export const Welcome = v.object({
   heartbeat_ms: int(100, 600_000),
   /** For an agent: its machine id, and the secret when it was just enrolled. */
   machine: opt(v.object({ id: str(64), secret: opt(str(256)) })),
+  /** For a share link's page: what it may open. */
+  share: opt(ShareGrant),
 });
 export const Ping = v.object({ t: v.literal("ping") });
 export const Req = v.object({
@@ -177,6 +213,11 @@ export const Open = v.pipe(
     err_offset: opt(offset),
     /** pty: output only; the agent drops this client's input. */
     read_only: opt(v.boolean()),
+    /**
+     * pty: keep the session this long (ms) after its last client leaves, if that is longer
+     * than the agent's grace window (`tether share`: the link's lifetime).
+     */
+    hold_ms: opt(int(0, MAX_HOLD_MS)),
     /** pty: end the session when this client leaves (exec -t). */
     ephemeral: opt(v.boolean()),
     /**
@@ -274,6 +315,14 @@ export const Sessions = v.object({
 });
 /** Agent → client: a line for the user's terminal (e.g. a CI hold about to end). */
 export const Notice = v.object({ t: v.literal("notice"), sid, message: str(4096) });
+/** Agent → each client of a session: who is attached now (on every join and leave). */
+export const Participants = v.object({
+  t: v.literal("participants"),
+  sid,
+  participants,
+  /** All attached, including any beyond the list. */
+  clients: int(0, U32),
+});
 
 const SCHEMAS = {
   hello: Hello,
@@ -294,6 +343,7 @@ const SCHEMAS = {
   close: Close,
   sessions: Sessions,
   notice: Notice,
+  participants: Participants,
 };
 
 export type Hello = v.InferOutput<typeof Hello>;
@@ -316,6 +366,7 @@ export type ErrorMsg = v.InferOutput<typeof ErrorMsg>;
 export type Close = v.InferOutput<typeof Close>;
 export type Sessions = v.InferOutput<typeof Sessions>;
 export type Notice = v.InferOutput<typeof Notice>;
+export type Participants = v.InferOutput<typeof Participants>;
 /** Any control message. */
 export type Control = { [K in keyof typeof SCHEMAS]: v.InferOutput<(typeof SCHEMAS)[K]> }[
   keyof typeof SCHEMAS
@@ -356,6 +407,8 @@ export interface SessionView {
   idle_ms: number;
   cols: number;
   rows: number;
+  /** pty only: who is attached (CLI keys, `share:ID` for browser pages). */
+  participants?: Participant[];
   /** exec only: running, exited, timeout or lost. */
   state?: ExecState;
   exit_code?: number;

@@ -10,7 +10,7 @@
  * that relay the connection is a client link marked `peer`: it routes to its own agents
  * only (never on to a third relay), and does not audit (the client's relay did).
  */
-import { errorBody, machineOffline } from "../common/errors.ts";
+import { errorBody, machineOffline, TetherError, usage } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
 import {
@@ -35,7 +35,15 @@ import {
   type SessionView,
   type WireError,
 } from "../protocol/messages.ts";
-import type { MachineRow, Principal, Store } from "./store.ts";
+import {
+  type MachineRow,
+  type Principal,
+  SHARE_KEY_PREFIX,
+  type ShareRow,
+  type Store,
+} from "./store.ts";
+import { SHARE_DEFAULT_TTL_MS, shareLimitsProblem } from "../protocol/share.ts";
+import { newSecret } from "./keys.ts";
 
 interface Route {
   client: ClientLink;
@@ -113,7 +121,12 @@ export interface ClientLink {
   opening: Map<number, Opening>;
   /** Another relay of the fleet, forwarding its clients' streams to our agents. */
   peer?: boolean;
+  /** host:port it connected from (the audit log's `remote`). */
+  remote?: string;
 }
+
+/** A page may reconnect (resume) until this long after its link expired. */
+const SHARE_RESUME_AFTER_EXPIRY_MS = 86_400_000;
 
 /**
  * An open the store has not answered yet. Controls the client sends meanwhile wait
@@ -132,6 +145,40 @@ const GATHER_MS = 3_000;
 /** A relay answering another's `sessions` answers this much sooner, so that it is heard. */
 const PEER_GATHER_MARGIN_MS = 500;
 
+function shareRevoked(): WireError {
+  return {
+    code: "unauthenticated",
+    message: "this share link was revoked",
+    hint: "ask whoever shared it for a new link",
+  };
+}
+
+/**
+ * What a share link's page may open: its one session, as the link allows (read-only when
+ * it says so), and nothing else. The rest of the page's open (its window, size, offset,
+ * resume) is kept.
+ */
+function shareOpen(share: ShareRow, msg: Open): Open {
+  if (msg.kind !== "pty") throw new ProtocolError("a share link opens its session only");
+  return {
+    t: "open",
+    sid: msg.sid,
+    machine: share.machine_id,
+    kind: "pty",
+    argv: [],
+    stdin: !share.read_only && msg.stdin,
+    window: msg.window,
+    session: share.session,
+    read_only: share.read_only || !!msg.read_only,
+    ...(msg.term ? { term: msg.term } : {}),
+    ...(msg.cols ? { cols: msg.cols } : {}),
+    ...(msg.rows ? { rows: msg.rows } : {}),
+    ...(msg.offset !== undefined ? { offset: msg.offset } : {}),
+    ...(msg.resume ? { resume: msg.resume } : {}),
+    ...(msg.token ? { token: msg.token } : {}),
+  };
+}
+
 function isAgent(up: Upstream): up is AgentLink {
   return "machineId" in up;
 }
@@ -147,6 +194,7 @@ function sessionView(a: AgentLink, s: SessionInfo): SessionView {
     clients: s.clients,
     attached: s.clients > 0,
     idle_ms: s.idle_ms,
+    ...(s.participants ? { participants: s.participants } : {}),
     cols: s.cols,
     rows: s.rows,
     ...(s.state ? { state: s.state } : {}),
@@ -183,6 +231,13 @@ export class Hub {
   closing = false;
   readonly agents = new Map<string, AgentLink>();
   readonly clients = new Set<ClientLink>();
+  /**
+   * Share pages that joined here, by the resume secret each was given: a page whose
+   * connection dropped comes back with it (its link's use is spent). Kept in memory, so a
+   * page reconnects to the relay it joined on; dropped when the link is revoked, and a
+   * day after it expired.
+   */
+  private readonly shareResumes = new Map<string, ShareRow>();
 
   constructor(
     readonly store: Store,
@@ -302,6 +357,7 @@ export class Hub {
       case "challenge":
       case "auth_ok":
       case "notice":
+      case "participants":
       case "eof": {
         const r = up.routes.get(msg.sid);
         if (r) r.client.conn.send({ ...msg, sid: r.csid });
@@ -383,6 +439,15 @@ export class Hub {
       case "ping":
         return;
       case "req": {
+        if (link.principal.kind === "share") {
+          // A share link's page opens its one session; it asks nothing of the relay.
+          link.conn.send({
+            t: "res",
+            id: msg.id,
+            error: { code: "forbidden", message: "a share link's page cannot make requests" },
+          });
+          return;
+        }
         this.answer(link, msg).then(
           (answer) => answer && link.conn.send(answer),
           (e) => link.conn.send({ t: "res", id: msg.id, error: errorBody(e) }),
@@ -390,7 +455,10 @@ export class Hub {
         return;
       }
       case "open":
-        this.open(link, msg);
+        this.open(
+          link,
+          link.principal.kind === "share" ? shareOpen(link.principal.share, msg) : msg,
+        );
         return;
       case "eof":
       case "signal":
@@ -522,6 +590,8 @@ export class Hub {
           // A new command's argv; watching an exec (or joining a session) runs nothing new.
           argv: msg.argv.length ? msg.argv : msg.target ? [msg.target] : null,
           session: msg.session ?? null,
+          remote: link.remote ?? null,
+          read_only: msg.kind === "pty" && !!msg.read_only,
         });
       } catch (e) {
         // Nothing runs unrecorded: a relay that cannot write its audit log refuses, and
@@ -670,8 +740,87 @@ export class Hub {
         );
         return { t: "res", id: req.id, ...answer };
       }
-      default:
-        return fail({ code: "usage", message: `unknown request '${req.op}'` });
+      case "share_create":
+      case "share_list":
+      case "share_revoke":
+        if (link.peer) break;
+        return { t: "res", id: req.id, result: await this.shares(link, req) };
+    }
+    return fail({ code: "usage", message: `unknown request '${req.op}'` });
+  }
+
+  /** `tether share`: makes, lists and revokes the workspace's share links. */
+  private async shares(link: ClientLink, req: Req): Promise<unknown> {
+    const workspace = link.workspace;
+    const a = req.args;
+    if (req.op === "share_list") return await this.store.listShares(workspace);
+    if (req.op === "share_revoke") {
+      const id = String(a.id ?? "");
+      if (!(await this.store.revokeShare(workspace, id))) {
+        throw new TetherError("session_not_found", `no share link '${id}' in this workspace`, {
+          hint: "list them with `tether share --list`",
+        });
+      }
+      // Pages that joined with it, here, end now; other relays of a fleet hear it at once.
+      this.cutShare(id);
+      return { revoked: id };
+    }
+    const machine = typeof a.machine === "string" ? a.machine : "";
+    const row = await this.store.getMachine(machine);
+    if (!row || row.workspace !== workspace) {
+      throw new TetherError("machine_not_found", `no machine '${machine}' in this workspace`, {
+        hint: "list machines with `tether machines`",
+      });
+    }
+    const ttl = a.ttl_ms === undefined ? SHARE_DEFAULT_TTL_MS : Number(a.ttl_ms);
+    const uses = a.uses === undefined ? 1 : Number(a.uses);
+    const problem = shareLimitsProblem(ttl, uses);
+    if (problem) throw usage(problem);
+    if (typeof a.session !== "string" || !/^[A-Za-z0-9_-]{1,64}$/.test(a.session)) {
+      throw usage("a share link names one session");
+    }
+    const { row: share, token } = await this.store.createShare({
+      workspace,
+      machine_id: row.id,
+      session: a.session,
+      read_only: a.read_only === true,
+      created_by: link.principal.keyId,
+      expires_at: Date.now() + ttl,
+      uses_left: uses,
+    });
+    this.log(`share link ${share.id} for ${row.name} made by key ${link.principal.keyId}`);
+    return { ...share, token, machine_name: row.name };
+  }
+
+  /** A resume secret for a page that just joined with `row`'s token. */
+  newShareResume(row: ShareRow): string {
+    const secret = newSecret();
+    this.shareResumes.set(secret, row);
+    return secret;
+  }
+
+  /** The link a page's resume secret stands for, unless it was revoked here meanwhile. */
+  shareResume(secret: string): ShareRow | undefined {
+    const row = this.shareResumes.get(secret);
+    if (!row || Date.now() > row.expires_at + SHARE_RESUME_AFTER_EXPIRY_MS) return undefined;
+    return row;
+  }
+
+  /** Forgets the resume secrets of link `id` (revoked) and of links long expired. */
+  private forgetShareResumes(revoked: (id: string) => boolean): void {
+    const now = Date.now();
+    for (const [secret, row] of this.shareResumes) {
+      if (revoked(row.id) || now > row.expires_at + SHARE_RESUME_AFTER_EXPIRY_MS) {
+        this.shareResumes.delete(secret);
+      }
+    }
+  }
+
+  /** Ends the pages of share link `id` connected here. */
+  cutShare(id: string): void {
+    this.forgetShareResumes((x) => x === id);
+    for (const c of this.clients) {
+      if (c.principal.keyId === SHARE_KEY_PREFIX + id) c.conn.fail(CLOSE_AUTH, shareRevoked());
     }
   }
 
@@ -819,22 +968,28 @@ export class Hub {
       ...this.agents.values(),
       ...[...this.clients].filter((c) => !c.peer),
     ];
+    const resumable = [...this.shareResumes.values()].map((r) => SHARE_KEY_PREFIX + r.id);
     let revoked: Set<string>;
     try {
       revoked = new Set(
-        await this.store.revokedAmong([...new Set(links.map((l) => l.principal.keyId))]),
+        await this.store.revokedAmong([
+          ...new Set([...links.map((l) => l.principal.keyId), ...resumable]),
+        ]),
       );
     } catch (e) {
       return this.log(`cannot check revoked keys: ${(e as Error).message}`);
     }
+    this.forgetShareResumes((id) => revoked.has(SHARE_KEY_PREFIX + id));
     for (const l of links) {
-      if (revoked.has(l.principal.keyId)) {
-        l.conn.fail(CLOSE_AUTH, {
+      if (!revoked.has(l.principal.keyId)) continue;
+      l.conn.fail(
+        CLOSE_AUTH,
+        l.principal.kind === "share" ? shareRevoked() : {
           code: "unauthenticated",
           message: "the relay revoked this key",
           hint: "ask the relay's operator for a new key, then run `tether login`",
-        });
-      }
+        },
+      );
     }
   }
 

@@ -4,19 +4,34 @@
  * be a hello with our protocol version.
  */
 import {
+  CLOSE_AUTH,
   CLOSE_PROTOCOL,
   CLOSE_UNAVAILABLE,
   CLOSE_VERSION,
   Conn,
   HEARTBEAT_MS,
 } from "../protocol/conn.ts";
-import { type Control, ProtocolError, type Role } from "../protocol/messages.ts";
+import {
+  type Control,
+  ProtocolError,
+  type Role,
+  type ShareGrant,
+  type WireError,
+} from "../protocol/messages.ts";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
 import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
 import { Fleet, FleetTokens, newRelayId } from "./fleet.ts";
-import type { Principal, Store } from "./store.ts";
+import {
+  type Principal,
+  SHARE_KEY_PREFIX,
+  type ShareRefusal,
+  type ShareRow,
+  type Store,
+} from "./store.ts";
+import { pageAnswer } from "./share_page.ts";
+import { SHARE_PATH } from "../protocol/share.ts";
 import { SqliteStore } from "./store_sqlite.ts";
 import { FailurePacer } from "../common/throttle.ts";
 import { visible } from "../common/text.ts";
@@ -55,6 +70,11 @@ export interface RelayOptions {
    */
   /** caFile: a private CA the other relays' wss:// certificates are signed by. */
   fleet?: { secret: string; advertise?: string; caFile?: string };
+  /**
+   * The URL browsers reach this relay at (`--public-url`): share pages whose origin is
+   * another are refused. Without it, a page must come from the host it connects to.
+   */
+  publicUrl?: string;
 }
 
 export interface Relay {
@@ -107,7 +127,11 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
       // The largest message anyone may send; Conn holds each role to its own limit.
       maxMessage: Math.max(MAX_BINARY_MESSAGE, MAX_CONTROL_MESSAGE, MAX_AGENT_MESSAGE),
       log,
-    }, (req) => handle(req, hub, pacer, log, fleetTokens, metrics));
+    }, (req) =>
+      handle(req, hub, pacer, log, fleetTokens, metrics, {
+        tls,
+        publicOrigin: opts.publicUrl ? publicOrigin(opts.publicUrl) : undefined,
+      }));
   } catch (e) {
     store.close().catch(() => {});
     if (e instanceof Deno.errors.AddrInUse) {
@@ -177,7 +201,11 @@ function handle(
   log: (l: string) => void,
   fleetTokens: FleetTokens | undefined,
   metrics: RelayMetrics,
+  web: { tls: boolean; publicOrigin?: string },
 ): HttpAnswer | Promise<HttpAnswer> {
+  const page = pageAnswer(req.path);
+  if (page) return page;
+  if (req.path === SHARE_PATH) return sharePage(req, hub, pacer, log, web);
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
   if (req.path === "/metrics") {
@@ -286,7 +314,145 @@ function admit(
   };
 }
 
-function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l: string) => void) {
+/**
+ * `/v1/share`: a share link's page. A browser cannot send a header of its own, so the
+ * token comes as the hello's first message (never in a URL the relay logs), and the key
+ * check happens there; the `Origin` the browser sent is checked first. A refusal is sent
+ * as an error message on the socket, so the page can show it (an HTTP refusal reaches a
+ * page's script only as "the connection failed").
+ */
+function sharePage(
+  req: HttpRequest,
+  hub: Hub,
+  pacer: FailurePacer,
+  log: (l: string) => void,
+  web: { tls: boolean; publicOrigin?: string },
+): HttpAnswer {
+  if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+    return { status: 426, body: "upgrade required\n", headers: { upgrade: "websocket" } };
+  }
+  const origin = req.headers.get("origin") ?? "";
+  const own = web.publicOrigin ?? `${web.tls ? "https" : "http"}://${req.headers.get("host")}`;
+  const refusal: WireError | undefined = origin === own ? undefined : {
+    code: "forbidden",
+    message: origin
+      ? `this page's origin (${origin}) is not the relay's own (${own})`
+      : "a share page must be opened in a browser (no Origin header)",
+    hint: "open the link exactly as `tether share` printed it",
+  };
+  const addr = req.remote;
+  return {
+    upgrade: (ws) => {
+      const conn = new Conn(ws, { label: `share page ${addr.hostname}:${addr.port}` });
+      if (refusal) {
+        log(`share page refused: ${refusal.message}`);
+        conn.start({ onControl() {}, onFrame() {}, onClose() {} });
+        conn.fail(CLOSE_AUTH, refusal);
+        return;
+      }
+      accept(conn, "client", undefined, hub, log, { pacer, remote: addr });
+    },
+  };
+}
+
+/**
+ * Admits a share page's hello: a link's token (one use spent), or the resume secret an
+ * earlier join of the same page was given. Returns the principal, or the refusal.
+ */
+async function admitShare(
+  hub: Hub,
+  pacer: FailurePacer,
+  remote: Deno.NetAddr,
+  share: { token?: string; resume?: string },
+): Promise<{ principal: Principal; grant: ShareGrant } | WireError> {
+  const refused = async (e: WireError): Promise<WireError> => {
+    const wait = pacer.fail(remote.hostname);
+    if (wait < 0) {
+      return {
+        code: "rate_limited",
+        message: "too many refused links from this address; wait a few seconds",
+      };
+    }
+    if (wait > 0) await delay(wait);
+    return e;
+  };
+  let row: ShareRow;
+  let resume: string;
+  if (share.resume) {
+    const known = hub.shareResume(share.resume);
+    if (!known) {
+      return refused({
+        code: "unauthenticated",
+        message: "this page can no longer reconnect (the relay restarted, or the link ended)",
+        hint: "ask whoever shared it for a new link",
+      });
+    }
+    row = known;
+    resume = share.resume;
+  } else {
+    const used = await hub.store.useShare(share.token ?? "");
+    if (typeof used === "string") return refused(SHARE_REFUSALS[used]);
+    row = used;
+    resume = hub.newShareResume(row);
+  }
+  const machine = await hub.store.getMachine(row.machine_id);
+  return {
+    principal: {
+      kind: "share",
+      keyId: SHARE_KEY_PREFIX + row.id,
+      workspace: row.workspace,
+      share: row,
+    },
+    grant: {
+      id: row.id,
+      machine: row.machine_id,
+      machine_name: machine?.name ?? row.machine_id,
+      session: row.session,
+      read_only: row.read_only,
+      expires_at: row.expires_at,
+      resume,
+    },
+  };
+}
+
+const SHARE_REFUSALS: Record<ShareRefusal, WireError> = {
+  unknown: {
+    code: "unauthenticated",
+    message: "this share link is not valid here (mistyped, or made for another relay)",
+    hint: "copy the whole link `tether share` printed, or ask for a new one",
+  },
+  expired: {
+    code: "unauthenticated",
+    message: "this share link has expired",
+    hint: "ask whoever shared it for a new link",
+  },
+  used: {
+    code: "unauthenticated",
+    message: "this share link was already used",
+    hint: "a link opens as many pages as its --uses allows; ask for a new link",
+  },
+  revoked: {
+    code: "unauthenticated",
+    message: "this share link was revoked",
+    hint: "ask whoever shared it for a new link",
+  },
+};
+
+/** The origin of `--public-url` (ws:// and wss:// are taken as http:// and https://). */
+function publicOrigin(url: string): string {
+  const u = new URL(url);
+  u.protocol = u.protocol === "wss:" ? "https:" : u.protocol === "ws:" ? "http:" : u.protocol;
+  return u.origin;
+}
+
+function accept(
+  conn: Conn,
+  role: Role,
+  principal: Principal | undefined,
+  hub: Hub,
+  log: (l: string) => void,
+  share?: { pacer: FailurePacer; remote: Deno.NetAddr },
+) {
   if (hub.closing) {
     conn.close(1001, "relay shutting down");
     return;
@@ -309,7 +475,7 @@ function accept(conn: Conn, role: Role, principal: Principal, hub: Hub, log: (l:
       if (!link) {
         clearTimeout(helloTimer);
         waiting = [];
-        hello(conn, role, principal, msg, hub, log).then((met) => {
+        hello(conn, role, principal, msg, hub, log, share).then((met) => {
           const queued = waiting!;
           waiting = undefined;
           // A peer that left while the store answered is not added (nor keeps a lease).
@@ -362,12 +528,36 @@ const MAX_WAITING_MESSAGES = 64;
 async function hello(
   conn: Conn,
   role: Role,
-  principal: Principal,
+  who: Principal | undefined,
   msg: Control,
   hub: Hub,
   log: (l: string) => void,
+  share?: { pacer: FailurePacer; remote: Deno.NetAddr },
 ): Promise<{ link: AgentLink | ClientLink; welcome: Control } | undefined> {
   if (msg.t !== "hello") throw new ProtocolError(`expected hello, got '${msg.t}'`);
+  let principal = who;
+  let grant: ShareGrant | undefined;
+  if (share) {
+    if (!msg.share || msg.v !== PROTOCOL_VERSION || msg.role !== "client") {
+      conn.fail(CLOSE_PROTOCOL, {
+        code: "internal",
+        message: "a share page must say hello with its link (this page is out of date?)",
+        hint: "reload the page",
+      });
+      return undefined;
+    }
+    const admitted = await admitShare(hub, share.pacer, share.remote, msg.share);
+    if (!("principal" in admitted)) {
+      conn.fail(CLOSE_AUTH, admitted);
+      return undefined;
+    }
+    ({ principal, grant } = admitted);
+    log(
+      `share link ${grant.id} joined from ${share.remote.hostname}` +
+        (grant.read_only ? " (read-only)" : ""),
+    );
+  }
+  if (!principal) throw new ProtocolError("no principal");
   if (msg.v !== PROTOCOL_VERSION) {
     conn.fail(CLOSE_VERSION, {
       code: "internal",
@@ -393,9 +583,10 @@ async function hello(
       workspace: principal.workspace,
       routes: new Map(),
       opening: new Map(),
+      remote: conn.label.replace(/^\S+ (page )?/, ""),
       ...(role === "relay" ? { peer: true } : {}),
     };
-    return { link, welcome };
+    return { link, welcome: grant ? { ...welcome, share: grant } : welcome };
   }
   if (!msg.agent) throw new ProtocolError("agent hello without agent info");
   const info = {

@@ -57,7 +57,9 @@ export type Principal =
   | { kind: "agent"; keyId: string; workspace: string }
   | { kind: "machine"; keyId: string; workspace: string; machineId: string }
   /** Another relay of the fleet (it proved the fleet secret); it speaks for its clients. */
-  | { kind: "relay"; keyId: string; workspace: ""; relayId: string };
+  | { kind: "relay"; keyId: string; workspace: ""; relayId: string }
+  /** A browser page of a share link: one session of one machine (keyId `share:ID`). */
+  | { kind: "share"; keyId: string; workspace: string; share: ShareRow };
 
 /**
  * Keys used since the last flush: a key check writes nothing, last use is written in
@@ -102,13 +104,19 @@ export interface AuditRow {
   exit_code: number | null;
   signal: string | null;
   error: string | null;
+  /** The address the client connected from (host:port as the relay saw it). */
+  remote: string | null;
+  /** A pty join that may only watch (connect --read-only, a read-only share link). */
+  read_only: boolean;
 }
 
 /** What auditStart records. */
-export type AuditStart = Pick<
-  AuditRow,
-  "workspace" | "key_id" | "machine_id" | "machine_name" | "kind" | "argv" | "session"
->;
+export type AuditStart =
+  & Pick<
+    AuditRow,
+    "workspace" | "key_id" | "machine_id" | "machine_name" | "kind" | "argv" | "session"
+  >
+  & Partial<Pick<AuditRow, "remote" | "read_only">>;
 /** What auditEnd adds. */
 export type AuditEnd = Pick<
   AuditRow,
@@ -132,7 +140,10 @@ export interface Store {
   listKeys(): Promise<KeyRow[]>;
   /** Marks a key revoked; false when there is no such key. */
   revokeKey(id: string): Promise<boolean>;
-  /** Ids among `ids` that are revoked or gone (for closing live connections). */
+  /**
+   * Ids among `ids` that are revoked or gone (for closing live connections). A share
+   * link's page is `share:ID`: revoked when its link is.
+   */
   revokedAmong(ids: string[]): Promise<string[]>;
   /** Checks a presented key; null when unknown, revoked or wrong. Writes nothing. */
   authenticate(k: ParsedKey): Promise<Principal | null>;
@@ -167,7 +178,6 @@ export interface Store {
     online: Set<string>,
   ): Promise<{ id: string; name: string }[]>;
 
-  /** Records the start of an exec or attach; returns its row id. */
   /** Makes a share link; the token (`ID.SECRET`) is returned once and kept only hashed. */
   createShare(share: NewShare): Promise<{ row: ShareRow; token: string }>;
   /** A workspace's share links, newest first (expired and revoked ones too). */
@@ -179,6 +189,7 @@ export interface Store {
    * link is neither revoked, expired nor used up; else says why not.
    */
   useShare(token: string, now?: number): Promise<ShareRow | ShareRefusal>;
+  /** Records the start of an exec or attach; returns its row id. */
   auditStart(row: AuditStart): Promise<number>;
   /** Records its end (once; a second end is ignored). */
   auditEnd(id: number, end: AuditEnd): Promise<void>;
@@ -298,6 +309,30 @@ export function newShareRow(s: NewShare): { id: string; secret: string; row: Sha
 export function parseShareToken(token: string): { id: string; secret: string } | undefined {
   const m = /^([0-9a-f]{12})\.([0-9a-f]{40})$/.exec(token);
   return m ? { id: m[1], secret: m[2] } : undefined;
+}
+
+/** The key id a share link's pages act as (audit rows, the agent's `client_key`). */
+export const SHARE_KEY_PREFIX = "share:";
+
+/** Splits `ids` into keys and share links (`share:ID`, by link id). */
+export function splitKeyIds(ids: string[]): { keys: string[]; shares: string[] } {
+  const keys: string[] = [];
+  const shares: string[] = [];
+  for (const id of ids) {
+    if (id.startsWith(SHARE_KEY_PREFIX)) shares.push(id.slice(SHARE_KEY_PREFIX.length));
+    else keys.push(id);
+  }
+  return { keys, shares };
+}
+
+/** An audit row from either store's row (argv as JSON text in SQLite, booleans as 0/1). */
+export function auditFromRow(r: Record<string, unknown>): AuditRow {
+  return {
+    ...(r as unknown as AuditRow),
+    argv: typeof r.argv === "string" ? JSON.parse(r.argv) : (r.argv as string[] | null) ?? null,
+    remote: (r.remote as string | null) ?? null,
+    read_only: r.read_only === true || r.read_only === 1,
+  };
 }
 
 /** Why a link whose secret matched opens nothing, judged before its use is spent. */

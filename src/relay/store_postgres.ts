@@ -17,6 +17,7 @@ import { TetherError } from "../common/errors.ts";
 import {
   type AgentFacts,
   type AuditEnd,
+  auditFromRow,
   type AuditRow,
   type AuditStart,
   type FleetEvent,
@@ -33,10 +34,12 @@ import {
   reason,
   type RelayRow,
   SHARE_COLUMNS,
+  SHARE_KEY_PREFIX,
   shareFromRow,
   type ShareRefusal,
   shareRefusal,
   type ShareRow,
+  splitKeyIds,
   type Store,
 } from "./store.ts";
 
@@ -117,6 +120,9 @@ const MIGRATIONS: string[] = [
      revoked_at BIGINT
    );
    CREATE INDEX shares_workspace ON shares(workspace);`,
+  // Who joined from where, and whether only to watch (a share link's page, issue 17).
+  `ALTER TABLE audit ADD COLUMN remote TEXT,
+     ADD COLUMN read_only BOOLEAN NOT NULL DEFAULT false;`,
 ];
 
 /** The channel of LISTEN/NOTIFY the relays of a fleet tell each other on. */
@@ -376,6 +382,8 @@ export class PostgresStore implements Store, FleetStore {
         sql`UPDATE shares SET revoked_at = coalesce(revoked_at, ${Date.now()})
            WHERE id = ${id} AND workspace = ${workspace}`,
     );
+    // The relays holding its pages cut them now rather than at their next sweep.
+    if (r.count > 0) await this.notify({ kind: "revoke", id }).catch(() => {});
     return r.count > 0;
   }
 
@@ -435,14 +443,19 @@ export class PostgresStore implements Store, FleetStore {
   }
 
   async revokedAmong(ids: string[]): Promise<string[]> {
-    if (ids.length === 0) return [];
-    const rows = await this.run(
-      "revocations",
-      (sql) =>
-        sql<{ id: string }[]>`SELECT id FROM keys WHERE revoked_at IS NULL AND id IN ${sql(ids)}`,
-    );
-    const live = new Set(rows.map((r) => r.id));
-    return ids.filter((id) => !live.has(id));
+    const { keys, shares } = splitKeyIds(ids);
+    const live = async (table: "keys" | "shares", among: string[]) =>
+      among.length === 0 ? [] : (await this.run(
+        "revocations",
+        (sql) =>
+          sql<{ id: string }[]>`SELECT id FROM ${sql(table)}
+            WHERE revoked_at IS NULL AND id IN ${sql(among)}`,
+      )).map((r) => r.id);
+    const alive = new Set([
+      ...await live("keys", keys),
+      ...(await live("shares", shares)).map((id) => SHARE_KEY_PREFIX + id),
+    ]);
+    return ids.filter((id) => !alive.has(id));
   }
 
   async authenticate(k: ParsedKey): Promise<Principal | null> {
@@ -678,10 +691,10 @@ export class PostgresStore implements Store, FleetStore {
     const [r] = await this.run("audit", (sql) =>
       sql<{ id: number }[]>`
         INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session,
-                           started_at)
+                           started_at, remote, read_only)
         VALUES (${row.workspace}, ${row.key_id}, ${row.machine_id}, ${row.machine_name},
                 ${row.kind}, ${row.argv ? sql.json(row.argv) : null}, ${row.session},
-                ${Date.now()})
+                ${Date.now()}, ${row.remote ?? null}, ${!!row.read_only})
         RETURNING id`);
     return r.id;
   }
@@ -700,8 +713,8 @@ export class PostgresStore implements Store, FleetStore {
   async listAudit(limit = 1000): Promise<AuditRow[]> {
     const rows = await this.rows(
       "audit",
-      (sql) => sql<AuditRow[]>`SELECT * FROM audit ORDER BY id DESC LIMIT ${limit}`,
+      (sql) => sql<Record<string, unknown>[]>`SELECT * FROM audit ORDER BY id DESC LIMIT ${limit}`,
     );
-    return rows.reverse();
+    return rows.reverse().map(auditFromRow);
   }
 }

@@ -11,6 +11,7 @@ import { TetherError } from "../common/errors.ts";
 import {
   type AgentFacts,
   type AuditEnd,
+  auditFromRow,
   type AuditRow,
   type AuditStart,
   type KeyRow,
@@ -23,10 +24,12 @@ import {
   type Principal,
   reason,
   SHARE_COLUMNS,
+  SHARE_KEY_PREFIX,
   shareFromRow,
   type ShareRefusal,
   shareRefusal,
   type ShareRow,
+  splitKeyIds,
   type Store,
 } from "./store.ts";
 
@@ -97,6 +100,9 @@ const MIGRATIONS: string[] = [
      revoked_at INTEGER
    );
    CREATE INDEX shares_workspace ON shares(workspace);`,
+  // Who joined from where, and whether only to watch (a share link's page, issue 17).
+  `ALTER TABLE audit ADD COLUMN remote TEXT;
+   ALTER TABLE audit ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -408,15 +414,18 @@ export class SqliteStore implements Store {
   /** Ids among `ids` that are revoked or gone (for closing live connections). */
   revokedAmong(ids: string[]): Promise<string[]> {
     return this.io(() => {
-      if (ids.length === 0) return [];
-      const live = new Set(
-        (this.db.prepare(
-          `SELECT id FROM keys WHERE revoked_at IS NULL AND id IN (${
-            ids.map(() => "?").join(",")
+      const { keys, shares } = splitKeyIds(ids);
+      const live = (table: string, among: string[]) =>
+        among.length === 0 ? [] : (this.db.prepare(
+          `SELECT id FROM ${table} WHERE revoked_at IS NULL AND id IN (${
+            among.map(() => "?").join(",")
           })`,
-        ).all(...ids) as { id: string }[]).map((r) => r.id),
-      );
-      return ids.filter((id) => !live.has(id));
+        ).all(...among) as { id: string }[]).map((r) => r.id);
+      const alive = new Set([
+        ...live("keys", keys),
+        ...live("shares", shares).map((id) => SHARE_KEY_PREFIX + id),
+      ]);
+      return ids.filter((id) => !alive.has(id));
     });
   }
 
@@ -505,8 +514,9 @@ export class SqliteStore implements Store {
     return this.io(() => {
       const r = this.write("audit", () =>
         this.db.prepare(
-          `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session, started_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+          `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session,
+                              started_at, remote, read_only)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           row.workspace,
           row.key_id,
@@ -516,6 +526,8 @@ export class SqliteStore implements Store {
           row.argv ? JSON.stringify(row.argv) : null,
           row.session,
           Date.now(),
+          row.remote ?? null,
+          row.read_only ? 1 : 0,
         ));
       return Number(r.lastInsertRowid);
     });
@@ -544,8 +556,8 @@ export class SqliteStore implements Store {
     return this.io(() => {
       const rows = this.db.prepare(
         `SELECT * FROM audit ORDER BY id DESC LIMIT ?`,
-      ).all(limit) as unknown as (Omit<AuditRow, "argv"> & { argv: string | null })[];
-      return rows.reverse().map((r) => ({ ...r, argv: r.argv ? JSON.parse(r.argv) : null }));
+      ).all(limit) as Record<string, unknown>[];
+      return rows.reverse().map(auditFromRow);
     });
   }
 

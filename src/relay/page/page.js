@@ -1,0 +1,402 @@
+// tether's share page: a browser client of the relay's protocol (docs/PROTOCOL.md), over
+// /v1/share. The relay serves this file as is, after one line that sets TETHER (the
+// protocol version). Control messages are JSON text; DATA and CREDIT are binary frames
+// laid out as src/protocol/frames.ts defines them (its header comment is the reference).
+//
+// The link's token is in the URL's fragment, which the browser never sends to the relay;
+// it goes as the hello's first message and is spent. The relay answers with a resume
+// secret, kept in this tab's sessionStorage, so a reconnect (or a reload) comes back
+// without the token.
+/* global TETHER, Terminal, FitAddon, scrypt */
+"use strict";
+
+(() => {
+  const FRAME_DATA = 1;
+  const FRAME_CREDIT = 2;
+  const CH_STDIN = 0;
+  const CH_STDOUT = 1;
+  const DATA_HEADER = 16;
+  const CREDIT_SIZE = 12;
+  const TWO32 = 0x1_0000_0000;
+  /** Output credit granted to the agent; handed back as xterm.js has drawn the bytes. */
+  const WINDOW = 1024 * 1024;
+  const MAX_DATA_PAYLOAD = 256 * 1024;
+  const HEARTBEAT_MS = 2000;
+  const DEAD_AFTER_MS = 6000;
+  const RECONNECT_MIN_MS = 250;
+  const RECONNECT_MAX_MS = 10_000;
+
+  const $ = (id) => document.getElementById(id);
+  const enc = new TextEncoder();
+  const token = decodeURIComponent(location.hash.slice(1));
+  const linkId = token.split(".")[0] || "link";
+  const store = {
+    get: (k) => sessionStorage.getItem(`tether:${linkId}:${k}`),
+    set: (k, v) => sessionStorage.setItem(`tether:${linkId}:${k}`, v),
+    drop: (k) => sessionStorage.removeItem(`tether:${linkId}:${k}`),
+  };
+
+  const term = new Terminal({
+    cursorBlink: true,
+    scrollback: 100_000,
+    fontFamily: "ui-monospace, Menlo, Consolas, 'DejaVu Sans Mono', monospace",
+    fontSize: 14,
+    lineHeight: 1.1,
+    theme: { background: "#101216" },
+  });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open($("term"));
+  fit.fit();
+  term.focus();
+
+  // What the page knows across connections.
+  let grant; // the welcome's share grant
+  let ws;
+  let sid = 0; // the open stream's id on the current connection, 0 when none
+  let nextSid = 1;
+  let attachId; // this page's attach id, to take its own place back after a drop
+  let nextOffset; // the next output byte this page expects
+  let inCredit = 0; // bytes the agent lets us send
+  let stdinOffset = 0;
+  const pending = []; // input waiting for credit
+  let unacked = 0; // output drawn but not yet credited back
+  let finished = false; // ended or refused: no more reconnects
+  let attempts = 0;
+  let lastRecv = 0;
+  let timer;
+  let participants = [];
+  let clients = 0;
+
+  // For whoever drives the page (tests, benchmarks): what it has received, and its state.
+  const view = {
+    state: "connecting",
+    offset: () => nextOffset,
+    participants: () => participants,
+    grant: () => grant,
+    error: undefined,
+    size: () => ({ cols: term.cols, rows: term.rows }),
+    /** The xterm.js terminal (a driver types with `term.input(text, true)`). */
+    term,
+    /** The terminal's text, scrollback included, wrapped lines joined. */
+    text: () => {
+      const b = term.buffer.active;
+      const lines = [];
+      for (let i = 0; i < b.length; i++) {
+        const line = b.getLine(i);
+        const s = line.translateToString(true);
+        if (line.isWrapped && lines.length) lines[lines.length - 1] += s;
+        else lines.push(s);
+      }
+      return lines.join("\n").replace(/\n+$/, "");
+    },
+  };
+  globalThis.tetherShare = view;
+
+  function setState(state, text) {
+    view.state = state;
+    const el = $("state");
+    el.className = state;
+    el.textContent = text ?? state;
+  }
+
+  function show(message, hint) {
+    $("message").textContent = message;
+    $("hint").textContent = hint ?? "";
+    $("password-form").hidden = true;
+    $("overlay").hidden = false;
+  }
+
+  function finish(state, message, hint, code) {
+    finished = true;
+    view.error = code ? { code, message } : undefined;
+    setState(state);
+    show(message, hint);
+    if (ws) ws.close(1000, "done");
+  }
+
+  function send(msg) {
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
+  }
+
+  function sendCredit(bytes) {
+    const f = new DataView(new ArrayBuffer(CREDIT_SIZE));
+    f.setUint8(0, FRAME_CREDIT);
+    f.setUint8(1, CH_STDOUT);
+    f.setUint32(4, sid, true);
+    f.setUint32(8, bytes, true);
+    ws.send(f.buffer);
+  }
+
+  function sendInput() {
+    while (pending.length && inCredit > 0 && sid && ws.readyState === WebSocket.OPEN) {
+      let chunk = pending[0];
+      const n = Math.min(chunk.length, inCredit, MAX_DATA_PAYLOAD);
+      if (n < chunk.length) {
+        pending[0] = chunk.subarray(n);
+        chunk = chunk.subarray(0, n);
+      } else pending.shift();
+      const frame = new Uint8Array(DATA_HEADER + n);
+      const dv = new DataView(frame.buffer);
+      dv.setUint8(0, FRAME_DATA);
+      dv.setUint8(1, CH_STDIN);
+      dv.setUint32(4, sid, true);
+      dv.setUint32(8, Math.floor(stdinOffset / TWO32), true);
+      dv.setUint32(12, stdinOffset % TWO32, true);
+      frame.set(chunk, DATA_HEADER);
+      ws.send(frame);
+      stdinOffset += n;
+      inCredit -= n;
+    }
+  }
+
+  function type(bytes) {
+    if (!grant || grant.read_only || finished) return;
+    pending.push(bytes);
+    sendInput();
+  }
+  term.onData((s) => type(enc.encode(s)));
+  term.onBinary((s) => type(Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff)));
+  term.onResize(({ cols, rows }) => {
+    if (sid && grant && !grant.read_only) send({ t: "resize", sid, cols, rows });
+  });
+  addEventListener("resize", () => fit.fit());
+  // Closing the tab leaves the session as `connect`'s Ctrl-D does: it runs on.
+  addEventListener("pagehide", () => {
+    if (sid) send({ t: "close", sid, reason: "detach" });
+  });
+
+  function onData(dv, bytes) {
+    const offset = dv.getUint32(8, true) * TWO32 + dv.getUint32(12, true);
+    let payload = bytes.subarray(DATA_HEADER);
+    // Resent bytes after a reconnect are dropped; what is new is drawn once.
+    if (nextOffset !== undefined && offset < nextOffset) {
+      payload = payload.subarray(Math.min(payload.length, nextOffset - offset));
+    } else if (nextOffset !== undefined && offset > nextOffset) {
+      term.write(`\r\n[tether: ${offset - nextOffset} bytes of output were lost]\r\n`);
+    }
+    const credited = bytes.length - DATA_HEADER;
+    nextOffset = Math.max(nextOffset ?? 0, offset + bytes.length - DATA_HEADER);
+    const streamSid = sid;
+    term.write(payload, () => {
+      // Credit goes back on the stream that carried the bytes, once drawn.
+      if (streamSid !== sid) return;
+      unacked += credited;
+      if (unacked >= WINDOW / 4) {
+        sendCredit(unacked);
+        unacked = 0;
+      }
+    });
+  }
+
+  function onBinary(buf) {
+    const bytes = new Uint8Array(buf);
+    if (bytes.length < CREDIT_SIZE) return;
+    const dv = new DataView(buf);
+    if (dv.getUint32(4, true) !== sid) return;
+    if (dv.getUint8(0) === FRAME_DATA && dv.getUint8(1) === CH_STDOUT) onData(dv, bytes);
+    else if (dv.getUint8(0) === FRAME_CREDIT && dv.getUint8(1) === CH_STDIN) {
+      inCredit += dv.getUint32(8, true);
+      sendInput();
+    }
+  }
+
+  function open() {
+    sid = nextSid++;
+    unacked = 0;
+    inCredit = 0;
+    const machineToken = store.get("machine-token");
+    send({
+      t: "open",
+      sid,
+      kind: "pty",
+      argv: [],
+      stdin: !grant.read_only,
+      window: WINDOW,
+      term: "xterm-256color",
+      cols: term.cols,
+      rows: term.rows,
+      session: grant.session,
+      read_only: grant.read_only,
+      ...(nextOffset !== undefined ? { offset: nextOffset } : {}),
+      ...(attachId ? { resume: attachId } : {}),
+      ...(machineToken ? { token: machineToken } : {}),
+    });
+  }
+
+  function renderPeople() {
+    const names = participants.map((p) => {
+      if (p.id === attachId) return "you";
+      const who = p.key.startsWith("share:") ? `browser (${p.key.slice(6)})` : `key ${p.key}`;
+      return p.read_only ? `${who}, watching` : who;
+    });
+    const more = clients > participants.length ? ` and ${clients - participants.length} more` : "";
+    $("people").textContent = `${clients} here: ${names.join(" · ")}${more}`;
+    $("people").title = $("people").textContent;
+  }
+
+  let wrongPassword = false;
+
+  async function answerChallenge(ch) {
+    $("pw-machine").textContent = grant.machine_name;
+    $("message").textContent = wrongPassword
+      ? "Wrong password; try again."
+      : ch.token_rejected
+      ? "The password was changed; enter it again."
+      : `${grant.machine_name} has a password.`;
+    wrongPassword = false;
+    $("hint").textContent = "It is checked by the machine; the relay never sees it.";
+    $("password-form").hidden = false;
+    $("overlay").hidden = false;
+    $("password").value = "";
+    $("password").focus();
+    const password = await new Promise((resolve) => {
+      $("password-form").onsubmit = (ev) => {
+        ev.preventDefault();
+        resolve($("password").value);
+      };
+    });
+    $("message").textContent = "checking…";
+    const salt = Uint8Array.from(ch.salt.match(/../g) ?? [], (h) => parseInt(h, 16));
+    const key = await scrypt.scrypt(
+      enc.encode(password.normalize("NFC")),
+      salt,
+      ch.n,
+      ch.r,
+      ch.p,
+      32,
+    );
+    const hmac = await crypto.subtle.importKey(
+      "raw",
+      key,
+      { name: "HMAC", hash: "SHA-256" },
+      false,
+      ["sign"],
+    );
+    const mac = await crypto.subtle.sign(
+      "HMAC",
+      hmac,
+      enc.encode(`tether-auth-v1|${grant.machine}|${ch.nonce}`),
+    );
+    const proof = [...new Uint8Array(mac)].map((b) => b.toString(16).padStart(2, "0")).join("");
+    $("overlay").hidden = true;
+    send({ t: "auth", sid: ch.sid, proof });
+    term.focus();
+  }
+
+  function onControl(msg) {
+    switch (msg.t) {
+      case "welcome":
+        grant = msg.share;
+        store.set("resume", grant.resume);
+        $("title").textContent = `${grant.machine_name} · session ${grant.session}`;
+        document.title = `${grant.machine_name} — tether`;
+        $("mode").hidden = !grant.read_only;
+        term.options.disableStdin = grant.read_only;
+        open();
+        return;
+      case "started":
+        attempts = 0;
+        attachId = msg.attach_id;
+        inCredit = msg.window;
+        if (nextOffset === undefined) nextOffset = msg.offset ?? 0;
+        $("overlay").hidden = true;
+        setState("connected");
+        // Take the window's size (a read-only page does not size the session).
+        if (!grant.read_only) send({ t: "resize", sid, cols: term.cols, rows: term.rows });
+        sendInput();
+        return;
+      case "challenge":
+        if (msg.token_rejected) store.drop("machine-token");
+        answerChallenge(msg).catch((e) => finish("refused", `password check failed: ${e}`));
+        return;
+      case "auth_ok":
+        store.set("machine-token", msg.token);
+        return;
+      case "participants":
+        participants = msg.participants;
+        clients = msg.clients;
+        renderPeople();
+        return;
+      case "notice":
+        term.write(`\r\n[tether: ${msg.message}]\r\n`);
+        return;
+      case "exit":
+        sid = 0;
+        finish(
+          "ended",
+          `The session ended (exit ${msg.signal ? msg.signal : msg.code}).`,
+          "Close this tab.",
+        );
+        return;
+      case "error":
+        if (msg.sid !== undefined && msg.sid !== sid) return;
+        if (msg.resumable) return ws.close(4000, "stream lost");
+        if (msg.code === "password_invalid" && !finished) {
+          // Asked again, on a new stream of the same connection.
+          store.drop("machine-token");
+          wrongPassword = true;
+          return open();
+        }
+        finish(
+          msg.code === "session_not_found" ? "ended" : "refused",
+          msg.message,
+          msg.hint,
+          msg.code,
+        );
+        return;
+    }
+  }
+
+  function connect() {
+    clearInterval(timer);
+    setState(attempts ? "reconnecting" : "connecting");
+    sid = 0;
+    const resume = store.get("resume");
+    if (!resume && !/^[0-9a-f]{12}\.[0-9a-f]{40}$/.test(token)) {
+      return finish(
+        "refused",
+        "This link is incomplete.",
+        "Copy the whole link `tether share` printed, including what follows #.",
+        "unauthenticated",
+      );
+    }
+    const scheme = location.protocol === "https:" ? "wss" : "ws";
+    const socket = new WebSocket(`${scheme}://${location.host}/v1/share`);
+    ws = socket;
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => {
+      lastRecv = Date.now();
+      send({
+        t: "hello",
+        v: TETHER.v,
+        role: "client",
+        version: TETHER.version,
+        share: resume ? { resume } : { token },
+      });
+      timer = setInterval(() => {
+        if (Date.now() - lastRecv > DEAD_AFTER_MS) socket.close(4408, "no heartbeat");
+        else send({ t: "ping" });
+      }, HEARTBEAT_MS);
+    };
+    socket.onmessage = (ev) => {
+      if (socket !== ws) return;
+      lastRecv = Date.now();
+      if (typeof ev.data === "string") onControl(JSON.parse(ev.data));
+      else onBinary(ev.data);
+    };
+    socket.onclose = () => {
+      if (socket !== ws) return;
+      clearInterval(timer);
+      sid = 0;
+      if (finished) return;
+      // A resume the relay no longer knows (it restarted) cannot come back.
+      attempts++;
+      const wait = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempts, 6));
+      setState("reconnecting", `reconnecting (${attempts})`);
+      setTimeout(connect, wait / 2 + Math.random() * wait / 2);
+    };
+  }
+
+  connect();
+})();

@@ -1,0 +1,142 @@
+/**
+ * Issue 17 without a browser: what `/v1/share` refuses at the protocol level (a foreign
+ * Origin, a page asking for more than its link, a resume the relay does not know), and
+ * `tether share`'s own failures. The page itself is tested in Chromium (browser_test.ts).
+ */
+import assert from "node:assert/strict";
+import { connectWebSocket } from "../src/protocol/ws_client.ts";
+import type { WsSocket } from "../src/protocol/ws_socket.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
+import { eventually, World } from "./helpers.ts";
+
+/** A share page as a program: a WebSocket on /v1/share that collects what it is sent. */
+class RawPage {
+  readonly got: Record<string, unknown>[] = [];
+  closed = false;
+  private constructor(readonly ws: WsSocket) {
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") this.got.push(JSON.parse(ev.data));
+    };
+    ws.onclose = () => (this.closed = true);
+  }
+
+  static async open(w: World, origin: string | undefined): Promise<RawPage> {
+    const ws = await connectWebSocket(`ws://127.0.0.1:${w.port}/v1/share`, {
+      headers: origin ? { Origin: origin } : {},
+    });
+    return new RawPage(ws);
+  }
+
+  send(msg: Record<string, unknown>): void {
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  hello(share: Record<string, string>): void {
+    this.send({ t: "hello", v: PROTOCOL_VERSION, role: "client", version: "test", share });
+  }
+
+  next(t: string): Promise<Record<string, unknown>> {
+    return eventually(() => this.got.find((m) => m.t === t), `a '${t}' message`, 10_000);
+  }
+}
+
+const own = (w: World) => `http://127.0.0.1:${w.port}`;
+
+async function shareJson(w: World, args: string[]) {
+  const r = await w.tether(["share", ...args, "--json"]);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  return JSON.parse(r.stdout) as { link: string; id: string; session: string };
+}
+
+Deno.test("share endpoint: a foreign or missing Origin is refused before the token is looked at", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const s = await shareJson(w, ["box", "--new"]);
+  for (const origin of ["http://evil.example", undefined]) {
+    const page = await RawPage.open(w, origin);
+    page.hello({ token: s.link.split("#")[1] });
+    const err = await page.next("error");
+    assert.equal(err.code, "forbidden");
+    assert.match(String(err.message), origin ? /evil\.example.*not the relay's own/ : /Origin/);
+    await eventually(() => page.closed, "the socket closed");
+  }
+  // The token was not spent: the right origin joins with it.
+  const page = await RawPage.open(w, own(w));
+  page.hello({ token: s.link.split("#")[1] });
+  const welcome = await page.next("welcome");
+  assert.equal((welcome.share as { session: string }).session, s.session);
+  page.ws.close();
+});
+
+Deno.test("share endpoint: a page opens its own session only, asks nothing, and a resume the relay never gave is refused", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const mine = await shareJson(w, ["box", "--new"]);
+  const theirs = await shareJson(w, ["box", "--new"]);
+  const [box] = await w.machines();
+  const page = await RawPage.open(w, own(w));
+  page.hello({ token: mine.link.split("#")[1] });
+  await page.next("welcome");
+  // It names the other session (and asks for a command): it gets its link's session.
+  page.send({
+    t: "open",
+    sid: 1,
+    kind: "pty",
+    machine: box.id,
+    session: theirs.session,
+    argv: ["/bin/sh", "-c", "echo escaped"],
+    stdin: true,
+    window: 65536,
+  });
+  const started = await page.next("started");
+  assert.equal(started.session, mine.session);
+  page.send({ t: "req", id: 7, op: "machines", args: {} });
+  const res = await page.next("res");
+  assert.equal((res.error as { code: string }).code, "forbidden");
+  // An exec is not what a link opens: that connection ends, nobody else's.
+  page.send({ t: "open", sid: 2, kind: "exec", argv: ["true"], stdin: false, window: 1 });
+  await eventually(() => page.closed, "the page's connection closed");
+  assert.equal((await w.tether(["exec", "box", "--", "true"])).code, 0);
+
+  const stale = await RawPage.open(w, own(w));
+  stale.hello({ resume: "0".repeat(40) });
+  const err = await stale.next("error");
+  assert.equal(err.code, "unauthenticated");
+  assert.match(String(err.message), /can no longer reconnect/);
+});
+
+Deno.test("tether share: bad input fails clearly; a shared session outlives the agent's grace window", async () => {
+  await using w = await World.create();
+  await w.startAgent("box", { args: ["--session-grace", "1s"] });
+  const fails = async (args: string[], code: string, message: RegExp) => {
+    const r = await w.tether(["share", ...args, "--json"]);
+    assert.notEqual(r.code, 0);
+    const e = JSON.parse(r.stdout).error;
+    assert.equal(e.code, code, r.stdout);
+    assert.match(e.message, message);
+  };
+  await fails(["nosuchbox"], "machine_not_found", /nosuchbox/);
+  await fails(["box", "--session", "zzzz"], "session_not_found", /zzzz/);
+  await fails(["box", "--ttl", "8d"], "usage", /--ttl/);
+  await fails(["box", "--uses", "0"], "usage", /--uses/);
+  await fails(["box", "--new", "--session", "x"], "usage", /exclude/);
+  await fails(["--revoke", "000000000000"], "session_not_found", /no share link/);
+  const empty = await w.tether(["share", "--list"]);
+  assert.equal(empty.code, 0);
+  assert.match(empty.stderr, /no share links/);
+
+  const s = await shareJson(w, ["box", "--new"]);
+  const human = await w.tether(["share", "box", "--session", s.session]);
+  assert.equal(human.code, 0, human.stderr);
+  assert.match(human.stdout, /^http:\/\/127\.0\.0\.1:\d+\/s#[0-9a-f]{12}\.[0-9a-f]{40}\n$/);
+  assert.match(human.stderr, /expires in 1h.*tether share --revoke [0-9a-f]{12}/);
+  // Past the agent's 1 s grace without a client, the session waits for its page.
+  await new Promise((r) => setTimeout(r, 2_000));
+  const list = JSON.parse((await w.tether(["sessions", "box", "--json"])).stdout) as {
+    id: string;
+  }[];
+  assert.ok(list.some((x) => x.id === s.session), JSON.stringify(list));
+  const table = await w.tether(["share", "--list"]);
+  assert.match(table.stdout, /ID +MACHINE +SESSION +MODE/);
+  assert.match(table.stdout, new RegExp(`${s.id} +box +${s.session} +read-write +1 +active`));
+});
