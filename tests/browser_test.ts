@@ -93,8 +93,9 @@ browserTest(
   "share: the network cut while output flows; the page reconnects with nothing lost or repeated",
   async (w, browser) => {
     const s = await share(w, ["box", "--new"]);
-    // The page reaches the relay through a proxy whose connections the test cuts: Chromium's
-    // offline mode (CDP) refuses new connections but leaves an open WebSocket alone.
+    // The page reaches the relay through a proxy that goes silent, as a real network does
+    // (nothing crosses, nothing closes): Chromium's offline mode (CDP) refuses new
+    // connections but leaves an open WebSocket alone. The page must notice by its heartbeat.
     using proxy = new TcpProxy({ hostname: "127.0.0.1", port: w.port });
     const context = await browser.newContext({ viewport: { width: 900, height: 500 } });
     const page = await context.newPage();
@@ -108,11 +109,11 @@ browserTest(
     );
     await pageUntil(page, (v) => v.text.includes("line-20\n"), "output flowing to the page");
     await context.setOffline(true);
-    proxy.setDown(true);
+    proxy.setSilent(true);
     await pageUntil(page, (v) => v.state === "reconnecting", "the page saw its connection drop");
     // Output goes on while the page is away: the CLI watcher sees it.
     await watcher.waitFor(/line-200\r?\n/, "stdout");
-    proxy.setDown(false);
+    proxy.setSilent(false);
     await context.setOffline(false);
     const v = await pageUntil(page, (v) => v.text.includes("end-42"), "the rest of the output");
     assert.equal(v.state, "connected");

@@ -3,8 +3,12 @@ export class TcpProxy {
   private readonly listener: Deno.TcpListener;
   private readonly pairs = new Set<[Deno.TcpConn, Deno.TcpConn]>();
   readonly port: number;
-  /** While set, the network is down: open connections were cut, new ones are dropped. */
-  private down = false;
+  /**
+   * While set, the network is silent, as a real outage is: nothing crosses, nothing is
+   * closed; new connections are held unanswered.
+   */
+  private silent = false;
+  private readonly held = new Set<Deno.TcpConn>();
 
   /**
    * `answers`: the first connections get these raw HTTP answers instead of being forwarded
@@ -21,8 +25,8 @@ export class TcpProxy {
 
   private async accept(): Promise<void> {
     for await (const inbound of this.listener) {
-      if (this.down) {
-        inbound.close();
+      if (this.silent) {
+        this.held.add(inbound);
         continue;
       }
       const canned = this.answers.shift();
@@ -49,12 +53,17 @@ export class TcpProxy {
           } catch { /* closed */ }
         }
       };
-      inbound.readable.pipeTo(outbound.writable, { preventClose: true }).catch(() => {}).finally(
-        end,
-      );
-      outbound.readable.pipeTo(inbound.writable, { preventClose: true }).catch(() => {}).finally(
-        end,
-      );
+      // Bytes are dropped while the network is silent.
+      const gate = () =>
+        new TransformStream<Uint8Array, Uint8Array>({
+          transform: (chunk, out) => {
+            if (!this.silent) out.enqueue(chunk);
+          },
+        });
+      inbound.readable.pipeThrough(gate()).pipeTo(outbound.writable, { preventClose: true })
+        .catch(() => {}).finally(end);
+      outbound.readable.pipeThrough(gate()).pipeTo(inbound.writable, { preventClose: true })
+        .catch(() => {}).finally(end);
     }
   }
 
@@ -83,10 +92,21 @@ export class TcpProxy {
     return n;
   }
 
-  /** Takes the network down (cutting what is open) or brings it back. */
-  setDown(down: boolean): void {
-    this.down = down;
-    if (down) this.cut();
+  /**
+   * Silences the network (nothing crosses, nothing closes: only heartbeats can tell), or
+   * ends the silence: what was open or held through it is dropped, as both ends would have
+   * given it up, and new connections go through again.
+   */
+  setSilent(silent: boolean): void {
+    this.silent = silent;
+    if (silent) return;
+    this.cut();
+    for (const c of this.held) {
+      try {
+        c.close();
+      } catch { /* closed */ }
+    }
+    this.held.clear();
   }
 
   get connections(): number {
@@ -98,7 +118,7 @@ export class TcpProxy {
   }
 
   close(): void {
-    this.cut();
+    this.setSilent(false);
     try {
       this.listener.close();
     } catch { /* closed */ }

@@ -25,6 +25,7 @@
   const DEAD_AFTER_MS = 6000;
   const RECONNECT_MIN_MS = 250;
   const RECONNECT_MAX_MS = 10_000;
+  const CONNECT_TIMEOUT_MS = 10_000;
 
   const $ = (id) => document.getElementById(id);
   const enc = new TextEncoder();
@@ -120,6 +121,7 @@
   }
 
   function sendCredit(bytes) {
+    if (ws?.readyState !== WebSocket.OPEN) return;
     const f = new DataView(new ArrayBuffer(CREDIT_SIZE));
     f.setUint8(0, FRAME_CREDIT);
     f.setUint8(1, CH_STDOUT);
@@ -129,7 +131,7 @@
   }
 
   function sendInput() {
-    while (pending.length && inCredit > 0 && sid && ws.readyState === WebSocket.OPEN) {
+    while (pending.length && inCredit > 0 && sid && ws?.readyState === WebSocket.OPEN) {
       let chunk = pending[0];
       const n = Math.min(chunk.length, inCredit, MAX_DATA_PAYLOAD);
       if (n < chunk.length) {
@@ -331,7 +333,7 @@
         return;
       case "error":
         if (msg.sid !== undefined && msg.sid !== sid) return;
-        if (msg.resumable) return ws.close(4000, "stream lost");
+        if (msg.resumable) return lost(ws);
         if (msg.code === "password_invalid" && !finished) {
           // Asked again, on a new stream of the same connection.
           store.drop("machine-token");
@@ -365,7 +367,10 @@
     const socket = new WebSocket(`${scheme}://${location.host}/v1/share`);
     ws = socket;
     socket.binaryType = "arraybuffer";
+    // A connection that does not open in time (a network that swallows it) is given up.
+    const opening = setTimeout(() => lost(socket), CONNECT_TIMEOUT_MS);
     socket.onopen = () => {
+      clearTimeout(opening);
       lastRecv = Date.now();
       send({
         t: "hello",
@@ -375,7 +380,7 @@
         share: resume ? { resume } : { token },
       });
       timer = setInterval(() => {
-        if (Date.now() - lastRecv > DEAD_AFTER_MS) socket.close(4408, "no heartbeat");
+        if (Date.now() - lastRecv > DEAD_AFTER_MS) lost(socket);
         else send({ t: "ping" });
       }, HEARTBEAT_MS);
     };
@@ -385,17 +390,29 @@
       if (typeof ev.data === "string") onControl(JSON.parse(ev.data));
       else onBinary(ev.data);
     };
-    socket.onclose = () => {
-      if (socket !== ws) return;
-      clearInterval(timer);
-      sid = 0;
-      if (finished) return;
-      // A resume the relay no longer knows (it restarted) cannot come back.
-      attempts++;
-      const wait = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempts, 6));
-      setState("reconnecting", `reconnecting (${attempts})`);
-      setTimeout(connect, wait / 2 + Math.random() * wait / 2);
-    };
+    socket.onclose = () => lost(socket);
+  }
+
+  /**
+   * The connection is over (closed, or silent past DEAD_AFTER_MS): it is let go at once —
+   * a WebSocket to a peer that vanished may take a minute to report its close — and a new
+   * one is tried after a capped, jittered wait.
+   */
+  function lost(socket) {
+    if (socket !== ws) return;
+    ws = undefined;
+    socket.onclose = null;
+    socket.onmessage = null;
+    try {
+      socket.close();
+    } catch { /* closed */ }
+    clearInterval(timer);
+    sid = 0;
+    if (finished) return;
+    attempts++;
+    const wait = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** Math.min(attempts, 6));
+    setState("reconnecting", `reconnecting (${attempts})`);
+    setTimeout(connect, wait / 2 + Math.random() * wait / 2);
   }
 
   connect();
