@@ -473,3 +473,18 @@ export function fmtRate(bytesPerSec: number): string {
 export function shq(s: string): string {
   return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
 }
+
+/** An awk that echoes each line at once (the far end of the turn benchmarks). */
+export async function awkArgv(): Promise<string[]> {
+  const r = await new Deno.Command("awk", {
+    args: ["-W", "version"],
+    stdout: "piped",
+    stderr: "piped",
+  })
+    .output().catch(() => undefined);
+  const text = r ? new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr) : "";
+  // mawk block-buffers its input from a pipe unless told otherwise.
+  return /mawk/i.test(text)
+    ? ["awk", "-W", "interactive", "{print; fflush()}"]
+    : ["awk", "{print; fflush()}"];
+}

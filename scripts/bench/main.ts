@@ -14,7 +14,7 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { attachReady, execTrue, turnLatency } from "./interactive.ts";
 import { idleAgents } from "./idle.ts";
-import { fmtBytes, initClock, log, output, ROOT, stopAll } from "./lib.ts";
+import { awkArgv, fmtBytes, initClock, log, output, ROOT, stopAll } from "./lib.ts";
 import { INSTALL_HINT, Sshd } from "./openssh.ts";
 import {
   type Ctx,
@@ -67,20 +67,6 @@ async function machineInfo(command: string): Promise<Omit<Machine, "durationS" |
     commit: dirty ? `${head} + uncommitted changes in src/` : head,
     command,
   };
-}
-
-async function awkArgv(): Promise<string[]> {
-  const r = await new Deno.Command("awk", {
-    args: ["-W", "version"],
-    stdout: "piped",
-    stderr: "piped",
-  })
-    .output().catch(() => undefined);
-  const text = r ? new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr) : "";
-  // mawk block-buffers its input from a pipe unless told otherwise.
-  return /mawk/i.test(text)
-    ? ["awk", "-W", "interactive", "{print; fflush()}"]
-    : ["awk", "{print; fflush()}"];
 }
 
 async function main(): Promise<number> {

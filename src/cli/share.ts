@@ -6,24 +6,11 @@ import type { Command } from "@commander-js/extra-typings";
 import { type MachineView, RelayClient, type StreamAuth } from "../client/relay_client.ts";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
-import { shareLimitsProblem, shareLink } from "../protocol/share.ts";
+import { shareLimitsProblem, shareLink, type ShareView } from "../protocol/share.ts";
 import { type Act, clientConfig, collect, globals, withClient } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { printJson, say, table } from "./output.ts";
 import { visible } from "../common/text.ts";
-
-/** A share link as the relay lists it. */
-interface ShareView {
-  id: string;
-  machine_id: string;
-  session: string;
-  read_only: boolean;
-  created_by: string;
-  created_at: number;
-  expires_at: number;
-  uses_left: number;
-  revoked_at: number | null;
-}
 
 function stateOf(s: ShareView, now: number): string {
   if (s.revoked_at !== null) return "revoked";

@@ -19,6 +19,26 @@ export function shareLimitsProblem(ttlMs: number, uses: number): string | undefi
   return undefined;
 }
 
+/**
+ * A share link as the relay keeps and lists it (`share_list`): one workspace, one machine,
+ * one session; the token's secret is kept only as a hash. It opens at most `uses_left`
+ * more times, until `expires_at`, unless revoked.
+ */
+export interface ShareView {
+  /** Public: the token is `ID.SECRET`. */
+  id: string;
+  workspace: string;
+  machine_id: string;
+  session: string;
+  read_only: boolean;
+  /** The key that made it. */
+  created_by: string;
+  created_at: number;
+  expires_at: number;
+  uses_left: number;
+  revoked_at: number | null;
+}
+
 /** The WebSocket endpoint of share pages. */
 export const SHARE_PATH = "/v1/share";
 /** Where the page is; a link is `<relay>/s#TOKEN`. */

@@ -7,6 +7,7 @@
  * Only hashes of secrets are ever written.
  */
 import { newKeyId, newSecret } from "./keys.ts";
+import type { ShareView } from "../protocol/share.ts";
 import type { KeyRole, ParsedKey } from "../protocol/keys.ts";
 
 export interface KeyRow {
@@ -207,25 +208,8 @@ export interface Store {
  */
 export const LEASE_TTL_MS = 10_000;
 
-/**
- * A share link (`tether share`, issue 17): one workspace, one machine, one session; the
- * token's secret is kept only as a hash. It opens at most `uses_left` more times, until
- * `expires_at`, unless revoked.
- */
-export interface ShareRow {
-  /** Public: the token is `ID.SECRET`. */
-  id: string;
-  workspace: string;
-  machine_id: string;
-  session: string;
-  read_only: boolean;
-  /** The key that made it. */
-  created_by: string;
-  created_at: number;
-  expires_at: number;
-  uses_left: number;
-  revoked_at: number | null;
-}
+/** A share link (`tether share`, issue 17); see ShareView. */
+export type ShareRow = ShareView;
 
 export type NewShare = Omit<ShareRow, "id" | "created_at" | "revoked_at">;
 
