@@ -75,6 +75,8 @@ export class TetherWorld {
 
   /** Extra `deno run` flags for the relay and agent (e.g. --cpu-prof when profiling). */
   serverFlags: string[] = [];
+  /** With `tls`: the private CA the relay made (`relay serve --tls-self-signed`). */
+  caFile?: string;
 
   private constructor(readonly bundle: string, home: string) {
     this.home = home;
@@ -87,6 +89,8 @@ export class TetherWorld {
     withAgent = true,
     serverFlags: string[] = [],
     serverEnv: Record<string, string> = {},
+    /** Serve wss:// with a private CA made for the run (clients and agents get its file). */
+    tls = false,
   ): Promise<TetherWorld> {
     const w = new TetherWorld(bundle, await Deno.makeTempDir({ dir: parent, prefix: "tether-" }));
     w.serverFlags = serverFlags;
@@ -99,13 +103,22 @@ export class TetherWorld {
       w.keys = JSON.parse(init.stdout);
       w.relay = new Proc(
         w.argv(
-          ["relay", "serve", "--listen", "127.0.0.1:0", "--data-dir", w.relayDir],
+          [
+            "relay",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            w.relayDir,
+            ...(tls ? ["--tls-self-signed"] : []),
+          ],
           serverFlags,
         ),
         { env: { ...baseEnv(w.home), ...serverEnv } },
       );
-      const m = await w.relay.waitFor(/relay listening on (ws:\/\/\S+)/, "stdout", 30_000);
+      const m = await w.relay.waitFor(/relay listening on (wss?:\/\/\S+)/, "stdout", 30_000);
       w.url = m[1];
+      if (tls) w.caFile = join(w.relayDir, "tls", "ca.pem");
       if (withAgent) await w.startAgent(serverFlags, serverEnv);
       return w;
     } catch (e) {
@@ -134,6 +147,7 @@ export class TetherWorld {
           HOME: acct.home,
           SHELL: acct.shell,
           TETHER_AGENT_KEY: this.keys.agent_key,
+          ...(this.caFile ? { TETHER_CA_FILE: this.caFile } : {}),
           ...env,
         },
       },
@@ -158,7 +172,12 @@ export class TetherWorld {
 
   /** Client env: relay URL and client key set. */
   env(): Record<string, string> {
-    return { ...baseEnv(this.home), TETHER_RELAY: this.url, TETHER_API_KEY: this.keys.client_key };
+    return {
+      ...baseEnv(this.home),
+      TETHER_RELAY: this.url,
+      TETHER_API_KEY: this.keys.client_key,
+      ...(this.caFile ? { TETHER_CA_FILE: this.caFile } : {}),
+    };
   }
 
   /** argv of `tether exec bench [flags] -- CMD…`. */

@@ -1,0 +1,195 @@
+/**
+ * Turn latency against the runtime's floor (issue 18): `exec --stream` line round trips
+ * through tether over ws:// and over wss:// (a private CA made for the run), through the
+ * minimal Deno three-process chain (chain.ts), and through OpenSSH, interleaved run by run,
+ * each run in a new client process. Reports p50 and p99 (median over runs, and their spread)
+ * and CPU per turn by process.
+ *
+ *   ./scripts/deno task bench:turns [--quick] [--runs N] [--turns N] [--bundle F]
+ *        [--single-threaded client,relay,agent,chain] [--only ws,wss,chain,ssh]
+ *
+ * `--single-threaded` runs those roles with `--v8-flags=--single-threaded`.
+ */
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { type Turns, turns } from "./interactive.ts";
+import {
+  awkArgv,
+  descendants,
+  fmtMs,
+  log,
+  median,
+  percentile,
+  Proc,
+  ROOT,
+  stopAll,
+} from "./lib.ts";
+import { Sshd } from "./openssh.ts";
+import { bundleUnderTest, TetherWorld } from "./tether.ts";
+
+const ST = "--v8-flags=--single-threaded";
+
+export interface Variant {
+  name: string;
+  runs: Turns[];
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      quick: { type: "boolean", default: false },
+      runs: { type: "string" },
+      turns: { type: "string" },
+      bundle: { type: "string" },
+      "single-threaded": { type: "string", default: "" },
+      only: { type: "string", default: "ws,wss,chain,ssh" },
+    },
+  });
+  const quick = values.quick!;
+  const runs = Number(values.runs ?? (quick ? 2 : 5));
+  const n = Number(values.turns ?? (quick ? 300 : 2000));
+  const warm = 50;
+  const st = new Set(values["single-threaded"]!.split(",").filter(Boolean));
+  const flags = (role: string) => (st.has(role) ? [ST] : []);
+  const only = new Set(values.only!.split(","));
+  const tmp = await Deno.makeTempDir({ prefix: "tether-bench-turns-" });
+  const awk = await awkArgv();
+  const worlds: TetherWorld[] = [];
+  let sshd: Sshd | undefined;
+  let chain: { relay: Proc; agent: Proc; port: number } | undefined;
+  try {
+    const bundle = await bundleUnderTest(values.bundle, tmp);
+    const make = async (tls: boolean) => {
+      const w = await TetherWorld.create(bundle, tmp, false, flags("relay"), {}, tls);
+      worlds.push(w);
+      await w.startAgent(flags("agent"));
+      return w;
+    };
+    const ws = only.has("ws") ? await make(false) : undefined;
+    const wss = only.has("wss") ? await make(true) : undefined;
+    if (only.has("chain")) {
+      const script = join(ROOT, "scripts", "bench", "chain.ts");
+      const deno = (
+        role: string,
+      ) => [Deno.execPath(), "run", "-A", ...flags("chain"), script, role];
+      const relay = new Proc(deno("relay"));
+      const port = Number((await relay.waitFor(/listening (\d+)/, "stdout", 30_000))[1]);
+      const agent = new Proc([...deno("agent"), String(port), "--", ...awk]);
+      chain = { relay, agent, port };
+    }
+    if (only.has("ssh")) {
+      const s = await Sshd.start(tmp);
+      if (!(s instanceof Sshd)) throw new Error(s.skipped);
+      sshd = s;
+    }
+    const variants: Variant[] = [];
+    const add = (name: string) => {
+      const v = { name, runs: [] as Turns[] };
+      variants.push(v);
+      return v;
+    };
+    const steps: { v: Variant; once: () => Promise<Turns> }[] = [];
+    for (const [name, w] of [["tether ws://", ws], ["tether wss://", wss]] as const) {
+      if (!w) continue;
+      const v = add(name);
+      steps.push({
+        v,
+        once: () =>
+          turns(w.exec(awk, ["--stream"], flags("client")), w.env(), n, warm, async (c) => [
+            { label: "client", pids: [c] },
+            { label: "relay", pids: [w.relay!.pid] },
+            { label: "agent", pids: [w.agent!.pid] },
+            { label: "awk", pids: await descendants(w.agent!.pid, "awk") },
+          ]),
+      });
+    }
+    if (chain) {
+      const c = chain;
+      const v = add("Deno chain (TCP)");
+      const script = join(ROOT, "scripts", "bench", "chain.ts");
+      steps.push({
+        v,
+        once: () =>
+          turns(
+            [Deno.execPath(), "run", "-A", ...flags("chain"), script, "client", String(c.port)],
+            undefined,
+            n,
+            warm,
+            async (client) => [
+              { label: "client", pids: [client] },
+              { label: "relay", pids: [c.relay.pid] },
+              { label: "agent", pids: [c.agent.pid] },
+              { label: "awk", pids: await descendants(c.agent.pid, "awk") },
+            ],
+          ),
+      });
+    }
+    if (sshd) {
+      const s = sshd;
+      const v = add("OpenSSH");
+      steps.push({
+        v,
+        once: () =>
+          turns(s.argv(awk), undefined, n, warm, async (client) => [
+            { label: "ssh", pids: [client] },
+            { label: "sshd", pids: await s.sessionPids("sshd") },
+            { label: "awk", pids: await s.sessionPids("awk") },
+          ]),
+      });
+    }
+    for (let r = 1; r <= runs; r++) {
+      for (const step of steps) {
+        const t = await step.once();
+        step.v.runs.push(t);
+        log(
+          `run ${r}/${runs} ${step.v.name}: p50 ${fmtMs(percentile(t.times, 50))}, p99 ${
+            fmtMs(percentile(t.times, 99))
+          }`,
+        );
+      }
+    }
+    console.log(report(variants, { n, runs, st: [...st] }));
+    return 0;
+  } finally {
+    for (const w of worlds) await w.dispose().catch(() => {});
+    await sshd?.stop().catch(() => {});
+    await stopAll();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
+  }
+}
+
+/** A markdown table: each variant's p50 and p99 (median over runs, spread), CPU per turn. */
+export function report(
+  variants: Variant[],
+  opts: { n: number; runs: number; st: string[] },
+): string {
+  const ssh = variants.find((v) => v.name === "OpenSSH");
+  const chain = variants.find((v) => v.name.startsWith("Deno chain"));
+  const at = (v: Variant, p: number) => v.runs.map((r) => percentile(r.times, p));
+  const spread = (xs: number[]) => `${fmtMs(Math.min(...xs))}–${fmtMs(Math.max(...xs))}`;
+  const rel = (v: Variant, base: Variant | undefined, p: number) =>
+    base ? `${(median(at(v, p)) / median(at(base, p))).toFixed(2)}×` : "–";
+  const cpu = (v: Variant) =>
+    v.runs[0].cpu.map((c, i) => `${c.label} ${median(v.runs.map((r) => r.cpu[i].us)).toFixed(0)}`)
+      .join(", ");
+  const lines = [
+    `${opts.n} turns × ${opts.runs} runs, interleaved; single-threaded V8: ${
+      opts.st.length ? opts.st.join(", ") : "none"
+    }`,
+    "",
+    "| path | p50 (spread) | p99 (spread) | p50 / ssh | p99 / ssh | p50 / chain | CPU µs per turn |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+  ];
+  for (const v of variants) {
+    const p50 = `${fmtMs(median(at(v, 50)))} (${spread(at(v, 50))})`;
+    const p99 = `${fmtMs(median(at(v, 99)))} (${spread(at(v, 99))})`;
+    lines.push(
+      `| ${v.name} | ${p50} | ${p99} | ${rel(v, ssh, 50)} | ${rel(v, ssh, 99)} | ` +
+        `${rel(v, chain, 50)} | ${cpu(v)} |`,
+    );
+  }
+  return lines.join("\n");
+}
+
+if (import.meta.main) Deno.exit(await main());
