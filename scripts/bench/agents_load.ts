@@ -47,6 +47,7 @@ async function dialOne(i: number): Promise<boolean> {
     const { conn } = await dial({
       relay: relay!,
       key: key!,
+      caFile: Deno.env.get("TETHER_CA_FILE"),
       role: "agent",
       agent: {
         name: `${prefix}${i}`,

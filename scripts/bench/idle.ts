@@ -41,10 +41,15 @@ interface TetherIdle {
   loadCpu: number;
 }
 
-async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<TetherIdle> {
+export async function tetherIdle(
+  ctx: Pick<Ctx, "quick" | "bundle" | "tmp">,
+  n: number,
+  windowMs: number,
+  tls = false,
+): Promise<TetherIdle> {
   const warm = 10;
   const settleMs = ctx.quick ? 1000 : 3000;
-  const w = await TetherWorld.create(ctx.bundle, ctx.tmp, false);
+  const w = await TetherWorld.create(ctx.bundle, ctx.tmp, false, [], {}, tls);
   let load: Proc | undefined;
   try {
     const relayPid = w.relay!.pid;
@@ -64,7 +69,14 @@ async function tetherIdle(ctx: Ctx, n: number, windowMs: number): Promise<Tether
         "--warmup",
         String(warm),
       ],
-      { env: { ...baseEnv(w.home), TETHER_AGENT_KEY: w.keys.agent_key }, stdin: "piped" },
+      {
+        env: {
+          ...baseEnv(w.home),
+          TETHER_AGENT_KEY: w.keys.agent_key,
+          ...(w.caFile ? { TETHER_CA_FILE: w.caFile } : {}),
+        },
+        stdin: "piped",
+      },
     );
     const wm = await load.waitFor(/"warm":(\d+)/, "stdout", 60_000);
     if (Number(wm[1]) !== warm) throw new Error(`warm-up dials failed: ${load.stdout}`);
@@ -191,6 +203,9 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
   log(
     `idle agents: relay +${fmtBytes(t.perAgent)} per agent, ${(t.loadedCpu * 100).toFixed(2)}% CPU`,
   );
+  // The same over wss:// (what deployments run): the relay's TLS connections.
+  const tls = await tetherIdle(ctx, n, windowMs, true);
+  log(`idle agents over wss://: relay +${fmtBytes(tls.perAgent)} per agent`);
   const s = ctx.sshd ? await sshIdle(ctx, m, windowMs) : undefined;
   if (s) log(`idle ssh: ${fmtBytes(s.pss)} PSS per connection`);
   const LIMIT = 64 * KiB;
@@ -209,6 +224,16 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
         target: "≤ 64 KiB per agent",
         verdict: verdict(t.perAgent <= LIMIT),
         raw: { tether: t, ssh: s },
+      },
+      {
+        key: "6 mem wss",
+        figure: `relay memory per idle agent over wss:// (${n} agents)`,
+        tether: fmtBytes(tls.perAgent),
+        ssh: s ? `${fmtBytes(s.pss)} (sshd PSS per connection)` : "skipped",
+        ratio: ratio(tls.perAgent, s?.pss),
+        target: "≤ 32 KiB per agent (issue 18)",
+        verdict: verdict(tls.perAgent <= 32 * KiB),
+        raw: { tether: tls },
       },
       {
         key: "6 cpu",
@@ -237,7 +262,10 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
       (typeof t.online === "number"
         ? `\`tether machines\` listed ${t.online} online (expected ${n + t.warm}); `
         : `**\`tether machines --json\` failed with ${n + t.warm} machines: ${t.online}**; `) +
-      `${t.closed} connections dropped while idle.`,
+      `${t.closed} connections dropped while idle. Over wss:// (\`relay serve ` +
+      "--tls-self-signed`, the agents given its CA): baseline " +
+      `${fmtBytes(tls.base)}, loaded ${fmtBytes(tls.loaded)} → ${fmtBytes(tls.perAgent)} per ` +
+      `agent, ${(tls.loadedCpu * 100).toFixed(2)}% of a core.`,
       `- Relay CPU (utime+stime from /proc/PID/stat): ${(t.idleCpu * 100).toFixed(2)}% of a ` +
       `core with the ${t.warm} warm-up agents, ${(t.loadedCpu * 100).toFixed(2)}% with ${
         n + t.warm

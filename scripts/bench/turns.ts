@@ -6,9 +6,10 @@
  * and CPU per turn by process.
  *
  *   ./scripts/deno task bench:turns [--quick] [--runs N] [--turns N] [--bundle F]
- *        [--single-threaded client,relay,agent,chain] [--only ws,wss,chain,ssh]
+ *        [--single-threaded client,relay,agent,chain] [--only ws,wss,chain,ssh] [--write]
  *
- * `--single-threaded` runs those roles with `--v8-flags=--single-threaded`.
+ * `--single-threaded` runs those roles with `--v8-flags=--single-threaded`. `--write` puts
+ * the table in docs/BENCHMARKS.md (its "turns" section), with the command that made it.
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
@@ -19,6 +20,7 @@ import {
   fmtMs,
   log,
   median,
+  output,
   percentile,
   Proc,
   ROOT,
@@ -26,6 +28,7 @@ import {
 } from "./lib.ts";
 import { Sshd } from "./openssh.ts";
 import { bundleUnderTest, TetherWorld } from "./tether.ts";
+import { withSection } from "./report.ts";
 
 const ST = "--v8-flags=--single-threaded";
 
@@ -44,6 +47,7 @@ async function main(): Promise<number> {
       bundle: { type: "string" },
       "single-threaded": { type: "string", default: "" },
       only: { type: "string", default: "ws,wss,chain,ssh" },
+      write: { type: "boolean", default: false },
     },
   });
   const quick = values.quick!;
@@ -55,6 +59,7 @@ async function main(): Promise<number> {
   const only = new Set(values.only!.split(","));
   const tmp = await Deno.makeTempDir({ prefix: "tether-bench-turns-" });
   const awk = await awkArgv();
+  const load0 = (await output(["cat", "/proc/loadavg"]))?.split(" ").slice(0, 3).join(" ");
   const worlds: TetherWorld[] = [];
   let sshd: Sshd | undefined;
   let chain: { relay: Proc; agent: Proc; port: number } | undefined;
@@ -149,7 +154,29 @@ async function main(): Promise<number> {
         );
       }
     }
-    console.log(report(variants, { n, runs, st: [...st] }));
+    const table = report(variants, { n, runs, st: [...st] });
+    console.log(table);
+    if (values.write) {
+      const command = ["./scripts/deno", "task", "bench:turns", ...Deno.args].join(" ");
+      const md = [
+        "## Turn latency against the runtime's floor (issue 18)",
+        "",
+        `\`${command}\`, ${new Date().toISOString().slice(0, 16)} UTC; load average ${load0} ` +
+        "before the run. `exec --stream` line round trips to awk (as item 3) through tether " +
+        "over ws:// and over wss:// (`relay serve --tls-self-signed`, its CA given to client " +
+        "and agent), through the minimal Deno chain (scripts/bench/chain.ts: three processes " +
+        "copying bytes with plain read/write loops, TCP_NODELAY, no protocol), and through " +
+        "OpenSSH on 127.0.0.1. Each run is a new client process; runs interleave the paths; " +
+        "p50 and p99 are the median over runs, with the spread of the runs in brackets; " +
+        "CPU is utime+stime per recorded turn by process (10 ms ticks).",
+        "",
+        table,
+        "",
+      ].join("\n");
+      const out = join(ROOT, "docs", "BENCHMARKS.md");
+      await Deno.writeTextFile(out, withSection(await Deno.readTextFile(out), "turns", md));
+      log(`wrote ${out}`);
+    }
     return 0;
   } finally {
     for (const w of worlds) await w.dispose().catch(() => {});

@@ -18,7 +18,7 @@ const dec = new TextDecoder();
  * HeadError for a closed connection, an oversized head, or garbage.
  */
 export async function readHead(
-  conn: Deno.Conn,
+  conn: Pick<Deno.Conn, "read">,
 ): Promise<{ line: string; headers: Headers; rest: Uint8Array }> {
   const buf = new Uint8Array(MAX_HEAD);
   let len = 0;

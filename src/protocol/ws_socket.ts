@@ -56,12 +56,18 @@ export interface WsSocketOptions {
 
 export class WsError extends Error {}
 
+/**
+ * What a WebSocket needs of its connection: a Deno.Conn, or the relay's view of a node:tls
+ * socket (relay/tls_listener.ts).
+ */
+export type ByteConn = Pick<Deno.Conn, "read" | "write" | "close">;
+
 /** Shaped like the browser WebSocket API where conn.ts uses it (WsLike), plus `trim`. */
 export class WsSocket {
   readyState = OPEN;
   onclose: ((ev: { code: number; reason: string }) => void) | null = null;
 
-  readonly #conn: Deno.Conn;
+  readonly #conn: ByteConn;
   readonly #client: boolean;
   readonly #maxMessage: number;
   readonly #borrow: boolean;
@@ -81,7 +87,7 @@ export class WsSocket {
   /** Messages that came before onmessage was set (say, in the same read as the handshake). */
   #early: (string | Uint8Array)[] = [];
 
-  constructor(conn: Deno.Conn, leftover: Uint8Array, opts: WsSocketOptions) {
+  constructor(conn: ByteConn, leftover: Uint8Array, opts: WsSocketOptions) {
     this.#conn = conn;
     this.#client = opts.role === "client";
     this.#maxMessage = opts.maxMessage;

@@ -10,6 +10,7 @@
 import { acceptKey, HeadError, readHead } from "../protocol/http1.ts";
 import { writeAll } from "../common/bytes.ts";
 import { WsSocket } from "../protocol/ws_socket.ts";
+import { type ConnLike, type ListenerLike, listenTlsNoDelay } from "./tls_listener.ts";
 
 /** A client must finish its request head (and TLS handshake) within this. */
 const HEAD_TIMEOUT_MS = 10_000;
@@ -61,20 +62,28 @@ const REASONS: Record<number, string> = {
 
 const enc = new TextEncoder();
 
-/** Listens at once (throws Deno.errors.AddrInUse and the like synchronously). */
-export function serveHttp(
+/**
+ * Listens (rejects with Deno.errors.AddrInUse and the like). TLS goes through
+ * tls_listener.ts, whose connections have TCP_NODELAY as the plain ones do.
+ */
+export async function serveHttp(
   opts: HttpServerOptions,
   handler: (req: HttpRequest) => HttpAnswer | Promise<HttpAnswer>,
-): HttpServer {
-  const listener: Deno.Listener = opts.cert && opts.key
-    ? Deno.listenTls({ hostname: opts.hostname, port: opts.port, cert: opts.cert, key: opts.key })
+): Promise<HttpServer> {
+  const listener: ListenerLike = opts.cert && opts.key
+    ? await listenTlsNoDelay({
+      hostname: opts.hostname,
+      port: opts.port,
+      cert: opts.cert,
+      key: opts.key,
+    })
     : Deno.listen({ hostname: opts.hostname, port: opts.port });
-  const inHead = new Set<Deno.Conn>();
+  const inHead = new Set<ConnLike>();
   let closing = false;
 
   const finished = (async () => {
     for (;;) {
-      let conn: Deno.Conn;
+      let conn: ConnLike;
       try {
         conn = await listener.accept();
       } catch (e) {
@@ -88,9 +97,9 @@ export function serveHttp(
     }
   })();
 
-  async function serveConn(conn: Deno.Conn): Promise<void> {
-    // TCP_NODELAY: small frames (a turn of `exec --stream`) leave at once. A TLS
-    // connection does not offer the switch in Deno.
+  async function serveConn(conn: ConnLike): Promise<void> {
+    // TCP_NODELAY: small frames (a turn of `exec --stream`) leave at once (TLS ones have it
+    // from tls_listener.ts).
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     inHead.add(conn);
     const timer = setTimeout(() => closeQuietly(conn), opts.headTimeoutMs ?? HEAD_TIMEOUT_MS);
@@ -190,7 +199,7 @@ export function serveHttp(
 }
 
 async function respond(
-  conn: Deno.Conn,
+  conn: ConnLike,
   a: { status: number; body: string; headers?: Record<string, string> },
 ): Promise<void> {
   const body = enc.encode(a.body);

@@ -119,7 +119,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   );
   let server: HttpServer;
   try {
-    server = serveHttp({
+    server = await serveHttp({
       hostname: opts.hostname,
       port: opts.port,
       cert: opts.tls?.cert ?? (tls ? Deno.readTextFileSync(opts.tlsCert!) : undefined),

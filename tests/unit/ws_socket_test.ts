@@ -17,12 +17,12 @@ interface Server {
 }
 
 /** A server that upgrades /ws and echoes every message back (the payload is borrowed). */
-function echoServer(
+async function echoServer(
   opts: { maxMessage?: number; headTimeoutMs?: number; echo?: boolean } = {},
-): Server {
+): Promise<Server> {
   const sockets: WsSocket[] = [];
   const logs: string[] = [];
-  const srv = serveHttp({
+  const srv = await serveHttp({
     hostname: "127.0.0.1",
     port: 0,
     maxMessage: opts.maxMessage ?? 1024 * 1024,
@@ -132,7 +132,7 @@ function clientFrame(opcode: number, payload: Uint8Array, fin = true, key = [1, 
 }
 
 Deno.test("ws: text and binary of every header size round-trip, in order, both directions", async () => {
-  const srv = echoServer();
+  const srv = await echoServer();
   const ws = await connectWebSocket(srv.url);
   const box = inbox(ws);
   const sizes = [0, 1, 125, 126, 127, 65535, 65536, 300 * 1024];
@@ -155,7 +155,7 @@ Deno.test("ws: text and binary of every header size round-trip, in order, both d
 });
 
 Deno.test("ws: the server side takes Deno's own WebSocket (random mask keys) and the close reason", async () => {
-  const srv = echoServer();
+  const srv = await echoServer();
   const ws = new WebSocket(srv.url);
   ws.binaryType = "arraybuffer";
   await new Promise((r, j) => {
@@ -183,7 +183,7 @@ Deno.test("ws: the server side takes Deno's own WebSocket (random mask keys) and
 });
 
 Deno.test("ws: fragments are joined, a ping gets its pong, and a close is answered", async () => {
-  const srv = echoServer();
+  const srv = await echoServer();
   const { conn, head } = await rawUpgrade(srv.port);
   assert.match(head, /^HTTP\/1\.1 101 /);
   assert.match(head, /Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK\+xOo=/);
@@ -201,7 +201,7 @@ Deno.test("ws: fragments are joined, a ping gets its pong, and a close is answer
 });
 
 Deno.test("ws: bytes sent right behind the head are the first frame, whatever the head held", async () => {
-  const srv = echoServer();
+  const srv = await echoServer();
   const conn = await Deno.connect({ hostname: "127.0.0.1", port: srv.port });
   const head = new TextEncoder().encode(
     "GET /ws?x=\u00e9 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
@@ -223,7 +223,7 @@ Deno.test("ws: bytes sent right behind the head are the first frame, whatever th
 });
 
 Deno.test("ws: oversized, unmasked and malformed frames close the connection", async () => {
-  const srv = echoServer({ maxMessage: 1000 });
+  const srv = await echoServer({ maxMessage: 1000 });
   // Too large, through our client.
   const ws = await connectWebSocket(srv.url);
   const done = closed(ws);
@@ -248,7 +248,7 @@ Deno.test("ws: oversized, unmasked and malformed frames close the connection", a
 });
 
 Deno.test("ws: trim gives back idle buffers, and big messages still pass afterwards", async () => {
-  const srv = echoServer();
+  const srv = await echoServer();
   const ws = await connectWebSocket(srv.url);
   const box = inbox(ws);
   ws.send(pattern(200_000, 1));
@@ -266,7 +266,7 @@ Deno.test("ws: trim gives back idle buffers, and big messages still pass afterwa
 });
 
 Deno.test("http: plain answers, 404, handler errors, malformed heads, bad upgrades, slow heads", async () => {
-  const srv = echoServer({ headTimeoutMs: 300 });
+  const srv = await echoServer({ headTimeoutMs: 300 });
   const base = `http://127.0.0.1:${srv.port}`;
   const notFound = await fetch(`${base}/nope`);
   assert.equal(notFound.status, 404);
