@@ -54,12 +54,47 @@ export interface ConnOptions {
   maxControl?: number;
 }
 
+/**
+ * One timer for all the connections of a process that share a period: a relay holds
+ * thousands of idle agents, and a timer each cost more than the heartbeat work itself.
+ */
+class Ticker {
+  private readonly conns = new Set<Conn>();
+  private timer?: ReturnType<typeof setInterval>;
+
+  constructor(private readonly periodMs: number) {}
+
+  add(c: Conn): void {
+    this.conns.add(c);
+    this.timer ??= setInterval(() => {
+      for (const conn of this.conns) conn.tick();
+    }, this.periodMs);
+  }
+
+  delete(c: Conn): void {
+    this.conns.delete(c);
+    if (this.conns.size === 0 && this.timer !== undefined) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+    }
+  }
+}
+
+const tickers = new Map<number, Ticker>();
+/** A ping, encoded once. */
+const PING = JSON.stringify({ t: "ping" });
+
+function tickerFor(periodMs: number): Ticker {
+  let t = tickers.get(periodMs);
+  if (!t) tickers.set(periodMs, t = new Ticker(periodMs));
+  return t;
+}
+
 export class Conn {
   readonly ws: WsLike;
   readonly label: string;
   private handlers?: ConnHandlers;
   private lastRecv = Date.now();
-  private timer?: ReturnType<typeof setTimeout>;
   private ended = false;
   private ticks = 0;
   private readonly heartbeatMs: number;
@@ -89,7 +124,7 @@ export class Conn {
     this.ws.onmessage = (ev) => this.receive(ev.data);
     this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
     // Check for silence twice per heartbeat, so a dead peer is noticed soon after DEAD_AFTER_MS.
-    this.timer = setInterval(() => this.tick(), this.heartbeatMs / 2);
+    tickerFor(this.heartbeatMs / 2).add(this);
   }
 
   send(msg: Control): void {
@@ -127,19 +162,20 @@ export class Conn {
     this.end(reason || "closed");
   }
 
-  private tick(): void {
+  /** Called by its Ticker twice per heartbeat. */
+  tick(): void {
     this.ws.trim();
     if (Date.now() - this.lastRecv > this.deadAfterMs) {
       this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
       return;
     }
-    if (++this.ticks % 2 === 0) this.send({ t: "ping" });
+    if (++this.ticks % 2 === 0 && this.ws.readyState === OPEN) this.ws.send(PING);
   }
 
   private end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
-    clearInterval(this.timer);
+    tickerFor(this.heartbeatMs / 2).delete(this);
     this.handlers?.onClose(reason);
   }
 
