@@ -140,3 +140,50 @@ Deno.test("tether share: bad input fails clearly; a shared session outlives the 
   assert.match(table.stdout, /ID +MACHINE +SESSION +MODE/);
   assert.match(table.stdout, new RegExp(`${s.id} +box +${s.session} +read-write +1 +active`));
 });
+
+Deno.test("share page: the page with its CSP, assets gzipped or not as the browser asks, nothing else under /s/", async () => {
+  await using w = await World.create();
+  const base = `http://127.0.0.1:${w.port}`;
+  const page = await fetch(`${base}/s`);
+  const html = await page.text();
+  assert.equal(page.status, 200);
+  assert.match(page.headers.get("content-security-policy") ?? "", /script-src 'self'/);
+  assert.equal(page.headers.get("x-frame-options"), "DENY");
+  const scripts = [...html.matchAll(/src="(\/s\/[\w.-]+\?v=[0-9a-f]{12})"/g)].map((m) => m[1]);
+  assert.deepEqual(scripts.map((s) => s.split("?")[0]), [
+    "/s/xterm.js",
+    "/s/addon-fit.js",
+    "/s/scrypt.js",
+    "/s/tether.js",
+    "/s/page.js",
+  ]);
+  const settings = await (await fetch(`${base}/s/tether.js`)).text();
+  assert.match(settings, /^const TETHER = \{"v":\d+,"version":"[^"]+"\};/);
+  // A raw request without Accept-Encoding gets the plain file; fetch (gzip) gets it packed.
+  const raw = async (path: string, extra = "") => {
+    const c = await Deno.connect({ hostname: "127.0.0.1", port: w.port });
+    await c.write(new TextEncoder().encode(`GET ${path} HTTP/1.1\r\nHost: x\r\n${extra}\r\n`));
+    const chunks: Uint8Array[] = [];
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      const n = await c.read(buf);
+      if (n === null) break;
+      chunks.push(buf.slice(0, n));
+    }
+    c.close();
+    return new TextDecoder().decode(
+      chunks.reduce((a, b) => new Uint8Array([...a, ...b]), new Uint8Array()),
+    );
+  };
+  const plain = await raw("/s/page.css");
+  assert.match(plain, /^HTTP\/1\.1 200/);
+  assert.doesNotMatch(plain, /content-encoding/i);
+  assert.match(plain, /#term \{/);
+  const packed = await raw("/s/page.css", "Accept-Encoding: gzip, br\r\n");
+  assert.match(packed, /content-encoding: gzip/i);
+  const viaFetch = await (await fetch(`${base}/s/page.css`)).text();
+  assert.match(viaFetch, /#term \{/);
+  const missing = await fetch(`${base}/s/nothing.js`);
+  assert.equal(missing.status, 404);
+  await missing.body?.cancel();
+});

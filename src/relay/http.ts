@@ -24,7 +24,7 @@ export interface HttpRequest {
 }
 
 export type HttpAnswer =
-  | { status: number; body: string; headers?: Record<string, string> }
+  | { status: number; body: string | Uint8Array; headers?: Record<string, string> }
   /** Upgrade to a WebSocket; `accept` gets the open socket. */
   | { upgrade: (ws: WsSocket) => void };
 
@@ -200,9 +200,9 @@ export async function serveHttp(
 
 async function respond(
   conn: ConnLike,
-  a: { status: number; body: string; headers?: Record<string, string> },
+  a: { status: number; body: string | Uint8Array; headers?: Record<string, string> },
 ): Promise<void> {
-  const body = enc.encode(a.body);
+  const body = typeof a.body === "string" ? enc.encode(a.body) : a.body;
   // Plain text unless the answer says otherwise (/metrics names its format's version).
   const headers = { "content-type": "text/plain; charset=utf-8", ...a.headers };
   const extra = Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("");

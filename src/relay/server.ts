@@ -203,8 +203,11 @@ function handle(
   metrics: RelayMetrics,
   web: { tls: boolean; publicOrigin?: string },
 ): HttpAnswer | Promise<HttpAnswer> {
-  const page = pageAnswer(req.path);
-  if (page) return page;
+  if (req.path === "/s" || req.path.startsWith("/s/")) {
+    return pageAnswer(req.path, req.headers.get("accept-encoding") ?? "").then((page) =>
+      page ?? { status: 404, body: "not found\n" }
+    );
+  }
   if (req.path === SHARE_PATH) return sharePage(req, hub, pacer, log, web);
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };

@@ -10,17 +10,12 @@
  * no forms elsewhere). xterm.js writes the terminal's styles at run time, hence
  * 'unsafe-inline' for styles only.
  */
-import xtermJs from "@xterm/xterm/lib/xterm.js" with { type: "text" };
-import xtermCss from "@xterm/xterm/css/xterm.css" with { type: "text" };
-import fitJs from "@xterm/addon-fit/lib/addon-fit.js" with { type: "text" };
-import scryptJs from "scrypt-js/scrypt.js" with { type: "text" };
-import pageHtml from "./page/index.html" with { type: "text" };
-import pageJs from "./page/page.js" with { type: "text" };
-import pageCss from "./page/page.css" with { type: "text" };
+import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import type { HttpAnswer } from "./http.ts";
 import { PAGE_PATH } from "../protocol/share.ts";
+import { PAGE_ASSETS } from "./page/assets.gen.ts";
 
 const CSP = [
   "default-src 'none'",
@@ -40,38 +35,60 @@ const COMMON = {
   "cross-origin-opener-policy": "same-origin",
 };
 
-const JS = "text/javascript; charset=utf-8";
-const CSS = "text/css; charset=utf-8";
+/** The page's settings: the protocol it speaks (made here, so it follows the release). */
+const SETTINGS = `const TETHER = ${JSON.stringify({ v: PROTOCOL_VERSION, version: VERSION })};\n`;
+const SETTINGS_PATH = "/s/tether.js";
 
-const ASSETS: Record<string, { type: string; body: string }> = {
-  "/s/xterm.js": { type: JS, body: xtermJs },
-  "/s/xterm.css": { type: CSS, body: xtermCss },
-  "/s/addon-fit.js": { type: JS, body: fitJs },
-  "/s/scrypt.js": { type: JS, body: scryptJs },
-  "/s/page.js": {
-    type: JS,
-    body: `const TETHER = ${JSON.stringify({ v: PROTOCOL_VERSION, version: VERSION })};\n${pageJs}`,
-  },
-  "/s/page.css": { type: CSS, body: pageCss },
-};
+/** The files as gzip bytes, decoded from the bundle on first use. */
+const gzipped = new Map<string, Uint8Array>();
+
+function gz(path: string): Uint8Array {
+  let bytes = gzipped.get(path);
+  if (!bytes) gzipped.set(path, bytes = Buffer.from(PAGE_ASSETS[path].gz, "base64"));
+  return bytes;
+}
 
 /**
- * The page names each asset with a hash of its content (`/s/xterm.js?v=…`), so a browser
+ * The page, naming each asset with a hash of its content (`/s/xterm.js?v=…`), so a browser
  * may keep them for good (and keep their compiled code): a new release is a new URL.
  */
-const HTML = pageHtml.replace(/"(\/s\/[\w.-]+)"/g, (whole, path: string) => {
-  const asset = ASSETS[path];
-  if (!asset) return whole;
-  const v = createHash("sha256").update(asset.body).digest("hex").slice(0, 12);
-  return `"${path}?v=${v}"`;
-});
+let html: string | undefined;
 
-/** The page or one of its assets, or undefined for any other path. */
-export function pageAnswer(path: string): HttpAnswer | undefined {
+/** node:zlib, loaded at the first page request (every command loads this bundle). */
+let zlib: typeof import("node:zlib") | undefined;
+
+async function gunzip(bytes: Uint8Array): Promise<Uint8Array> {
+  zlib ??= await import("node:zlib");
+  return new Uint8Array(zlib.gunzipSync(bytes));
+}
+
+async function pageHtml(): Promise<string> {
+  html ??= new TextDecoder().decode(await gunzip(gz(PAGE_PATH))).replace(
+    /"(\/s\/[\w.-]+)"/g,
+    (whole, path: string) => {
+      const v = path === SETTINGS_PATH
+        ? createHash("sha256").update(SETTINGS).digest("hex").slice(0, 12)
+        : PAGE_ASSETS[path]?.hash;
+      return v ? `"${path}?v=${v}"` : whole;
+    },
+  );
+  return html;
+}
+
+const IMMUTABLE = "public, max-age=31536000, immutable";
+
+/**
+ * The page or one of its assets, or undefined for any other path. Assets go gzipped to a
+ * browser that takes gzip (all do), unpacked to one that does not.
+ */
+export async function pageAnswer(
+  path: string,
+  acceptEncoding = "",
+): Promise<HttpAnswer | undefined> {
   if (path === PAGE_PATH || path === `${PAGE_PATH}/`) {
     return {
       status: 200,
-      body: HTML,
+      body: await pageHtml(),
       headers: {
         ...COMMON,
         "content-type": "text/html; charset=utf-8",
@@ -83,15 +100,29 @@ export function pageAnswer(path: string): HttpAnswer | undefined {
       },
     };
   }
-  const asset = ASSETS[path];
+  if (path === SETTINGS_PATH) {
+    return {
+      status: 200,
+      body: SETTINGS,
+      headers: {
+        ...COMMON,
+        "content-type": "text/javascript; charset=utf-8",
+        "cache-control": IMMUTABLE,
+      },
+    };
+  }
+  const asset = path.startsWith("/s/") ? PAGE_ASSETS[path] : undefined;
   if (!asset) return undefined;
+  const gzip = /\bgzip\b/i.test(acceptEncoding);
   return {
     status: 200,
-    body: asset.body,
+    body: gzip ? gz(path) : await gunzip(gz(path)),
     headers: {
       ...COMMON,
       "content-type": asset.type,
-      "cache-control": "public, max-age=31536000, immutable",
+      "cache-control": IMMUTABLE,
+      vary: "accept-encoding",
+      ...(gzip ? { "content-encoding": "gzip" } : {}),
     },
   };
 }

@@ -10,7 +10,7 @@
  * the small part of a Deno.Conn it uses (read, write, close, remoteAddr).
  */
 import { Buffer } from "node:buffer";
-import tls from "node:tls";
+import type tls from "node:tls";
 import type { ByteConn } from "../protocol/ws_socket.ts";
 
 /** How long a closed connection may take to flush what was written to it. */
@@ -137,9 +137,11 @@ export interface ListenerLike {
 }
 
 /** Listens for TLS on hostname:port; rejects with Deno.errors.AddrInUse when taken. */
-export function listenTlsNoDelay(
+export async function listenTlsNoDelay(
   opts: { hostname: string; port: number; cert: string; key: string },
 ): Promise<ListenerLike> {
+  // Loaded here, not with the module: every command loads this bundle, few serve TLS.
+  const { default: tls } = await import("node:tls");
   const waiting: ((c: ConnLike | Error) => void)[] = [];
   const ready: ConnLike[] = [];
   let closed = false;

@@ -1,6 +1,5 @@
 // tether's share page: a browser client of the relay's protocol (docs/PROTOCOL.md), over
-// /v1/share. The relay serves this file as is, after one line that sets TETHER (the
-// protocol version). Control messages are JSON text; DATA and CREDIT are binary frames
+// /v1/share. /s/tether.js, loaded before it, sets TETHER (the protocol version). Control messages are JSON text; DATA and CREDIT are binary frames
 // laid out as src/protocol/frames.ts defines them (its header comment is the reference).
 //
 // The link's token is in the URL's fragment, which the browser never sends to the relay;
