@@ -16,6 +16,7 @@
  */
 import fs from "node:fs";
 import net from "node:net";
+import { NodeReader } from "../common/node_reader.ts";
 
 export interface StdinReader {
   read(buf: Uint8Array): Promise<number | null>;
@@ -41,26 +42,14 @@ export function openStreamStdin(): StdinReader {
 }
 
 class SocketStdin implements StdinReader {
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #ended = false;
-  #error?: Error;
-  #wake?: () => void;
   readonly #restore = () => this.#setBlocking();
+  readonly #reader: NodeReader;
 
   constructor(readonly socket: net.Socket) {
     globalThis.addEventListener("unload", this.#restore);
-    socket.on("data", (d: Uint8Array) => {
-      this.#chunks.push(d);
-      this.#buffered += d.length;
-      if (this.#buffered >= HIGH_WATER) socket.pause();
-      this.#notify();
-    });
-    socket.on("end", () => this.#finish());
-    socket.on("close", () => this.#finish());
-    socket.on("error", (e: Error) => {
-      this.#error ??= e;
-      this.#finish();
+    this.#reader = new NodeReader(socket, HIGH_WATER, () => {
+      this.#setBlocking();
+      globalThis.removeEventListener("unload", this.#restore);
     });
   }
 
@@ -72,38 +61,7 @@ class SocketStdin implements StdinReader {
     } catch { /* the handle is already closed */ }
   }
 
-  #finish(): void {
-    if (!this.#ended) {
-      this.#ended = true;
-      this.#setBlocking();
-      globalThis.removeEventListener("unload", this.#restore);
-    }
-    this.#notify();
-  }
-
-  #notify(): void {
-    const w = this.#wake;
-    this.#wake = undefined;
-    w?.();
-  }
-
-  async read(buf: Uint8Array): Promise<number | null> {
-    while (this.#chunks.length === 0) {
-      if (this.#error) throw this.#error;
-      if (this.#ended) return null;
-      await new Promise<void>((r) => (this.#wake = r));
-    }
-    let n = 0;
-    while (n < buf.length && this.#chunks.length > 0) {
-      const c = this.#chunks[0];
-      const take = Math.min(c.length, buf.length - n);
-      buf.set(c.subarray(0, take), n);
-      n += take;
-      if (take === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(take);
-    }
-    this.#buffered -= n;
-    if (this.#buffered < HIGH_WATER / 2 && this.socket.isPaused()) this.socket.resume();
-    return n;
+  read(buf: Uint8Array): Promise<number | null> {
+    return this.#reader.read(buf);
   }
 }

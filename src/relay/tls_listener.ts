@@ -12,6 +12,7 @@
 import { Buffer } from "node:buffer";
 import type tls from "node:tls";
 import type { ByteConn } from "../protocol/ws_socket.ts";
+import { NodeReader } from "../common/node_reader.ts";
 
 /** How long a closed connection may take to flush what was written to it. */
 const CLOSE_GRACE_MS = 5_000;
@@ -28,13 +29,8 @@ export type ConnLike = ByteConn & Pick<Deno.Conn, "remoteAddr">;
  */
 class NodeTlsConn implements ConnLike {
   readonly remoteAddr: Deno.NetAddr;
-  #chunks: Uint8Array[] = [];
-  #buffered = 0;
-  #ended = false;
-  #error?: Error;
-  #wake?: () => void;
+  readonly #reader: NodeReader;
   #closed = false;
-  #paused = false;
 
   constructor(readonly sock: tls.TLSSocket) {
     this.remoteAddr = {
@@ -42,60 +38,19 @@ class NodeTlsConn implements ConnLike {
       hostname: sock.remoteAddress ?? "",
       port: sock.remotePort ?? 0,
     };
-    sock.on("data", (chunk: Buffer) => {
-      this.#chunks.push(chunk);
-      this.#buffered += chunk.length;
-      if (this.#buffered > READ_AHEAD && !this.#paused) {
-        this.#paused = true;
-        sock.pause();
-      }
-      this.#poke();
-    });
-    sock.on("end", () => {
-      this.#ended = true;
-      this.#poke();
-    });
-    sock.on("close", () => {
-      this.#ended = true;
-      this.#poke();
-    });
-    sock.on("error", (e: Error) => {
-      this.#error = e;
-      this.#poke();
-    });
-  }
-
-  #poke(): void {
-    const wake = this.#wake;
-    this.#wake = undefined;
-    wake?.();
+    this.#reader = new NodeReader(sock, READ_AHEAD);
   }
 
   async read(buf: Uint8Array): Promise<number | null> {
-    while (this.#chunks.length === 0) {
-      if (this.#error) throw new Deno.errors.ConnectionReset(this.#error.message);
-      if (this.#ended || this.#closed) return null;
-      await new Promise<void>((r) => (this.#wake = r));
+    try {
+      return await this.#reader.read(buf);
+    } catch (e) {
+      throw new Deno.errors.ConnectionReset((e as Error).message);
     }
-    let n = 0;
-    while (n < buf.length && this.#chunks.length) {
-      const c = this.#chunks[0];
-      const take = Math.min(c.length, buf.length - n);
-      buf.set(c.subarray(0, take), n);
-      n += take;
-      if (take === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(take);
-    }
-    this.#buffered -= n;
-    if (this.#buffered <= READ_AHEAD / 2 && this.#paused) {
-      this.#paused = false;
-      this.sock.resume();
-    }
-    return n;
   }
 
   write(buf: Uint8Array): Promise<number> {
-    if (this.#closed || this.#error) {
+    if (this.#closed || this.#reader.error) {
       return Promise.reject(new Deno.errors.BrokenPipe("the connection is closed"));
     }
     // The caller may reuse `buf` once this resolves; node keeps what it is given until sent.
@@ -105,7 +60,7 @@ class NodeTlsConn implements ConnLike {
       const done = () => {
         this.sock.off("drain", done);
         this.sock.off("close", done);
-        if (this.#closed || this.#error) reject(new Deno.errors.BrokenPipe("closed"));
+        if (this.#closed || this.#reader.error) reject(new Deno.errors.BrokenPipe("closed"));
         else resolve(buf.length);
       };
       this.sock.on("drain", done);
@@ -125,7 +80,7 @@ class NodeTlsConn implements ConnLike {
     const cut = setTimeout(() => this.sock.destroy(), CLOSE_GRACE_MS);
     Deno.unrefTimer(cut);
     this.sock.once("close", () => clearTimeout(cut));
-    this.#poke();
+    this.#reader.stop();
   }
 }
 
