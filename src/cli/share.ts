@@ -1,6 +1,6 @@
 /**
  * `tether share MACHINE`: a link to a browser terminal on one session, served by the relay
- * (docs/SHARE.md). `--list` and `--revoke ID` manage the workspace's links.
+ * (docs/PROTOCOL.md, "Share links"). `--list` and `--revoke ID` manage the workspace's links.
  */
 import type { Command } from "@commander-js/extra-typings";
 import { type MachineView, RelayClient, type StreamAuth } from "../client/relay_client.ts";

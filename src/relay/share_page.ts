@@ -1,9 +1,9 @@
 /**
- * The browser terminal a share link opens (`tether share`, docs/SHARE.md): one HTML page
- * at /s, its script and styles under /s/, all from this bundle — xterm.js and its fit
- * addon and scrypt-js (machine passwords) come from their npm packages, imported as text,
- * so an offline relay serves them. The page then speaks the relay's protocol on
- * /v1/share (server.ts).
+ * The browser terminal a share link opens (`tether share`; docs/PROTOCOL.md, "Share
+ * links"): one HTML page at /s, its scripts and styles under /s/, all from this bundle:
+ * xterm.js, its fit addon and scrypt-js (machine passwords) from their npm packages and the
+ * page's own files, kept gzipped in assets.gen.ts, so an offline relay serves them. The
+ * page then speaks the relay's protocol on /v1/share (server.ts).
  *
  * The page allows nothing it does not load from the relay itself: a strict
  * Content-Security-Policy (scripts and connections to its own origin only, no frames,
