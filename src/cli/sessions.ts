@@ -8,6 +8,7 @@ import { type Act, collect, globals, parsePairs, withClient } from "./context.ts
 import { matchesSelector } from "../client/select.ts";
 import { printJson, table } from "./output.ts";
 import { visible } from "../common/text.ts";
+import { SHARE_KEY_PREFIX } from "../protocol/share.ts";
 
 /** A session's or an exec's state, as the table shows it. */
 function stateOf(s: SessionView): string {
@@ -26,7 +27,7 @@ function stateOf(s: SessionView): string {
 
 /** How many are attached, and how many of them are browser pages of share links. */
 function clientsOf(s: SessionView): string {
-  const pages = (s.participants ?? []).filter((p) => p.key.startsWith("share:")).length;
+  const pages = (s.participants ?? []).filter((p) => p.key.startsWith(SHARE_KEY_PREFIX)).length;
   return pages ? `${s.clients} (${pages} browser)` : String(s.clients);
 }
 

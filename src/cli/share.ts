@@ -10,7 +10,6 @@ import { shareLimitsProblem, shareLink, type ShareView } from "../protocol/share
 import { type Act, clientConfig, collect, globals, withClient } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { printJson, say, table } from "./output.ts";
-import { visible } from "../common/text.ts";
 
 function stateOf(s: ShareView, now: number): string {
   if (s.revoked_at !== null) return "revoked";
@@ -117,12 +116,10 @@ export function registerShare(program: Command, act: Act) {
         }
         console.log(link);
         say(
-          visible(
-            `share link ${made.id}: session ${session} on ${target.name}` +
-              `${made.read_only ? ", read-only" : ""}, ${uses} use${uses === 1 ? "" : "s"}, ` +
-              `expires in ${formatAge(ttlMs)}. ` +
-              `Revoke: tether share --revoke ${made.id}`,
-          ),
+          `share link ${made.id}: session ${session} on ${target.name}` +
+            `${made.read_only ? ", read-only" : ""}, ${uses} use${uses === 1 ? "" : "s"}, ` +
+            `expires in ${formatAge(ttlMs)}. ` +
+            `Revoke: tether share --revoke ${made.id}`,
         );
       } finally {
         client.close();

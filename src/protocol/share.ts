@@ -39,6 +39,9 @@ export interface ShareView {
   revoked_at: number | null;
 }
 
+/** The key id a share link's pages act as (`share:ID`: audit rows, the agent's participants). */
+export const SHARE_KEY_PREFIX = "share:";
+
 /** The WebSocket endpoint of share pages. */
 export const SHARE_PATH = "/v1/share";
 /** Where the page is; a link is `<relay>/s#TOKEN`. */

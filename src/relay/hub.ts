@@ -35,14 +35,8 @@ import {
   type SessionView,
   type WireError,
 } from "../protocol/messages.ts";
-import {
-  type MachineRow,
-  type Principal,
-  SHARE_KEY_PREFIX,
-  type ShareRow,
-  type Store,
-} from "./store.ts";
-import { SHARE_DEFAULT_TTL_MS, shareLimitsProblem } from "../protocol/share.ts";
+import type { MachineRow, Principal, ShareRefusal, ShareRow, Store } from "./store.ts";
+import { SHARE_DEFAULT_TTL_MS, SHARE_KEY_PREFIX, shareLimitsProblem } from "../protocol/share.ts";
 import { newSecret } from "./keys.ts";
 
 interface Route {
@@ -145,12 +139,27 @@ const GATHER_MS = 3_000;
 /** A relay answering another's `sessions` answers this much sooner, so that it is heard. */
 const PEER_GATHER_MARGIN_MS = 500;
 
-function shareRevoked(): WireError {
-  return {
-    code: "unauthenticated",
-    message: "this share link was revoked",
-    hint: "ask whoever shared it for a new link",
-  };
+/** Why a share link's page is refused or cut, as the page shows it. */
+export function shareRefused(why: ShareRefusal): WireError {
+  const ask = "ask whoever shared it for a new link";
+  switch (why) {
+    case "unknown":
+      return {
+        code: "unauthenticated",
+        message: "this share link is not valid here (mistyped, or made for another relay)",
+        hint: "copy the whole link `tether share` printed, or ask for a new one",
+      };
+    case "expired":
+      return { code: "unauthenticated", message: "this share link has expired", hint: ask };
+    case "used":
+      return {
+        code: "unauthenticated",
+        message: "this share link was already used",
+        hint: "a link opens as many pages as its --uses allows; ask for a new link",
+      };
+    case "revoked":
+      return { code: "unauthenticated", message: "this share link was revoked", hint: ask };
+  }
 }
 
 /**
@@ -820,7 +829,9 @@ export class Hub {
   cutShare(id: string): void {
     this.forgetShareResumes((x) => x === id);
     for (const c of this.clients) {
-      if (c.principal.keyId === SHARE_KEY_PREFIX + id) c.conn.fail(CLOSE_AUTH, shareRevoked());
+      if (c.principal.keyId === SHARE_KEY_PREFIX + id) {
+        c.conn.fail(CLOSE_AUTH, shareRefused("revoked"));
+      }
     }
   }
 
@@ -984,7 +995,7 @@ export class Hub {
       if (!revoked.has(l.principal.keyId)) continue;
       l.conn.fail(
         CLOSE_AUTH,
-        l.principal.kind === "share" ? shareRevoked() : {
+        l.principal.kind === "share" ? shareRefused("revoked") : {
           code: "unauthenticated",
           message: "the relay revoked this key",
           hint: "ask the relay's operator for a new key, then run `tether login`",

@@ -21,17 +21,11 @@ import {
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
 import { errorBody, TetherError } from "../common/errors.ts";
 import { parseKey } from "../protocol/keys.ts";
-import { type AgentLink, type ClientLink, Hub } from "./hub.ts";
+import { type AgentLink, type ClientLink, Hub, shareRefused } from "./hub.ts";
 import { Fleet, FleetTokens, newRelayId } from "./fleet.ts";
-import {
-  type Principal,
-  SHARE_KEY_PREFIX,
-  type ShareRefusal,
-  type ShareRow,
-  type Store,
-} from "./store.ts";
+import type { Principal, ShareRow, Store } from "./store.ts";
 import { pageAnswer } from "./share_page.ts";
-import { SHARE_PATH } from "../protocol/share.ts";
+import { SHARE_KEY_PREFIX, SHARE_PATH } from "../protocol/share.ts";
 import { SqliteStore } from "./store_sqlite.ts";
 import { FailurePacer } from "../common/throttle.ts";
 import { visible } from "../common/text.ts";
@@ -208,7 +202,7 @@ function handle(
       page ?? { status: 404, body: "not found\n" }
     );
   }
-  if (req.path === SHARE_PATH) return sharePage(req, hub, pacer, log, web);
+  if (req.path === SHARE_PATH) return sharePage(req, hub, pacer, log, metrics, web);
   // Liveness: the process serves. Readiness: it can also write its store.
   if (req.path === "/healthz") return { status: 200, body: "ok\n" };
   if (req.path === "/metrics") {
@@ -259,6 +253,16 @@ function handle(
   );
 }
 
+/**
+ * Records a failed key or link check from `host`: how long to hold its refusal (ms), or -1
+ * when that would be too long and the answer is "slow down" at once.
+ */
+function failedCheck(pacer: FailurePacer, metrics: RelayMetrics, host: string): number {
+  const wait = pacer.fail(host);
+  metrics.authFailures.inc({ code: wait < 0 ? "rate_limited" : "unauthenticated" });
+  return wait;
+}
+
 /** Answers a request whose key was checked (`principal` null: missing or invalid). */
 function admit(
   req: HttpRequest,
@@ -271,8 +275,7 @@ function admit(
 ): HttpAnswer | Promise<HttpAnswer> {
   const addr = req.remote;
   if (!principal) {
-    const wait = pacer.fail(addr.hostname);
-    metrics.authFailures.inc({ code: wait < 0 ? "rate_limited" : "unauthenticated" });
+    const wait = failedCheck(pacer, metrics, addr.hostname);
     if (wait < 0) {
       return {
         status: 429,
@@ -313,6 +316,7 @@ function admit(
         principal,
         hub,
         log,
+        addr,
       ),
   };
 }
@@ -329,6 +333,7 @@ function sharePage(
   hub: Hub,
   pacer: FailurePacer,
   log: (l: string) => void,
+  metrics: RelayMetrics,
   web: { tls: boolean; publicOrigin?: string },
 ): HttpAnswer {
   if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
@@ -353,7 +358,7 @@ function sharePage(
         conn.fail(CLOSE_AUTH, refusal);
         return;
       }
-      accept(conn, "client", undefined, hub, log, { pacer, remote: addr });
+      accept(conn, "client", undefined, hub, log, addr, { pacer, metrics });
     },
   };
 }
@@ -364,12 +369,12 @@ function sharePage(
  */
 async function admitShare(
   hub: Hub,
-  pacer: FailurePacer,
+  checks: ShareChecks,
   remote: Deno.NetAddr,
   share: { token?: string; resume?: string },
 ): Promise<{ principal: Principal; grant: ShareGrant } | WireError> {
   const refused = async (e: WireError): Promise<WireError> => {
-    const wait = pacer.fail(remote.hostname);
+    const wait = failedCheck(checks.pacer, checks.metrics, remote.hostname);
     if (wait < 0) {
       return {
         code: "rate_limited",
@@ -394,7 +399,7 @@ async function admitShare(
     resume = share.resume;
   } else {
     const used = await hub.store.useShare(share.token ?? "");
-    if (typeof used === "string") return refused(SHARE_REFUSALS[used]);
+    if (typeof used === "string") return refused(shareRefused(used));
     row = used;
     resume = hub.newShareResume(row);
   }
@@ -418,28 +423,11 @@ async function admitShare(
   };
 }
 
-const SHARE_REFUSALS: Record<ShareRefusal, WireError> = {
-  unknown: {
-    code: "unauthenticated",
-    message: "this share link is not valid here (mistyped, or made for another relay)",
-    hint: "copy the whole link `tether share` printed, or ask for a new one",
-  },
-  expired: {
-    code: "unauthenticated",
-    message: "this share link has expired",
-    hint: "ask whoever shared it for a new link",
-  },
-  used: {
-    code: "unauthenticated",
-    message: "this share link was already used",
-    hint: "a link opens as many pages as its --uses allows; ask for a new link",
-  },
-  revoked: {
-    code: "unauthenticated",
-    message: "this share link was revoked",
-    hint: "ask whoever shared it for a new link",
-  },
-};
+/** What pages of share links are checked with: the relay's pacing of failed checks. */
+interface ShareChecks {
+  pacer: FailurePacer;
+  metrics: RelayMetrics;
+}
 
 /** The origin of `--public-url` (ws:// and wss:// are taken as http:// and https://). */
 function publicOrigin(url: string): string {
@@ -448,13 +436,15 @@ function publicOrigin(url: string): string {
   return u.origin;
 }
 
+/** A connection upgraded; `share` for a share page's, whose principal its hello names. */
 function accept(
   conn: Conn,
   role: Role,
   principal: Principal | undefined,
   hub: Hub,
   log: (l: string) => void,
-  share?: { pacer: FailurePacer; remote: Deno.NetAddr },
+  remote: Deno.NetAddr,
+  share?: ShareChecks,
 ) {
   if (hub.closing) {
     conn.close(1001, "relay shutting down");
@@ -478,7 +468,7 @@ function accept(
       if (!link) {
         clearTimeout(helloTimer);
         waiting = [];
-        hello(conn, role, principal, msg, hub, log, share).then((met) => {
+        hello(conn, role, principal, msg, hub, log, remote, share).then((met) => {
           const queued = waiting!;
           waiting = undefined;
           // A peer that left while the store answered is not added (nor keeps a lease).
@@ -535,7 +525,8 @@ async function hello(
   msg: Control,
   hub: Hub,
   log: (l: string) => void,
-  share?: { pacer: FailurePacer; remote: Deno.NetAddr },
+  remote: Deno.NetAddr,
+  share?: ShareChecks,
 ): Promise<{ link: AgentLink | ClientLink; welcome: Control } | undefined> {
   if (msg.t !== "hello") throw new ProtocolError(`expected hello, got '${msg.t}'`);
   let principal = who;
@@ -549,14 +540,14 @@ async function hello(
       });
       return undefined;
     }
-    const admitted = await admitShare(hub, share.pacer, share.remote, msg.share);
+    const admitted = await admitShare(hub, share, remote, msg.share);
     if (!("principal" in admitted)) {
       conn.fail(CLOSE_AUTH, admitted);
       return undefined;
     }
     ({ principal, grant } = admitted);
     log(
-      `share link ${grant.id} joined from ${share.remote.hostname}` +
+      `share link ${grant.id} joined from ${remote.hostname}` +
         (grant.read_only ? " (read-only)" : ""),
     );
   }
@@ -586,7 +577,7 @@ async function hello(
       workspace: principal.workspace,
       routes: new Map(),
       opening: new Map(),
-      remote: conn.label.replace(/^\S+ (page )?/, ""),
+      remote: `${remote.hostname}:${remote.port}`,
       ...(role === "relay" ? { peer: true } : {}),
     };
     return { link, welcome: grant ? { ...welcome, share: grant } : welcome };

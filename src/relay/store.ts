@@ -7,7 +7,7 @@
  * Only hashes of secrets are ever written.
  */
 import { newKeyId, newSecret } from "./keys.ts";
-import type { ShareView } from "../protocol/share.ts";
+import { SHARE_KEY_PREFIX, type ShareView } from "../protocol/share.ts";
 import type { KeyRole, ParsedKey } from "../protocol/keys.ts";
 
 export interface KeyRow {
@@ -294,9 +294,6 @@ export function parseShareToken(token: string): { id: string; secret: string } |
   const m = /^([0-9a-f]{12})\.([0-9a-f]{40})$/.exec(token);
   return m ? { id: m[1], secret: m[2] } : undefined;
 }
-
-/** The key id a share link's pages act as (audit rows, the agent's `client_key`). */
-export const SHARE_KEY_PREFIX = "share:";
 
 /** Splits `ids` into keys and share links (`share:ID`, by link id). */
 export function splitKeyIds(ids: string[]): { keys: string[]; shares: string[] } {

@@ -34,7 +34,6 @@ import {
   reason,
   type RelayRow,
   SHARE_COLUMNS,
-  SHARE_KEY_PREFIX,
   shareFromRow,
   type ShareRefusal,
   shareRefusal,
@@ -42,6 +41,7 @@ import {
   splitKeyIds,
   type Store,
 } from "./store.ts";
+import { SHARE_KEY_PREFIX } from "../protocol/share.ts";
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE workspaces (

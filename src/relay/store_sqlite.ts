@@ -24,7 +24,6 @@ import {
   type Principal,
   reason,
   SHARE_COLUMNS,
-  SHARE_KEY_PREFIX,
   shareFromRow,
   type ShareRefusal,
   shareRefusal,
@@ -32,6 +31,7 @@ import {
   splitKeyIds,
   type Store,
 } from "./store.ts";
+import { SHARE_KEY_PREFIX } from "../protocol/share.ts";
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE workspaces (
