@@ -18,6 +18,7 @@ import fitJs from "@xterm/addon-fit/lib/addon-fit.js" with { type: "text" };
 import scryptJs from "scrypt-js/scrypt.js" with { type: "text" };
 import pageHtml from "../src/relay/page/index.html" with { type: "text" };
 import pageJs from "../src/relay/page/page.js" with { type: "text" };
+import noiseJs from "../src/relay/page/noise.js" with { type: "text" };
 import pageCss from "../src/relay/page/page.css" with { type: "text" };
 
 export const OUT = new URL("../src/relay/page/assets.gen.ts", import.meta.url).pathname;
@@ -32,6 +33,7 @@ const FILES: [string, string, string][] = [
   ["/s/xterm.css", CSS, xtermCss],
   ["/s/addon-fit.js", JS, fitJs],
   ["/s/scrypt.js", JS, scryptJs],
+  ["/s/noise.js", JS, noiseJs],
   ["/s/page.js", JS, pageJs],
   ["/s/page.css", CSS, pageCss],
 ];

@@ -9,6 +9,7 @@ import { launch, needChromium, pageUntil, typeInto, view } from "./browser.ts";
 import { join } from "node:path";
 import { baseEnv, eventually, type Proc, run, World } from "./helpers.ts";
 import { TcpProxy } from "./proxy.ts";
+import { contains, WsTamperProxy } from "./ws_tamper.ts";
 
 /** `tether share ARGS --json`: the link and its id. */
 async function share(
@@ -56,7 +57,10 @@ browserTest(
   "share: type in the browser, the CLI in the same session sees it; participants listed",
   async (w, browser) => {
     const s = await share(w, ["box", "--new"]);
-    assert.match(s.link, /^http:\/\/127\.0\.0\.1:\d+\/s#[0-9a-f]{12}\.[0-9a-f]{40}$/);
+    assert.match(
+      s.link,
+      /^http:\/\/127\.0\.0\.1:\d+\/s#[0-9a-f]{12}\.[0-9a-f]{40}\.[\w-]{43}\.[\w-]{43}$/,
+    );
     const page = await openPage(browser, s.link);
     const cli = cliClient(w, s.session);
     await cli.waitFor(/attached/);
@@ -182,7 +186,9 @@ browserTest(
     assert.equal((await w.tether(["share", "--revoke", revoked.id])).code, 0);
     await refusedOn(revoked.link, /revoked/);
     await refusedOn(first.link.replace(/#.*/, "#abc"), /incomplete/);
-    await refusedOn(first.link.replace(/\.[0-9a-f]{40}$/, `.${"0".repeat(40)}`), /not valid/);
+    await refusedOn(first.link.replace(/\.[0-9a-f]{40}\./, `.${"0".repeat(40)}.`), /not valid/);
+    // A link whose keys were cut short (end to end, the page needs both) is incomplete.
+    await refusedOn(first.link.replace(/\.[\w-]{43}$/, ".abc"), /incomplete/);
 
     // Revoking the link a page joined with cuts it.
     const revoke = await w.tether(["share", "--revoke", first.id]);
@@ -261,3 +267,44 @@ browserTest(
     await pageUntil(page, (v) => v.text.includes("unlocked-9"), "the shell answers");
   },
 );
+
+Deno.test({
+  name:
+    "share, end to end: the relay's link to the agent carries no keystroke or output in the clear; a flipped frame shows integrity on the page",
+  ignore: needChromium.ignore,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    needChromium.check();
+    await using w = await World.create();
+    const proxy = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+    using _p = proxy;
+    await w.startAgent("box", { relay: `ws://127.0.0.1:${proxy.port}` });
+    const browser = await launch();
+    try {
+      const s = await share(w, ["box", "--new"]);
+      const page = await openPage(browser, s.link);
+      await typeInto(page, "echo BKEY-$((3*3))-OUT\n");
+      await pageUntil(page, (v) => v.text.includes("BKEY-9-OUT"), "the echo in the page");
+      const seen = proxy.all();
+      assert.ok(contains(seen, '"t":"sealed"'), "the page's stream is sealed");
+      for (const secret of ["BKEY", "9-OUT"]) {
+        assert.ok(!contains(seen, secret), `${secret} crossed the relay in the clear`);
+      }
+      // The relay's audit: the page's join (key share:ID) is a sealed stream.
+      const audit = JSON.parse(
+        (await w.tether(["relay", "audit", "--data-dir", w.relayDir, "--json"])).stdout,
+      );
+      const join = audit.find((r: { key_id: string }) => r.key_id === `share:${s.id}`);
+      assert.equal(join?.sealed, true, JSON.stringify(audit));
+      // The relay's side flips a byte of the next output frame: the page stops, and says why.
+      proxy.arm({ mode: "flip", direction: "up", nth: 1 });
+      await typeInto(page, "echo after\n");
+      const v = await pageUntil(page, (v) => v.state === "refused", "the page refusing");
+      assert.equal(v.error?.code, "integrity");
+      assert.match(v.error?.message ?? "", /altered on the way/);
+    } finally {
+      await browser.close();
+    }
+  },
+});

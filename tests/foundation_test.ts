@@ -23,10 +23,14 @@ Deno.test("an agent enrolls and is listed, as a table and as JSON", async () => 
   const table = await w.tether(["machines"]);
   assert.equal(table.code, 0, table.stderr);
   const [header, row] = table.stdout.trim().split("\n");
-  assert.match(header, /^ID\s+NAME\s+HOSTNAME\s+ONLINE\s+HEARTBEAT\s+LABELS\s+SESSIONS$/);
+  assert.match(header, /^ID\s+NAME\s+HOSTNAME\s+ONLINE\s+HEARTBEAT\s+LABELS\s+SESSIONS\s+KEY$/);
   assert.match(
     row,
-    new RegExp(`^${m.id.slice(0, 8)}\\s+alpha\\s+\\S+\\s+yes\\s+\\d+s\\s+env=dev,team=core\\s+0$`),
+    new RegExp(
+      `^${
+        m.id.slice(0, 8)
+      }\\s+alpha\\s+\\S+\\s+yes\\s+\\d+s\\s+env=dev,team=core\\s+0\\s+SHA256:\\S{43}$`,
+    ),
   );
 
   const sel = await w.tether(["machines", "--json", "-l", "team=other"]);
@@ -425,6 +429,7 @@ Deno.test("machines lists a workspace of 400 machines (answers larger than a cli
         os: "linux",
         arch: "x86_64",
         agent_version: "0.1.0",
+        e2e_key: "",
       });
     }
   } finally {

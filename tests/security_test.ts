@@ -452,42 +452,62 @@ Deno.test({
   },
 });
 
-Deno.test("audit: every exec and attach is recorded with key, machine, argv, bytes and exit", async () => {
+Deno.test("audit: every exec and attach is recorded with key, machine, bytes and how it ended; argv and exit only in the clear", async () => {
   await using w = await World.create();
   await w.startAgent("audited");
+  // End to end (the default): the relay never sees the command line or the exit status.
   await w.tether(["exec", "audited", "--", "sh", "-c", "cat; exit 3"], { stdin: "12345" });
-  await w.tether(["exec", "audited", "--", "true"]);
+  // In the clear (TETHER_E2E=off, as a browser page): it records both.
+  await w.tether(["exec", "audited", "--", "sh", "-c", "cat; exit 3"], {
+    stdin: "12345",
+    env: { TETHER_E2E: "off" },
+  });
+  await w.tether(["exec", "audited", "--", "true"], { env: { TETHER_E2E: "off" } });
   const r = await w.tether(["relay", "audit", "--data-dir", w.relayDir, "--json"]);
   assert.equal(r.code, 0, r.stderr);
   const rows = JSON.parse(r.stdout);
-  assert.equal(rows.length, 2);
+  assert.equal(rows.length, 3);
   const keyId = w.keys.client_key.split("_")[2];
-  assert.deepEqual(
-    { ...rows[0], id: 0, started_at: 0, ended_at: 0, machine_id: 0, session: 0, remote: 0 },
-    {
-      id: 0,
-      remote: 0,
-      read_only: false,
-      workspace: "default",
-      key_id: keyId,
-      machine_id: 0,
-      machine_name: "audited",
-      kind: "exec",
-      argv: ["sh", "-c", "cat; exit 3"],
-      session: 0,
-      started_at: 0,
-      ended_at: 0,
-      bytes_in: 5,
-      bytes_out: 5,
-      exit_code: 3,
-      signal: null,
-      error: null,
-    },
-  );
-  assert.ok(Date.parse(rows[0].ended_at) >= Date.parse(rows[0].started_at));
-  assert.match(rows[0].session, /^[0-9a-f]{12}$/, "the exec's id, for exec --attach");
-  assert.match(rows[0].remote, /^127\.0\.0\.1:\d+$/, "where the client connected from");
+  const common = {
+    id: 0,
+    remote: 0,
+    read_only: false,
+    workspace: "default",
+    key_id: keyId,
+    machine_id: 0,
+    machine_name: "audited",
+    kind: "exec",
+    session: 0,
+    started_at: 0,
+    ended_at: 0,
+    bytes_in: 5,
+    bytes_out: 5,
+    signal: null,
+    error: null,
+  };
+  const blank = { id: 0, started_at: 0, ended_at: 0, machine_id: 0, session: 0, remote: 0 };
+  assert.deepEqual({ ...rows[0], ...blank }, {
+    ...common,
+    argv: null,
+    exit_code: null,
+    sealed: true,
+  });
+  assert.deepEqual({ ...rows[1], ...blank }, {
+    ...common,
+    argv: ["sh", "-c", "cat; exit 3"],
+    exit_code: 3,
+    sealed: false,
+  });
+  for (const row of rows.slice(0, 2)) {
+    assert.ok(Date.parse(row.ended_at) >= Date.parse(row.started_at));
+    assert.match(row.session, /^[0-9a-f]{12}$/, "the exec's id, for exec --attach");
+    assert.match(row.remote, /^127\.0\.0\.1:\d+$/, "where the client connected from");
+  }
   const human = await w.tether(["relay", "audit", "--data-dir", w.relayDir]);
+  assert.match(
+    human.stdout,
+    /127\.0\.0\.1:\d+\s+audited\s+exec\s+\(sealed, session [0-9a-f]{12}\).* ended\n/,
+  );
   assert.match(human.stdout, /127\.0\.0\.1:\d+\s+audited\s+exec\s+true/);
 });
 
@@ -610,7 +630,8 @@ Deno.test("names, labels and command lines others chose are escaped in every tab
   const evil = "boxy\x1b[2J\x1b]0;pwned\x07";
   await w.startAgent(evil, { labels: ["note=two\nlines"] });
   const argv = ["echo", "\x1b[31mred\n2026-01-01T00:00:00Z  k  box  exec  forged"];
-  const x = await w.tether(["exec", "boxy", "--", ...argv]);
+  // In the clear, so that the relay's audit has the command line to escape.
+  const x = await w.tether(["exec", "boxy", "--", ...argv], { env: { TETHER_E2E: "off" } });
   assert.equal(x.code, 0, x.stderr);
   // deno-lint-ignore no-control-regex
   const raw = /[\x00-\x08\x0b-\x1f\x7f]/; // any control character but \t and \n

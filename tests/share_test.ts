@@ -8,6 +8,9 @@ import { connectWebSocket } from "../src/protocol/ws_client.ts";
 import type { WsSocket } from "../src/protocol/ws_socket.ts";
 import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
 import { eventually, World } from "./helpers.ts";
+import { fromBase64, Initiator, keyPairFromPrivate, toBase64 } from "../src/protocol/e2e.ts";
+import { e2ePrologue, openControl, sealControl } from "../src/protocol/e2e_stream.ts";
+import type { Sealed } from "../src/protocol/messages.ts";
 
 /** A share page as a program: a WebSocket on /v1/share that collects what it is sent. */
 class RawPage {
@@ -42,6 +45,11 @@ class RawPage {
 
 const own = (w: World) => `http://127.0.0.1:${w.port}`;
 
+/** The token of a share link: ID.SECRET, what the page sends (the keys after it stay in the page). */
+function tokenOf(link: string): string {
+  return link.split("#")[1].split(".").slice(0, 2).join(".");
+}
+
 async function shareJson(w: World, args: string[]) {
   const r = await w.tether(["share", ...args, "--json"]);
   assert.equal(r.code, 0, r.stdout + r.stderr);
@@ -54,7 +62,7 @@ Deno.test("share endpoint: a foreign or missing Origin is refused before the tok
   const s = await shareJson(w, ["box", "--new"]);
   for (const origin of ["http://evil.example", undefined]) {
     const page = await RawPage.open(w, origin);
-    page.hello({ token: s.link.split("#")[1] });
+    page.hello({ token: tokenOf(s.link) });
     const err = await page.next("error");
     assert.equal(err.code, "forbidden");
     assert.match(String(err.message), origin ? /evil\.example.*not the relay's own/ : /Origin/);
@@ -62,7 +70,7 @@ Deno.test("share endpoint: a foreign or missing Origin is refused before the tok
   }
   // The token was not spent: the right origin joins with it.
   const page = await RawPage.open(w, own(w));
-  page.hello({ token: s.link.split("#")[1] });
+  page.hello({ token: tokenOf(s.link) });
   const welcome = await page.next("welcome");
   assert.equal((welcome.share as { session: string }).session, s.session);
   page.ws.close();
@@ -75,7 +83,7 @@ Deno.test("share endpoint: a page opens its own session only, asks nothing, and 
   const theirs = await shareJson(w, ["box", "--new"]);
   const [box] = await w.machines();
   const page = await RawPage.open(w, own(w));
-  page.hello({ token: mine.link.split("#")[1] });
+  page.hello({ token: tokenOf(mine.link) });
   await page.next("welcome");
   // It names the other session (and asks for a command): it gets its link's session.
   page.send({
@@ -128,7 +136,10 @@ Deno.test("tether share: bad input fails clearly; a shared session outlives the 
   const s = await shareJson(w, ["box", "--new"]);
   const human = await w.tether(["share", "box", "--session", s.session]);
   assert.equal(human.code, 0, human.stderr);
-  assert.match(human.stdout, /^http:\/\/127\.0\.0\.1:\d+\/s#[0-9a-f]{12}\.[0-9a-f]{40}\n$/);
+  assert.match(
+    human.stdout,
+    /^http:\/\/127\.0\.0\.1:\d+\/s#[0-9a-f]{12}\.[0-9a-f]{40}\.[\w-]{43}\.[\w-]{43}\n$/,
+  );
   assert.match(human.stderr, /expires in 1h.*tether share --revoke [0-9a-f]{12}/);
   // Past the agent's 1 s grace without a client, the session waits for its page.
   await new Promise((r) => setTimeout(r, 2_000));
@@ -154,6 +165,7 @@ Deno.test("share page: the page with its CSP, assets gzipped or not as the brows
     "/s/xterm.js",
     "/s/addon-fit.js",
     "/s/scrypt.js",
+    "/s/noise.js",
     "/s/tether.js",
     "/s/page.js",
   ]);
@@ -186,4 +198,75 @@ Deno.test("share page: the page with its CSP, assets gzipped or not as the brows
   const missing = await fetch(`${base}/s/nothing.js`);
   assert.equal(missing.status, 404);
   await missing.body?.cancel();
+});
+
+Deno.test("share endpoint, end to end: the agent holds a page to its link's session and mode, whatever the page seals", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const mine = await shareJson(w, ["box", "--new", "--read-only"]);
+  const theirs = await shareJson(w, ["box", "--new"]);
+  const [box] = await w.machines();
+  const [, , pagePriv, machinePub] = mine.link.split("#")[1].split(".");
+  const b64url = (s: string) => fromBase64(s.replace(/-/g, "+").replace(/_/g, "/") + "=");
+  const pageKey = keyPairFromPrivate(b64url(pagePriv));
+  const page = await RawPage.open(w, own(w));
+  page.hello({ token: tokenOf(mine.link) });
+  await page.next("welcome");
+  const handshake = async (sid: number) => {
+    const init = Initiator.start("AESGCM", e2ePrologue(box.id), pageKey, b64url(machinePub));
+    page.send({
+      t: "open",
+      sid,
+      kind: "pty",
+      machine: box.id,
+      argv: [],
+      stdin: true,
+      window: 65536,
+      e2e: { suite: "AESGCM", msg: toBase64(init.message) },
+    });
+    const accept = await eventually(
+      () => page.got.find((m) => m.t === "accept" && m.sid === sid),
+      "accept",
+    );
+    return init.finish(fromBase64(String(accept.e2e))).transport;
+  };
+  // Sealed, so the relay cannot hold it to its link: the agent does. Another session, a
+  // command and read-write asked for: it gets its link's session, read-only.
+  const t1 = await handshake(1);
+  page.send(sealControl(t1, {
+    t: "open",
+    sid: 1,
+    kind: "pty",
+    session: theirs.session,
+    argv: ["/bin/sh", "-c", "echo escaped"],
+    stdin: true,
+    read_only: false,
+    window: 65536,
+  }, 1));
+  const first = await eventually(
+    () => page.got.find((m) => m.t === "sealed" && m.sid === 1),
+    "a sealed answer",
+  );
+  const started = openControl(t1, first as Sealed);
+  assert.equal(started.t, "started");
+  assert.equal((started as { session?: string }).session, mine.session);
+  const sessions = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
+  const shared = sessions.find((s: { id: string }) => s.id === mine.session);
+  assert.deepEqual(shared.participants.map((p: { read_only: boolean }) => p.read_only), [true]);
+  // An exec sealed inside a pty open: refused as altered, that stream only.
+  const t2 = await handshake(2);
+  page.send(
+    sealControl(
+      t2,
+      { t: "open", sid: 2, kind: "exec", argv: ["true"], stdin: false, window: 1 },
+      2,
+    ),
+  );
+  const err = await eventually(
+    () => page.got.find((m) => m.t === "sealed" && m.sid === 2),
+    "the refusal",
+  );
+  const refusal = openControl(t2, err as Sealed) as { t: string; code?: string };
+  assert.deepEqual([refusal.t, refusal.code], ["error", "integrity"]);
+  assert.equal(page.closed, false);
 });

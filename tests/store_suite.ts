@@ -22,6 +22,7 @@ const facts = {
   os: "linux",
   arch: "x86_64",
   agent_version: "0.1.0",
+  e2e_key: "",
 };
 
 export function storeCases(open: StoreFactory): StoreCase[] {

@@ -5,21 +5,46 @@
 import { RemoteCommands, type RemoteOptions } from "./remote_command.ts";
 import { TcpStream } from "./forward.ts";
 import { hostname } from "node:os";
-import { resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { backoff, delay, within } from "../common/async.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { visible } from "../common/text.ts";
-import type { Conn } from "../protocol/conn.ts";
+import type { Conn, StreamConn } from "../protocol/conn.ts";
+import {
+  decodeKey,
+  encodeKey,
+  fingerprint,
+  fromBase64,
+  IntegrityError,
+  type KeyPair,
+  Responder,
+  toBase64,
+} from "../protocol/e2e.ts";
+import {
+  type AuthorizedKey,
+  loadOrCreateKeyPair,
+  parseAuthorizedKeys,
+} from "../protocol/e2e_keys.ts";
+import { e2ePrologue, openControl, openFrame } from "../protocol/e2e_stream.ts";
+import { SealedConn } from "./sealed_conn.ts";
+import { SHARE_KEY_PREFIX } from "../protocol/share.ts";
 import { dial, relayBase, relayList } from "../protocol/dial.ts";
 import { CH_STDIN, type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
 import {
   type AgentInfo,
+  type Auth,
+  type Close,
   type Control,
+  type Eof,
   MAX_AGENT_MESSAGE,
+  MAX_STREAMS_PER_CONN,
   type Open,
   type OpenKind,
   ProtocolError,
+  type Resize,
+  type Sealed,
   type SessionInfo,
+  type SignalMsg,
   type WireError,
 } from "../protocol/messages.ts";
 import { MachineLock } from "./password.ts";
@@ -28,7 +53,7 @@ import { ExecManager, ExecStream } from "./exec.ts";
 import { KILL_GRACE_MS } from "./process_group.ts";
 import { Reaper } from "./reaper.ts";
 import { loadIdentity, saveIdentity } from "./identity.ts";
-import { DEFAULT_RING_BYTES, SessionManager, type SessionOptions } from "./session.ts";
+import { Attachment, DEFAULT_RING_BYTES, SessionManager, type SessionOptions } from "./session.ts";
 
 /** What the agent routes a stream's messages to: an exec process or a session attachment. */
 interface AgentStream {
@@ -71,6 +96,10 @@ export interface AgentOptions {
   noForward?: boolean;
   /** `tether ssh`: other users (as root) and the sftp server. */
   remote?: RemoteOptions;
+  /** `--authorized-keys FILE`: only clients with these keys may open streams. */
+  authorizedKeys?: string;
+  /** `--audit-log FILE`: a JSON line per stream started. */
+  auditLog?: string;
   /** Called when a client starts a stream (after any password check). */
   onStream?: (kind: OpenKind) => void;
 }
@@ -112,7 +141,14 @@ export class Agent {
   private conn?: Conn;
   private streams = new Map<number, AgentStream>();
   /** Streams waiting for the answer to a password challenge. */
-  private pendingAuth = new Map<number, { open: Open; nonce: string }>();
+  private pendingAuth = new Map<number, { open: Open; nonce: string; client?: string }>();
+  /** Share links' page keys (fingerprints) and the session each may join. */
+  private grants = new Map<string, { session: string; readOnly: boolean; expires: number }>();
+  /** End-to-end streams, by sid: from the handshake until the stream ends. */
+  private e2e = new Map<number, E2eStream>();
+  /** This machine's end-to-end key pair (`<state-dir>/e2e_key.json`). */
+  readonly keys: KeyPair;
+  private readonly authorized: FileCache<Map<string, AuthorizedKey>>;
   readonly lock: MachineLock;
   readonly sessions: SessionManager;
   readonly execs: ExecManager;
@@ -129,7 +165,13 @@ export class Agent {
   machineId?: string;
 
   constructor(private readonly opts: AgentOptions) {
-    this.info = agentInfo(opts);
+    Deno.mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
+    this.keys = loadOrCreateKeyPair(join(opts.stateDir, E2E_KEY_FILE));
+    this.info = { ...agentInfo(opts), key: encodeKey(this.keys.pub) };
+    this.authorized = new FileCache(
+      opts.authorizedKeys ?? "",
+      (text) => parseAuthorizedKeys(text, opts.authorizedKeys ?? ""),
+    );
     this.workdir = opts.workdir ?? defaultWorkdir();
     this.remote = new RemoteCommands(opts.remote ?? {}, Deno.env.get("SHELL") || "/bin/sh");
     this.log = opts.log ?? ((l) => console.error(`agent: ${visible(l)}`));
@@ -139,7 +181,7 @@ export class Agent {
     };
     this.sessions = new SessionManager(opts.sessions ?? {}, {
       changed: (list) => {
-        this.conn?.send({ t: "sessions", sessions: list });
+        this.conn?.send({ t: "sessions", sessions: sealedCommands(list) });
         opts.onSessions?.(list);
       },
       left: (a) => {
@@ -159,6 +201,42 @@ export class Agent {
       ...groups,
     });
     this.lock = new MachineLock(opts.stateDir, () => this.machineId ?? "");
+  }
+
+  /** The fingerprint of this machine's end-to-end key, as clients pin it. */
+  get fingerprint(): string {
+    return fingerprint(this.keys.pub);
+  }
+
+  /**
+   * `agent run --audit-log FILE`: one JSON line per stream started, with what only the
+   * agent sees of an end-to-end stream (argv, cwd, the client's key). Returns a problem.
+   */
+  private auditStart(open: Open, client?: string): string | undefined {
+    const path = this.opts.auditLog;
+    if (!path) return undefined;
+    const entry = {
+      time: new Date().toISOString(),
+      machine: this.info.name,
+      kind: open.kind,
+      ...(open.kind === "tcp" ? { target: open.target } : { argv: open.argv }),
+      ...(open.cwd ? { cwd: open.cwd } : {}),
+      ...(open.session ? { session: open.session } : {}),
+      ...(open.user ? { user: open.user } : {}),
+      ...(open.subsystem ? { subsystem: open.subsystem } : {}),
+      ...(open.shell ? { shell: true } : {}),
+      ...(open.read_only ? { read_only: true } : {}),
+      key: open.client_key ?? null,
+      client: client ?? null,
+      e2e: client !== undefined,
+    };
+    try {
+      Deno.writeTextFileSync(path, JSON.stringify(entry) + "\n", { append: true, mode: 0o600 });
+      return undefined;
+    } catch (e) {
+      this.log(`audit log ${path}: ${(e as Error).message}`);
+      return `the agent of ${this.info.name} cannot write its audit log, so it runs nothing`;
+    }
   }
 
   /** Runs until stop(); throws only on errors that retrying cannot fix. */
@@ -304,10 +382,11 @@ export class Agent {
     const closed = new Promise<string>((resolve) => {
       conn.start({
         onControl: (msg) => this.onControl(conn, msg),
-        onFrame: (f) => this.onFrame(f),
+        onFrame: (f, raw) => this.onFrame(f, raw),
         onClose: (reason) => {
           clearInterval(report);
           this.pendingAuth.clear();
+          this.e2e.clear();
           for (const r of this.requests.values()) {
             r({ error: { code: "relay_unreachable", message: reason } });
           }
@@ -319,14 +398,16 @@ export class Agent {
         },
       });
     });
-    conn.send({ t: "sessions", sessions: this.sessions.list() });
+    conn.send({ t: "sessions", sessions: sealedCommands(this.sessions.list()) });
     // Idle times move on; refresh them while there are sessions.
     const report = setInterval(() => {
       if (this.sessions.sessions.size > 0) {
-        conn.send({ t: "sessions", sessions: this.sessions.list() });
+        conn.send({ t: "sessions", sessions: sealedCommands(this.sessions.list()) });
       }
     }, SESSION_REPORT_MS);
-    this.log(`online as ${this.info.name} (${machine.id}) via ${dialed.relay}`);
+    this.log(
+      `online as ${this.info.name} (${machine.id}) via ${dialed.relay}, key ${this.fingerprint}`,
+    );
     this.opts.onOnline?.({ id: machine.id, name: this.info.name });
     return { closed };
   }
@@ -336,77 +417,37 @@ export class Agent {
       case "ping":
       case "welcome":
         return;
-      case "open": {
-        if (this.streams.has(msg.sid) || this.pendingAuth.has(msg.sid)) {
+      case "open":
+        if (this.streams.has(msg.sid) || this.pendingAuth.has(msg.sid) || this.e2e.has(msg.sid)) {
           throw new ProtocolError(`stream ${msg.sid} already open`);
         }
-        if (this.lock.enabled && !this.lock.checkToken(msg.token, msg.client_key)) {
-          const key = msg.client_key ?? "unknown";
-          const wait = this.lock.lockedFor(key);
-          if (wait > 0) {
-            conn.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
-            return;
-          }
-          const ch = this.lock.challenge();
-          this.pendingAuth.set(msg.sid, { open: msg, nonce: ch.nonce });
-          conn.send({
-            t: "challenge",
-            sid: msg.sid,
-            ...ch,
-            ...(msg.token ? { token_rejected: true } : {}),
-          });
-          return;
-        }
-        this.startStream(conn, msg);
-        return;
-      }
-      case "auth": {
-        const pending = this.pendingAuth.get(msg.sid);
-        if (!pending) return;
-        this.pendingAuth.delete(msg.sid);
-        const key = pending.open.client_key ?? "unknown";
-        const wait = this.lock.lockedFor(key);
-        if (wait > 0) {
-          conn.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
-          return;
-        }
-        if (!this.lock.verify(pending.nonce, msg.proof)) {
-          this.lock.recordFailure(key);
-          this.log(`wrong password for stream ${msg.sid} (key ${key})`);
+        if (msg.e2e) return this.handshake(conn, msg);
+        if (this.opts.authorizedKeys) {
           conn.send({
             t: "error",
             sid: msg.sid,
-            code: "password_invalid",
-            message: `wrong password for machine ${this.info.name}`,
-            hint:
-              "check --password, TETHER_PASSWORD or the stored password (`tether password save`)",
+            code: "forbidden",
+            message: `${this.info.name} admits only end-to-end clients in its authorized keys`,
           });
           return;
         }
-        this.lock.recordSuccess(key);
-        conn.send({ t: "auth_ok", sid: msg.sid, ...this.lock.issueToken(key) });
-        this.startStream(conn, pending.open);
-        return;
-      }
+        return this.opened(conn, msg);
+      case "sealed":
+        return this.onSealed(msg);
       case "eof":
-        this.streams.get(msg.sid)?.onEof();
-        return;
       case "signal":
-        this.streams.get(msg.sid)?.onSignal(msg.signal);
-        return;
       case "resize":
-        this.streams.get(msg.sid)?.onResize(msg.cols, msg.rows);
-        return;
+      case "auth":
       case "close": {
-        this.pendingAuth.delete(msg.sid);
-        const s = this.streams.get(msg.sid);
-        this.streams.delete(msg.sid);
-        s?.abort(msg.reason ?? "detach");
-        return;
+        const st = this.e2e.get(msg.sid);
+        if (!st) return this.onStreamControl(conn, msg);
+        // The relay's own word on an end-to-end stream: only that its client is gone.
+        if (msg.t === "close") return this.onStreamControl(st.sc, { ...msg, reason: "lost" });
+        return this.integrityFailed(st, `the relay sent '${msg.t}' outside the encryption`);
       }
       case "req": {
         if (msg.op === "sessions") {
-          conn.send({ t: "res", id: msg.id, result: this.sessionList() });
+          conn.send({ t: "res", id: msg.id, result: sealedCommands(this.sessionList()) });
         } else if (msg.op === "kill_session" && typeof msg.args.session === "string") {
           const ok = this.sessions.kill(msg.args.session) ||
             this.execs.kill(msg.args.session);
@@ -443,6 +484,259 @@ export class Agent {
     }
   }
 
+  /** An open, end to end or not, once its sender is known: a password check, then the stream. */
+  private opened(sc: StreamConn, msg: Open, client?: string): void {
+    if (msg.kind === "sessions") {
+      // The command lines of sessions and execs, which the relay is not told (`tether
+      // sessions` fills them in from here); only ever sealed, as the relay could ask too.
+      if (client === undefined) {
+        sc.send({ t: "error", sid: msg.sid, code: "forbidden", message: "only end to end" });
+        return;
+      }
+      sc.send({ t: "sessions", sid: msg.sid, sessions: this.sessionList() } as Control);
+      sc.send({ t: "exit", sid: msg.sid, code: 0 });
+      return;
+    }
+    if (this.lock.enabled && !this.lock.checkToken(msg.token, msg.client_key)) {
+      const key = msg.client_key ?? "unknown";
+      const wait = this.lock.lockedFor(key);
+      if (wait > 0) {
+        sc.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
+        return;
+      }
+      const ch = this.lock.challenge();
+      this.pendingAuth.set(msg.sid, { open: msg, nonce: ch.nonce, client });
+      sc.send({
+        t: "challenge",
+        sid: msg.sid,
+        ...ch,
+        ...(msg.token ? { token_rejected: true } : {}),
+      });
+      return;
+    }
+    this.startStream(sc, msg, client);
+  }
+
+  /** What a client sends about one of its streams, opened in the clear or out of a seal. */
+  private onStreamControl(sc: StreamConn, msg: Eof | SignalMsg | Resize | Auth | Close): void {
+    switch (msg.t) {
+      case "auth": {
+        const pending = this.pendingAuth.get(msg.sid);
+        if (!pending) return;
+        this.pendingAuth.delete(msg.sid);
+        const key = pending.open.client_key ?? "unknown";
+        const wait = this.lock.lockedFor(key);
+        if (wait > 0) {
+          sc.send({ t: "error", sid: msg.sid, ...rateLimited(wait) });
+          return;
+        }
+        if (!this.lock.verify(pending.nonce, msg.proof)) {
+          this.lock.recordFailure(key);
+          this.log(`wrong password for stream ${msg.sid} (key ${key})`);
+          sc.send({
+            t: "error",
+            sid: msg.sid,
+            code: "password_invalid",
+            message: `wrong password for machine ${this.info.name}`,
+            hint:
+              "check --password, TETHER_PASSWORD or the stored password (`tether password save`)",
+          });
+          return;
+        }
+        this.lock.recordSuccess(key);
+        sc.send({ t: "auth_ok", sid: msg.sid, ...this.lock.issueToken(key) });
+        this.startStream(sc, pending.open, pending.client);
+        return;
+      }
+      case "eof":
+        this.streams.get(msg.sid)?.onEof();
+        return;
+      case "signal":
+        this.streams.get(msg.sid)?.onSignal(msg.signal);
+        return;
+      case "resize":
+        this.streams.get(msg.sid)?.onResize(msg.cols, msg.rows);
+        return;
+      case "close": {
+        this.pendingAuth.delete(msg.sid);
+        this.e2e.delete(msg.sid);
+        const s = this.streams.get(msg.sid);
+        this.streams.delete(msg.sid);
+        s?.abort(msg.reason ?? "detach");
+        return;
+      }
+    }
+  }
+
+  /**
+   * An end-to-end open: message 1 of the handshake. Answered with message 2; nothing runs
+   * until the client's first sealed message (the real open) opens, which proves the
+   * handshake live (a replayed message 1 gets an answer nobody can use).
+   */
+  private handshake(conn: Conn, msg: Open): void {
+    const refuse = (
+      code: "integrity" | "forbidden" | "rate_limited",
+      message: string,
+      hint?: string,
+    ) => conn.send({ t: "error", sid: msg.sid, code, message, ...(hint ? { hint } : {}) });
+    // Handshakes nobody finishes (a relay replaying old ones) cannot pile up.
+    if ([...this.e2e.values()].filter((st) => !st.opened).length >= MAX_STREAMS_PER_CONN) {
+      return refuse("rate_limited", "too many end-to-end handshakes under way");
+    }
+    let responder: Responder;
+    try {
+      responder = Responder.read(
+        msg.e2e!.suite,
+        e2ePrologue(this.machineId ?? ""),
+        this.keys,
+        fromBase64(msg.e2e!.msg),
+      );
+    } catch (e) {
+      this.log(`stream ${msg.sid}: end-to-end handshake failed: ${(e as Error).message}`);
+      return refuse(
+        "integrity",
+        `the end-to-end handshake with ${this.info.name} did not verify`,
+        `the client expected another key for this machine, or the relay altered the handshake`,
+      );
+    }
+    const client = fingerprint(responder.remoteStatic);
+    if (this.opts.authorizedKeys) {
+      let keys;
+      try {
+        keys = this.authorized.get();
+      } catch (e) {
+        this.log((e as Error).message);
+        return refuse("forbidden", `${this.info.name} cannot read its authorized keys`);
+      }
+      if (!keys.has(client) && !this.grantFor(client)) {
+        this.log(`stream ${msg.sid}: refused key ${client} (not in the authorized keys)`);
+        return refuse(
+          "forbidden",
+          `your key ${client} is not among ${this.info.name}'s authorized keys`,
+          "add the line `tether whoami` prints to the file given to `agent run --authorized-keys`",
+        );
+      }
+    }
+    const { message, transport } = responder.reply();
+    const st: E2eStream = {
+      outer: msg,
+      client,
+      sc: new SealedConn(conn, msg.sid, transport),
+      opened: false,
+    };
+    this.e2e.set(msg.sid, st);
+    conn.send({ t: "accept", sid: msg.sid, e2e: toBase64(message) });
+    // A handshake its client never finishes is forgotten.
+    setTimeout(() => {
+      if (this.e2e.get(msg.sid) === st && !st.opened) this.e2e.delete(msg.sid);
+    }, HANDSHAKE_WAIT_MS);
+  }
+
+  private onSealed(msg: Sealed): void {
+    const st = this.e2e.get(msg.sid);
+    if (!st) return; // ended meanwhile
+    let inner: Control;
+    try {
+      inner = openControl(st.sc.transport, msg);
+    } catch (e) {
+      if (e instanceof IntegrityError) return this.integrityFailed(st, e.message);
+      // Sealed, so the relay could not check it: a malformed message ends its stream only.
+      if (e instanceof ProtocolError) return this.integrityFailed(st, e.message, "internal");
+      throw e;
+    }
+    if (!st.opened) {
+      // The first sealed message is the real open; the outer one only routed it.
+      if (inner.t !== "open" || inner.kind !== st.outer.kind || inner.e2e) {
+        return this.integrityFailed(st, "the stream did not start with its open");
+      }
+      st.opened = true;
+      const { machine: _m, workspace: _w, ...rest } = inner;
+      const open: Open = { ...rest, window: st.outer.window, client_key: st.outer.client_key };
+      const grant = this.grants.get(st.client);
+      if (!grant && st.outer.client_key?.startsWith(SHARE_KEY_PREFIX)) {
+        // A share link's page whose key this agent never admitted (or forgot, restarting):
+        // the relay's word alone does not hold it to its session here, so it gets nothing.
+        st.sc.send({
+          t: "error",
+          sid: msg.sid,
+          code: "forbidden",
+          message: "this machine does not know this share link's key (its agent restarted?)",
+          hint: "make a new link with `tether share`",
+        });
+        this.e2e.delete(msg.sid);
+        return;
+      }
+      if (grant) {
+        // A share link's page: its session only, as the link allows.
+        const live = grant.expires > Date.now() || !!open.resume;
+        if (open.kind !== "pty" || !live) {
+          st.sc.send({
+            t: "error",
+            sid: msg.sid,
+            code: "forbidden",
+            message: live ? "a share link opens its session only" : "this share link expired",
+          });
+          this.e2e.delete(msg.sid);
+          return;
+        }
+        return this.opened(st.sc, {
+          ...open,
+          argv: [],
+          session: grant.session,
+          read_only: grant.readOnly || !!open.read_only,
+          stdin: !grant.readOnly && open.stdin,
+          ephemeral: false,
+          shell: undefined,
+          subsystem: undefined,
+          user: undefined,
+          grant: undefined,
+          hold_ms: Math.max(0, grant.expires - Date.now()),
+        }, st.client);
+      }
+      return this.opened(st.sc, open, st.client);
+    }
+    switch (inner.t) {
+      case "eof":
+      case "signal":
+      case "resize":
+      case "auth":
+      case "close":
+        return this.onStreamControl(st.sc, inner);
+      default:
+        return this.integrityFailed(st, `a sealed '${inner.t}' from a client`);
+    }
+  }
+
+  /**
+   * What was sealed did not open, or was not sealed (or, `internal`, opened into something
+   * malformed): the stream ends, as lost.
+   */
+  private integrityFailed(
+    st: E2eStream,
+    why: string,
+    code: "integrity" | "internal" = "integrity",
+  ): void {
+    const sid = st.sc.sid;
+    this.log(
+      `stream ${sid}: ${
+        code === "integrity" ? "integrity check failed" : "bad message"
+      } (${why}); ending it`,
+    );
+    this.e2e.delete(sid);
+    this.pendingAuth.delete(sid);
+    st.sc.send({
+      t: "error",
+      sid,
+      code,
+      message: code === "integrity"
+        ? `the agent of ${this.info.name} received what the client did not send (${why})`
+        : `protocol error: ${why}`,
+    });
+    const s = this.streams.get(sid);
+    this.streams.delete(sid);
+    s?.abort("lost");
+  }
+
   /**
    * Sessions and execs for the relay's `sessions` request: sessions first, then running
    * execs, then ended ones newest first, as many as fit in what the relay takes from an
@@ -465,8 +759,34 @@ export class Agent {
     return out;
   }
 
-  private startStream(conn: Conn, asked: Open): void {
+  /** Admits a share link's page key to a session (see Open.grant). */
+  private addGrant(g: NonNullable<Open["grant"]>, session: string): void {
+    const pub = decodeKey(g.key);
+    if (!pub) return;
+    const now = Date.now();
+    for (const [k, v] of this.grants) if (v.expires <= now) this.grants.delete(k);
+    if (this.grants.size >= MAX_GRANTS) this.grants.delete(this.grants.keys().next().value!);
+    this.grants.set(fingerprint(pub), {
+      session,
+      readOnly: g.read_only,
+      expires: now + g.expires_ms,
+    });
+  }
+
+  /** A live grant for this client key (a share link's page). */
+  private grantFor(client: string): boolean {
+    const g = this.grants.get(client);
+    return !!g && g.expires > Date.now();
+  }
+
+  private startStream(conn: StreamConn, asked: Open, client?: string): void {
     this.opts.onStream?.(asked.kind);
+    // Nothing runs unrecorded: an agent that keeps an audit log and cannot write it refuses.
+    const problem = this.auditStart(asked, client);
+    if (problem) {
+      conn.send({ t: "error", sid: asked.sid, code: "internal", message: problem });
+      return;
+    }
     if (asked.kind === "tcp") return this.startForward(conn, asked);
     // tether ssh: a command line for the shell, a subsystem, another user.
     const open = this.remote.translate(asked);
@@ -478,11 +798,15 @@ export class Agent {
     const msg = { ...open, cwd: resolve(this.workdir, open.cwd ?? ".") };
     const s = msg.kind === "exec" ? this.openExec(conn, msg) : this.sessions.open(conn, msg);
     if ("code" in s) conn.send({ t: "error", sid: msg.sid, ...s });
-    else this.streams.set(msg.sid, s);
+    else {
+      this.streams.set(msg.sid, s);
+      // tether share: the link's page may join this session (given only end to end).
+      if (msg.grant && client && s instanceof Attachment) this.addGrant(msg.grant, s.session.id);
+    }
   }
 
   /** tether forward / proxy: a TCP connection made from this machine. */
-  private startForward(conn: Conn, open: Open): void {
+  private startForward(conn: StreamConn, open: Open): void {
     if (this.opts.noForward) {
       conn.send({
         t: "error",
@@ -501,7 +825,7 @@ export class Agent {
   }
 
   /** A new exec, or a watcher of one (`session`: exec --attach, or a resume). */
-  private openExec(conn: Conn, open: Open): ExecStream | WireError {
+  private openExec(conn: StreamConn, open: Open): ExecStream | WireError {
     if (open.session) {
       const e = this.execs.find(open.session);
       if (!e) {
@@ -518,12 +842,71 @@ export class Agent {
     return "code" in e ? e : e.watch(conn, open);
   }
 
-  private onFrame(f: Frame): void {
+  private onFrame(f: Frame, raw: Uint8Array): void {
     const s = this.streams.get(f.sid);
     if (!s) return;
+    const st = this.e2e.get(f.sid);
+    if (st && f.type === FRAME_DATA) {
+      let plain: Uint8Array;
+      try {
+        plain = openFrame(st.sc.transport, raw);
+      } catch (e) {
+        if (e instanceof IntegrityError) return this.integrityFailed(st, e.message);
+        throw e;
+      }
+      if (f.channel !== CH_STDIN) throw new ProtocolError("unexpected frame for the agent");
+      s.onStdin(plain, f.offset);
+      return;
+    }
     if (f.type === FRAME_DATA && f.channel === CH_STDIN) s.onStdin(f.payload, f.offset);
     else if (f.type === FRAME_CREDIT) s.onCredit(f.bytes);
     else throw new ProtocolError("unexpected frame for the agent");
+  }
+}
+
+/**
+ * Sessions and execs as the relay is told of them: without their command lines, which are
+ * only sent sealed, to a client that asks (open kind "sessions").
+ */
+function sealedCommands(list: SessionInfo[]): SessionInfo[] {
+  return list.map((s) => ({ ...s, command: "" }));
+}
+
+/** Most share-link grants an agent keeps (the oldest go first). */
+const MAX_GRANTS = 1000;
+
+/** How long a handshake waits for its client's first sealed message. */
+const HANDSHAKE_WAIT_MS = 30_000;
+
+/** Where the agent keeps its end-to-end key pair, in its state dir. */
+export const E2E_KEY_FILE = "e2e_key.json";
+
+/** An end-to-end stream on the agent. */
+interface E2eStream {
+  /** The open that carried the handshake (routing fields only). */
+  outer: Open;
+  /** The client's key fingerprint. */
+  client: string;
+  sc: SealedConn;
+  /** The real open has arrived (the first sealed message). */
+  opened: boolean;
+}
+
+/** A file read again only when it changed (the authorized keys: edits apply to the next stream). */
+class FileCache<T> {
+  private mtime = -1;
+  private value?: T;
+
+  constructor(private readonly path: string, private readonly parse: (text: string) => T) {}
+
+  get(): T {
+    const st = Deno.statSync(this.path);
+    const m = st.mtime?.getTime() ?? 0;
+    if (this.value === undefined || m !== this.mtime) {
+      this.value = this.parse(Deno.readTextFileSync(this.path));
+      this.mtime = m;
+    }
+    return this.value;
   }
 }
 

@@ -27,7 +27,7 @@
  *   that had ended keeps its status (its output is gone).
  */
 import { join } from "node:path";
-import type { Conn } from "../protocol/conn.ts";
+import type { StreamConn } from "../protocol/conn.ts";
 import { Grant, STDIN_WINDOW } from "../protocol/flow.ts";
 import { CH_STDERR, CH_STDIN, CH_STDOUT, encodeCredit } from "../protocol/frames.ts";
 import type { Control, Open, SessionInfo, WireError } from "../protocol/messages.ts";
@@ -460,7 +460,7 @@ export class Exec {
   }
 
   /** A watcher stream for `open` (a new exec's own stream, or one attaching to it). */
-  watch(conn: Conn, open: Open): ExecStream {
+  watch(conn: StreamConn, open: Open): ExecStream {
     const w = this.output.watch(
       conn,
       open.sid,

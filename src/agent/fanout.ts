@@ -18,7 +18,7 @@
  * - Once the source ended (`end()`), each watcher gets the last message (an
  *   exit status or an error) after the last byte of its output.
  */
-import type { Conn } from "../protocol/conn.ts";
+import type { StreamConn } from "../protocol/conn.ts";
 import { DATA_FRAME_PREFIX, dataFrameInPlace, MAX_DATA_PAYLOAD } from "../protocol/frames.ts";
 import type { Control } from "../protocol/messages.ts";
 import { RingBuffer } from "./ring.ts";
@@ -40,7 +40,7 @@ export class Watcher {
 
   constructor(
     readonly fanout: Fanout,
-    readonly conn: Conn,
+    readonly conn: StreamConn,
     readonly sid: number,
     /** Next offset to send, per channel. */
     readonly cursors: number[],
@@ -110,7 +110,7 @@ export class Fanout {
    * the ring holds. The caller sends `started`, then calls pump().
    */
   watch(
-    conn: Conn,
+    conn: StreamConn,
     sid: number,
     window: number,
     offsets: (number | undefined)[] = [],

@@ -11,7 +11,7 @@
  * dropped `ssh -L` does.
  */
 import { writeAll } from "../common/bytes.ts";
-import type { Conn } from "../protocol/conn.ts";
+import type { StreamConn } from "../protocol/conn.ts";
 import { Credit, Grant, STDIN_WINDOW } from "../protocol/flow.ts";
 import {
   CH_STDIN,
@@ -43,7 +43,7 @@ export class TcpStream {
   private readonly connecting = new AbortController();
 
   constructor(
-    private readonly conn: Conn,
+    private readonly conn: StreamConn,
     private readonly sid: number,
     open: Open,
     private readonly done: () => void,

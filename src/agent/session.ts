@@ -10,7 +10,7 @@
  * Size policy: the PTY takes the size of the client that most recently
  * typed or resized.
  */
-import type { Conn } from "../protocol/conn.ts";
+import type { StreamConn } from "../protocol/conn.ts";
 import { Grant } from "../protocol/flow.ts";
 import { CH_STDIN, CH_STDOUT, encodeCredit } from "../protocol/frames.ts";
 import {
@@ -77,7 +77,7 @@ export class Attachment {
     return this.watcher.sid;
   }
 
-  get conn(): Conn {
+  get conn(): StreamConn {
     return this.watcher.conn;
   }
 
@@ -175,7 +175,7 @@ export class Session {
     for (const a of this.attachments) a.conn.send({ t: "participants", sid: a.sid, ...msg });
   }
 
-  attach(conn: Conn, open: Open): Attachment {
+  attach(conn: StreamConn, open: Open): Attachment {
     // A client that lost its connection may be back before the agent heard of the loss.
     for (const old of this.attachments) {
       if (old.id === open.resume) this.leave(old, "lost");
@@ -319,7 +319,7 @@ export class SessionManager {
    * Handles a pty `open`: joins `open.session` or starts a new session.
    * Returns the attachment, or an error for the client.
    */
-  open(conn: Conn, open: Open): Attachment | WireError {
+  open(conn: StreamConn, open: Open): Attachment | WireError {
     if (open.session) {
       const s = this.find(open.session);
       if (!s || s.ended) {

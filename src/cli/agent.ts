@@ -2,6 +2,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { resolve } from "node:path";
 import { Agent } from "../agent/agent.ts";
+import { parseAuthorizedKeys } from "../protocol/e2e_keys.ts";
 import { parseDuration } from "../common/duration.ts";
 import { usage } from "../common/errors.ts";
 import { defaultAgentStateDir } from "../common/paths.ts";
@@ -39,6 +40,19 @@ export function existingDir(path: string, flag: string): string {
   return abs;
 }
 
+/** An authorized keys file that exists and parses now: a typo is said at start. */
+function authorizedKeysFile(path: string): string {
+  const abs = resolve(path);
+  let text: string;
+  try {
+    text = Deno.readTextFileSync(abs);
+  } catch (e) {
+    throw usage(`--authorized-keys ${path}: ${(e as Error).message}`);
+  }
+  parseAuthorizedKeys(text, path);
+  return abs;
+}
+
 export function registerAgent(program: Command, act: Act) {
   const agent = program.command("agent").description("run the agent on a target machine");
   agent.command("run")
@@ -62,6 +76,11 @@ export function registerAgent(program: Command, act: Act) {
     )
     .option("--sftp-server <path>", "the sftp server for `tether ssh -s sftp` and scp/sftp")
     .option("--no-forward", "refuse `tether forward` and `tether proxy` to this machine")
+    .option(
+      "--authorized-keys <file>",
+      "only clients whose key is in FILE (lines from `tether whoami`) may open streams",
+    )
+    .option("--audit-log <file>", "append a JSON line per command or session started to FILE")
     .action(act(async (opts, cmd) => {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
@@ -80,7 +99,10 @@ export function registerAgent(program: Command, act: Act) {
         execRetentionMs: parseDuration(opts.execRetention, "--exec-retention"),
         remote: { allowUsers: opts.allowUser, sftpServer: opts.sftpServer },
         noForward: opts.forward === false,
+        authorizedKeys: opts.authorizedKeys ? authorizedKeysFile(opts.authorizedKeys) : undefined,
+        auditLog: opts.auditLog,
       });
+      console.error(`agent: end-to-end key ${a.fingerprint}`);
       const stop = untilSignal().then(() => a.stop());
       await Promise.race([a.run(), stop]);
       await a.stop();

@@ -24,6 +24,7 @@ import { registerShare } from "./share.ts";
 import { registerSsh } from "./ssh.ts";
 import { registerForward } from "./forward.ts";
 import { registerUp } from "./up.ts";
+import { registerWhoami } from "./whoami.ts";
 
 /** The program, and the exit status of the command that ran (once it ran). */
 export function buildProgram(
@@ -71,6 +72,7 @@ export function buildProgram(
   registerExec(program, act);
   registerSessions(program, act);
   registerShare(program, act);
+  registerWhoami(program, act);
   registerPassword(program, act);
   registerCi(program, act);
   registerSsh(program, act, () => sshArgv);

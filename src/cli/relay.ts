@@ -232,11 +232,22 @@ export function registerRelay(program: Command, act: Act) {
             r.remote ?? "-",
             r.machine_name,
             r.read_only ? `${r.kind} (read-only)` : r.kind,
-            r.argv ? r.argv.join(" ") : r.session ? `session ${r.session}` : "shell",
+            r.sealed
+              ? `(sealed${r.session ? `, session ${r.session}` : ""})`
+              : r.argv
+              ? r.argv.join(" ")
+              : r.session
+              ? `session ${r.session}`
+              : "shell",
             r.ended_at ? ((r.ended_at - r.started_at) / 1000).toFixed(1) : "running",
             String(r.bytes_in),
             String(r.bytes_out),
-            r.error ?? (r.exit_code !== null ? `exit ${r.exit_code}` : "-"),
+            r.error ??
+              (r.exit_code !== null
+                ? `exit ${r.exit_code}`
+                : r.sealed && r.ended_at
+                ? "ended"
+                : "-"),
           ]),
         ));
       });

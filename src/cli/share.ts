@@ -7,6 +7,8 @@ import { type MachineView, RelayClient, type StreamAuth } from "../client/relay_
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { shareLimitsProblem, shareLink, type ShareView } from "../protocol/share.ts";
+import { decodeKey, encodeKey, generateKeyPair, toBase64Url } from "../protocol/e2e.ts";
+import type { Open } from "../protocol/messages.ts";
 import { type Act, clientConfig, collect, globals, withClient } from "./context.ts";
 import { authFor, chooseMachine, chooseSession } from "./target.ts";
 import { printJson, say, table } from "./output.ts";
@@ -84,6 +86,13 @@ export function registerShare(program: Command, act: Act) {
           if (live.length === 1) session = live[0].id;
           else if (live.length > 1) session = await chooseSession(g, target, live);
         }
+        // End to end: the page gets a key of its own, which the agent admits to this session
+        // only (the grant goes sealed in the open below), and the machine's key to pin; both
+        // ride in the link's fragment, which the relay never sees.
+        const page = client.endToEnd && target.key ? generateKeyPair() : undefined;
+        const grant = page
+          ? { key: encodeKey(page.pub), read_only: !!opts.readOnly, expires_ms: ttlMs }
+          : undefined;
         // The session must outlive the link: started (or joined) once with the link's
         // lifetime as its hold, it waits that long for the page.
         session = await holdSession(
@@ -92,6 +101,7 @@ export function registerShare(program: Command, act: Act) {
           session,
           ttlMs,
           authFor(cfg, client, target, opts.password, g),
+          grant,
         );
         const made = await client.request<ShareView & { token: string }>("share_create", {
           machine: target.id,
@@ -100,7 +110,12 @@ export function registerShare(program: Command, act: Act) {
           ttl_ms: ttlMs,
           uses,
         });
-        const link = shareLink(client.relay, made.token);
+        const link = shareLink(
+          client.relay,
+          page
+            ? `${made.token}.${toBase64Url(page.priv)}.${toBase64Url(decodeKey(target.key!)!)}`
+            : made.token,
+        );
         if (g.json) {
           printJson({
             link,
@@ -138,6 +153,7 @@ function holdSession(
   session: string | undefined,
   holdMs: number,
   auth: StreamAuth,
+  grant?: Open["grant"],
 ): Promise<string> {
   return new Promise((resolve, reject) => {
     const sid = client.open({
@@ -148,6 +164,7 @@ function holdSession(
       window: 1,
       hold_ms: holdMs,
       ...(session ? { session } : {}),
+      ...(grant ? { grant } : {}),
     }, {
       onStarted(msg) {
         client.closeStream(sid, "detach");

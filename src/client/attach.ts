@@ -11,13 +11,7 @@ import { parseDuration } from "../common/duration.ts";
 import { isFinal, TetherError } from "../common/errors.ts";
 import { visible } from "../common/text.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
-import {
-  CH_STDIN,
-  CH_STDOUT,
-  encodeCredit,
-  encodeData,
-  MAX_DATA_PAYLOAD,
-} from "../protocol/frames.ts";
+import { CH_STDIN, CH_STDOUT, encodeCredit, MAX_DATA_PAYLOAD } from "../protocol/frames.ts";
 import type { Open, RemoteSpec, WireError } from "../protocol/messages.ts";
 import type { ClientConfig } from "./config.ts";
 import { RelayClient, type StreamAuth } from "./relay_client.ts";
@@ -250,7 +244,7 @@ export async function attach(
 
   const sendResize = () => {
     const { cols, rows } = term.size();
-    client.conn.send({ t: "resize", sid, cols, rows });
+    client.send({ t: "resize", sid, cols, rows });
   };
   const offResize = term.onResize(sendResize);
   // Killed from outside (or Ctrl-C on a non-raw stdin): leave like a detach, so the
@@ -282,7 +276,7 @@ export async function attach(
       }
       if (state.over) return;
       if (n === null) {
-        if (state.inputEnded() === "eof") client.conn.send({ t: "eof", sid });
+        if (state.inputEnded() === "eof") client.send({ t: "eof", sid });
         else poke();
         return;
       }
@@ -295,7 +289,7 @@ export async function attach(
         if (c !== credit || c.available <= 0) continue; // a new stream: wait on its credit
         const m = Math.min(c.available, data.length - off);
         c.take(m);
-        client.conn.sendBinary(encodeData(sid, CH_STDIN, 0, data.subarray(off, off + m)));
+        client.sendData(sid, CH_STDIN, 0, data.subarray(off, off + m));
         off += m;
       }
       if (state.over) {

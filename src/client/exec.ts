@@ -20,9 +20,7 @@ import {
   CH_STDIN,
   CH_STDOUT,
   DATA_FRAME_PREFIX,
-  dataFrameInPlace,
   encodeCredit,
-  encodeData,
   MAX_DATA_PAYLOAD,
 } from "../protocol/frames.ts";
 import type { Open, RemoteSpec, WireError } from "../protocol/messages.ts";
@@ -291,9 +289,9 @@ export function runExec(
       const part = u.data.subarray(Math.max(0, from - u.offset));
       const at = Math.max(from, u.offset);
       credit.take(part.length);
-      client.conn.sendBinary(encodeData(sid, CH_STDIN, at, part));
+      client.sendData(sid, CH_STDIN, at, part);
     }
-    if (eofSent) client.conn.send({ t: "eof", sid });
+    if (eofSent) client.send({ t: "eof", sid });
   }
 
   async function pumpStdin() {
@@ -309,7 +307,7 @@ export function runExec(
         if (finished) return;
         if (n === null) {
           eofSent = true;
-          client.conn.send({ t: "eof", sid });
+          client.send({ t: "eof", sid });
           return;
         }
         let off = 0;
@@ -325,11 +323,9 @@ export function runExec(
           // Kept until the agent confirms it: a resume sends it again.
           unacked.push({ offset: stdinSent, data: pool.copy(buf.subarray(off, off + m)) });
           if (off === 0 && m === n) {
-            client.conn.sendBinary(dataFrameInPlace(buf.subarray(0, m), sid, CH_STDIN, stdinSent));
+            client.sendData(sid, CH_STDIN, stdinSent, buf.subarray(0, m), true);
           } else {
-            client.conn.sendBinary(
-              encodeData(sid, CH_STDIN, stdinSent, buf.subarray(off, off + m)),
-            );
+            client.sendData(sid, CH_STDIN, stdinSent, buf.subarray(off, off + m));
           }
           stdinSent += m;
           off += m;
@@ -340,7 +336,7 @@ export function runExec(
       // Our stdin failed (closed terminal, EIO): treat as end of input.
       io.warn?.(`stdin: ${(e as Error).message}; treating it as end of input`);
       eofSent = true;
-      client.conn.send({ t: "eof", sid });
+      client.send({ t: "eof", sid });
     } finally {
       pumping = false;
     }
@@ -434,7 +430,7 @@ export function runExec(
   return {
     done,
     signal(sig: string) {
-      if (!finished) client.conn.send({ t: "signal", sid, signal: sig });
+      if (!finished) client.send({ t: "signal", sid, signal: sig });
     },
     kill() {
       if (finished) return;

@@ -8,13 +8,7 @@
  */
 import { TetherError } from "../common/errors.ts";
 import { Credit, Grant, OUTPUT_WINDOW } from "../protocol/flow.ts";
-import {
-  CH_STDIN,
-  CH_STDOUT,
-  DATA_FRAME_PREFIX,
-  dataFrameInPlace,
-  encodeCredit,
-} from "../protocol/frames.ts";
+import { CH_STDIN, CH_STDOUT, DATA_FRAME_PREFIX, encodeCredit } from "../protocol/frames.ts";
 import { writeAll } from "../common/bytes.ts";
 import type { RelayClient, StreamAuth } from "./relay_client.ts";
 
@@ -69,11 +63,11 @@ export function forwardStream(
           const n = await local.read(into);
           if (ended) return;
           if (n === null) break;
-          client.conn.sendBinary(dataFrameInPlace(into.subarray(0, n), sid, CH_STDIN, offset));
+          client.sendData(sid, CH_STDIN, offset, into.subarray(0, n), true);
           offset += n;
           c.take(n);
         }
-        client.conn.send({ t: "eof", sid });
+        client.send({ t: "eof", sid });
       } catch (e) {
         abandon(e);
       }

@@ -2,19 +2,53 @@
  * A client's connection to the relay: requests with answers, and streams
  * to agents multiplexed on the one WebSocket.
  */
-import { isFinal, TetherError } from "../common/errors.ts";
+import { type ErrorCode, isFinal, TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
-import { type Frame, FRAME_CREDIT, FRAME_DATA } from "../protocol/frames.ts";
 import {
+  dataFrameInPlace,
+  encodeData,
+  type Frame,
+  FRAME_CREDIT,
+  FRAME_DATA,
+} from "../protocol/frames.ts";
+import {
+  decodeKey,
+  fingerprint,
+  fromBase64,
+  Initiator,
+  IntegrityError,
+  type KeyPair,
+  toBase64,
+  type Transport,
+} from "../protocol/e2e.ts";
+import { loadOrCreateKeyPair } from "../protocol/e2e_keys.ts";
+import {
+  e2ePrologue,
+  openControl,
+  openFrame,
+  sealControl,
+  sealFrame,
+} from "../protocol/e2e_stream.ts";
+import { join } from "node:path";
+import { KnownMachines } from "./known_machines.ts";
+import {
+  type Accept,
+  type Auth,
   type Challenge,
+  type Close,
   type Control,
+  type Eof,
   type Exit,
   type MachineView,
   type Open,
   type Participants,
   ProtocolError,
+  type Resize,
+  type Sealed,
+  type SessionInfo,
   type SessionView,
+  type SignalMsg,
   type Started,
   type WireError,
 } from "../protocol/messages.ts";
@@ -35,6 +69,8 @@ export interface StreamHandlers {
   onParticipants?(msg: Participants): void;
   /** The agent's side ended its output (a tcp stream's peer closed its half). */
   onEof?(): void;
+  /** kind "sessions": the agent's sessions and execs, with their command lines. */
+  onSessions?(list: SessionInfo[]): void;
 }
 
 /** How a stream passes a machine password check (see protocol/machine_auth.ts). */
@@ -47,6 +83,50 @@ export interface StreamAuth {
   tokenRejected(): void;
 }
 
+/** Where a client keeps its end-to-end key pair, in its config dir. */
+export const CLIENT_KEY_FILE = "client_key.json";
+
+/** The client's key pair: made at first use in the config dir (0600). */
+export function clientKeyPair(configDir: string): KeyPair {
+  return loadOrCreateKeyPair(join(configDir, CLIENT_KEY_FILE));
+}
+
+/** Messages a client sends about one of its streams (sealed on an end-to-end stream). */
+export type StreamMessage = Eof | SignalMsg | Resize | Auth | Close;
+
+/**
+ * Errors the relay itself ends a stream with, in the clear: none claims that anything
+ * ran. Any other error on an end-to-end stream must come sealed from the agent.
+ */
+const RELAY_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "machine_not_found",
+  "machine_offline",
+  "session_lost",
+  "relay_unavailable",
+  "rate_limited",
+  "forbidden",
+  "integrity",
+  "internal",
+]);
+
+/** An end-to-end stream, from its open until it ends. */
+interface E2eStream {
+  /** The real open, sent sealed once the agent has answered. */
+  spec: Omit<Open, "t" | "sid">;
+  init?: Initiator;
+  transport?: Transport;
+  /** What the stream sent before the handshake finished, in order. */
+  queue: (() => void)[];
+  /** A machine seen for the first time: pinned once its agent has proven the key. */
+  pin?: { name: string; fp: string };
+}
+
+/** How long `sessions` waits for a machine to tell its command lines. */
+const AGENT_SESSIONS_WAIT_MS = 3_000;
+
+/** Machines as the relay last listed them, by id: their names and keys (for every connection). */
+const machineKeys = new Map<string, { name: string; key?: string }>();
+
 export class RelayClient {
   private nextReq = 1;
   private nextSid = 1;
@@ -56,6 +136,10 @@ export class RelayClient {
   >();
   private streams = new Map<number, StreamHandlers>();
   private auths = new Map<number, StreamAuth>();
+  private e2e = new Map<number, E2eStream>();
+  /** End to end by default; TETHER_E2E=off (for measurements) opens streams in the clear. */
+  private readonly e2eOn = Deno.env.get("TETHER_E2E") !== "off";
+  private keyPair?: KeyPair;
   private closedReason?: string;
   /** The relay's own word on why it closed us (e.g. the key was revoked). */
   private closedError?: WireError;
@@ -68,6 +152,8 @@ export class RelayClient {
     readonly keyId: string,
     /** The relay that answered (one of a list). */
     readonly relay: string,
+    /** Where this client keeps its key and pins. */
+    readonly configDir: string,
   ) {}
 
   static async connect(cfg: ClientConfig): Promise<RelayClient> {
@@ -79,10 +165,10 @@ export class RelayClient {
       insecure: cfg.insecure,
       timeoutMs: cfg.dialTimeoutMs,
     });
-    const client = new RelayClient(conn, welcome.workspace, welcome.key_id, relay);
+    const client = new RelayClient(conn, welcome.workspace, welcome.key_id, relay, cfg.configDir);
     conn.start({
       onControl: (m) => client.onControl(m),
-      onFrame: (f) => client.onFrame(f),
+      onFrame: (f, raw) => client.onFrame(f, raw),
       onClose: (reason) => client.onClose(reason),
     });
     return client;
@@ -98,8 +184,13 @@ export class RelayClient {
   }
 
   /** The workspace's machines; with `retired`, also those that ended for good lately. */
-  machines(opts: { retired?: boolean } = {}): Promise<MachineView[]> {
-    return this.request<MachineView[]>("machines", opts.retired ? { retired: true } : {});
+  async machines(opts: { retired?: boolean } = {}): Promise<MachineView[]> {
+    const list = await this.request<MachineView[]>(
+      "machines",
+      opts.retired ? { retired: true } : {},
+    );
+    for (const m of list) machineKeys.set(m.id, { name: m.name, key: m.key });
+    return list;
   }
 
   /** Removes an offline machine from the registry. */
@@ -107,13 +198,48 @@ export class RelayClient {
     return this.request("remove_machine", { machine: machineId });
   }
 
-  /** Sessions and execs (all machines, or one); `kind` keeps only those of that kind. */
+  /**
+   * Sessions and execs (all machines, or one); `kind` keeps only those of that kind. The
+   * relay lists them without their command lines; each machine tells them end to end.
+   */
   async sessions(machineId?: string, kind?: "pty" | "exec"): Promise<SessionView[]> {
     const all = await this.request<SessionView[]>(
       "sessions",
       machineId ? { machine: machineId } : {},
     );
-    return kind ? all.filter((s) => s.kind === kind) : all;
+    const mine = kind ? all.filter((s) => s.kind === kind) : all;
+    if (!this.e2eOn) return mine;
+    const ids = [...new Set(mine.map((s) => s.machine_id))];
+    const told = await Promise.all(ids.map((id) => this.agentSessions(id)));
+    const commands = new Map<string, string>();
+    told.forEach((list, i) => list.forEach((s) => commands.set(`${ids[i]}/${s.id}`, s.command)));
+    return mine.map((s) => ({
+      ...s,
+      command: commands.get(`${s.machine_id}/${s.id}`) ?? s.command,
+    }));
+  }
+
+  /** A machine's sessions and execs as its agent tells them, sealed; [] if it cannot say. */
+  private agentSessions(machine: string): Promise<SessionInfo[]> {
+    return new Promise((resolve) => {
+      let list: SessionInfo[] = [];
+      const timer = setTimeout(() => {
+        this.closeStream(sid, "detach");
+        resolve(list);
+      }, AGENT_SESSIONS_WAIT_MS);
+      const done = () => {
+        clearTimeout(timer);
+        resolve(list);
+      };
+      const sid = this.open({ machine, kind: "sessions", argv: [], stdin: false, window: 1 }, {
+        onStarted() {},
+        onData() {},
+        onCredit() {},
+        onSessions: (l) => (list = l),
+        onExit: done,
+        onError: done,
+      });
+    });
   }
 
   killSession(machineId: string, session: string): Promise<{ killed: string }> {
@@ -129,8 +255,163 @@ export class RelayClient {
     }
     this.streams.set(sid, handlers);
     if (auth) this.auths.set(sid, auth);
-    this.conn.send({ t: "open", sid, ...spec, ...(auth?.token ? { token: auth.token } : {}) });
+    const open = { ...spec, ...(auth?.token ? { token: auth.token } : {}) };
+    if (!this.e2eOn) {
+      this.conn.send({ t: "open", sid, ...open });
+      return sid;
+    }
+    const st: E2eStream = { spec: open, queue: [] };
+    this.e2e.set(sid, st);
+    this.handshake(sid, st).catch((e) => this.failStream(sid, e));
     return sid;
+  }
+
+  /** Whether this client opens its streams end to end. */
+  get endToEnd(): boolean {
+    return this.e2eOn;
+  }
+
+  /** This client's end-to-end key pair (`tether whoami`). */
+  get keys(): KeyPair {
+    return this.keyPair ??= clientKeyPair(this.configDir);
+  }
+
+  /** The machine's key as the relay lists it, checked against what this client pinned. */
+  private async handshake(sid: number, st: E2eStream): Promise<void> {
+    const id = st.spec.machine ?? "";
+    if (!machineKeys.has(id)) await this.machines();
+    const m = machineKeys.get(id);
+    if (!this.streams.has(sid)) return;
+    if (!m) throw new TetherError("machine_not_found", `no machine '${id}' in this workspace`);
+    const pub = m.key ? decodeKey(m.key) : undefined;
+    if (!pub) {
+      throw new TetherError(
+        "forbidden",
+        `machine ${m.name} has no end-to-end key: its agent is older than this client`,
+        { hint: "update tether on that machine" },
+      );
+    }
+    const fp = fingerprint(pub);
+    const pins = new KnownMachines(this.configDir);
+    const pin = pins.check(this.workspace, m.name, fp);
+    if (pin.status === "changed") {
+      throw new TetherError(
+        "machine_key_changed",
+        `the key of machine ${m.name} changed: it was ${pin.pinned}, it is now ${fp}`,
+        {
+          hint: "if the machine was reinstalled or its agent's state dir replaced, accept the " +
+            `new key with \`tether machines trust ${m.name} ${fp}\`; if not, someone may be ` +
+            "posing as it: do not",
+        },
+      );
+    }
+    if (pin.status === "new") st.pin = { name: m.name, fp };
+    st.init = Initiator.start("ChaChaPoly", e2ePrologue(id), this.keys, pub);
+    const { spec } = st;
+    // Only what the relay routes by: the rest follows sealed.
+    this.conn.send({
+      t: "open",
+      sid,
+      machine: spec.machine,
+      kind: spec.kind,
+      argv: [],
+      stdin: spec.stdin,
+      window: spec.window,
+      e2e: { suite: "ChaChaPoly", msg: toBase64(st.init.message) },
+    });
+  }
+
+  private accepted(msg: Accept): void {
+    const st = this.e2e.get(msg.sid);
+    if (!st) return;
+    if (!st.init || st.transport) return this.integrityFailed(msg.sid, "an unexpected accept");
+    let key: Uint8Array;
+    try {
+      key = fromBase64(msg.e2e);
+      st.transport = st.init.finish(key).transport;
+    } catch (e) {
+      return this.integrityFailed(msg.sid, (e as Error).message);
+    }
+    // The agent proved it holds the key the relay listed: trust it from now on.
+    if (st.pin) new KnownMachines(this.configDir).pin(this.workspace, st.pin.name, st.pin.fp);
+    this.conn.send(sealControl(st.transport, { t: "open", sid: msg.sid, ...st.spec }, msg.sid));
+    for (const send of st.queue.splice(0)) send();
+  }
+
+  /** Sends a message about one of this client's streams (sealed when the stream is). */
+  send(msg: StreamMessage): void {
+    const st = this.e2e.get(msg.sid);
+    if (!st) {
+      if (this.streams.has(msg.sid) || msg.t === "close") this.conn.send(msg);
+      return;
+    }
+    if (!st.transport) {
+      st.queue.push(() => this.send(msg));
+      return;
+    }
+    const end = msg.t === "close" ? { end: msg.reason ?? "detach" } : {};
+    this.conn.send(sealControl(st.transport, msg, msg.sid, end));
+  }
+
+  /**
+   * Sends stream bytes on a channel. `inPlace`: `payload` has DATA_FRAME_PREFIX free bytes
+   * before it in its buffer, for the header (no copy when the stream is not sealed).
+   */
+  sendData(
+    sid: number,
+    channel: number,
+    offset: number,
+    payload: Uint8Array,
+    inPlace = false,
+  ): void {
+    const st = this.e2e.get(sid);
+    if (!st) {
+      this.conn.sendBinary(
+        inPlace
+          ? dataFrameInPlace(payload, sid, channel, offset)
+          : encodeData(sid, channel, offset, payload),
+      );
+      return;
+    }
+    if (!st.transport) {
+      const copy = payload.slice();
+      st.queue.push(() => this.sendData(sid, channel, offset, copy));
+      return;
+    }
+    const frame = inPlace
+      ? dataFrameInPlace(payload, sid, channel, offset)
+      : encodeData(sid, channel, offset, payload);
+    this.conn.sendBinary(sealFrame(st.transport, frame));
+  }
+
+  /** Ends a stream with an error of this client's own (the relay is told it was lost). */
+  private failStream(sid: number, e: unknown): void {
+    const h = this.streams.get(sid);
+    if (!h) return;
+    this.streams.delete(sid);
+    this.auths.delete(sid);
+    const sealed = this.e2e.get(sid)?.init !== undefined;
+    this.e2e.delete(sid);
+    if (sealed) this.conn.send({ t: "close", sid, reason: "lost" });
+    const err = e instanceof TetherError
+      ? e
+      : new TetherError("internal", e instanceof Error ? e.message : String(e));
+    h.onError(err.toJSON());
+  }
+
+  /** What came for an end-to-end stream did not open, or came in the clear: it ends. */
+  private integrityFailed(sid: number, why: string): void {
+    this.failStream(
+      sid,
+      new TetherError(
+        "integrity",
+        `the stream to the machine was altered on the way (${why}); nothing more from it is shown`,
+        {
+          hint: "the relay, or something between it and you or the machine, changed, dropped or " +
+            "added data; the command may still run on the machine",
+        },
+      ),
+    );
   }
 
   private challenged(ch: Challenge): void {
@@ -147,7 +428,7 @@ export class RelayClient {
     }
     if (ch.token_rejected) auth.tokenRejected();
     auth.answer(ch).then((proof) => {
-      if (this.streams.has(ch.sid)) this.conn.send({ t: "auth", sid: ch.sid, proof });
+      if (this.streams.has(ch.sid)) this.send({ t: "auth", sid: ch.sid, proof });
     }, fail);
   }
 
@@ -157,7 +438,11 @@ export class RelayClient {
    */
   closeStream(sid: number, reason: "detach" | "lost" | "kill" = "detach"): void {
     this.auths.delete(sid);
-    if (this.streams.delete(sid)) this.conn.send({ t: "close", sid, reason });
+    if (!this.streams.delete(sid)) return;
+    const st = this.e2e.get(sid);
+    if (st?.transport) this.send({ t: "close", sid, reason });
+    else if (!st || st.init) this.conn.send({ t: "close", sid, reason });
+    this.e2e.delete(sid);
   }
 
   /** Resolves when the connection to the relay has ended. */
@@ -190,8 +475,64 @@ export class RelayClient {
   }
 
   private onControl(msg: Control): void {
+    if ("sid" in msg && msg.sid !== undefined && this.e2e.has(msg.sid)) {
+      return this.onSealedStream(msg as Control & { sid: number });
+    }
+    this.dispatch(msg);
+  }
+
+  /** A message for an end-to-end stream: sealed, or one of the relay's own errors. */
+  private onSealedStream(msg: Control & { sid: number }): void {
+    switch (msg.t) {
+      case "accept":
+        return this.accepted(msg);
+      case "sealed": {
+        const st = this.e2e.get(msg.sid)!;
+        if (!st.transport) {
+          return this.integrityFailed(msg.sid, "a sealed message before the handshake");
+        }
+        let inner: Control;
+        try {
+          inner = openControl(st.transport, msg as Sealed);
+        } catch (e) {
+          if (e instanceof IntegrityError) return this.integrityFailed(msg.sid, e.message);
+          // Sealed, so the relay could not check it: a malformed message ends its stream only.
+          if (e instanceof ProtocolError) {
+            return this.failStream(
+              msg.sid,
+              new TetherError("internal", `protocol error: ${e.message}`),
+            );
+          }
+          throw e;
+        }
+        switch (inner.t) {
+          case "started":
+          case "notice":
+          case "participants":
+          case "eof":
+          case "challenge":
+          case "auth_ok":
+          case "exit":
+          case "error":
+            return this.dispatch(inner);
+          case "sessions":
+            return this.streams.get(msg.sid)?.onSessions?.(inner.sessions);
+        }
+        return this.integrityFailed(msg.sid, `a sealed '${inner.t}' from the agent`);
+      }
+      case "error":
+        if (RELAY_ERRORS.has(msg.code)) return this.dispatch(msg);
+        return this.integrityFailed(msg.sid, `'${msg.code}' outside the encryption`);
+      default:
+        return this.integrityFailed(msg.sid, `'${msg.t}' outside the encryption`);
+    }
+  }
+
+  private dispatch(msg: Control): void {
     switch (msg.t) {
       case "ping":
+      case "sealed": // late, for an end-to-end stream this client already left
+      case "accept":
         return;
       case "res": {
         const p = this.pending.get(msg.id);
@@ -224,6 +565,7 @@ export class RelayClient {
         const h = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
         this.auths.delete(msg.sid);
+        this.e2e.delete(msg.sid);
         h?.onExit(msg);
         return;
       }
@@ -236,6 +578,7 @@ export class RelayClient {
         const h = this.streams.get(msg.sid);
         this.streams.delete(msg.sid);
         this.auths.delete(msg.sid);
+        this.e2e.delete(msg.sid);
         const { t: _t, sid: _sid, ...err } = msg;
         h?.onError(err);
         return;
@@ -245,9 +588,22 @@ export class RelayClient {
     }
   }
 
-  private onFrame(f: Frame): void {
+  private onFrame(f: Frame, raw: Uint8Array): void {
     const h = this.streams.get(f.sid);
     if (!h) return;
+    const st = this.e2e.get(f.sid);
+    if (st && f.type === FRAME_DATA) {
+      if (!st.transport) return this.integrityFailed(f.sid, "data before the handshake");
+      let plain: Uint8Array;
+      try {
+        plain = openFrame(st.transport, raw);
+      } catch (e) {
+        if (e instanceof IntegrityError) return this.integrityFailed(f.sid, e.message);
+        throw e;
+      }
+      h.onData(f.channel, f.offset, plain);
+      return;
+    }
     if (f.type === FRAME_DATA) h.onData(f.channel, f.offset, f.payload);
     else if (f.type === FRAME_CREDIT) h.onCredit(f.channel, f.bytes);
   }
@@ -268,6 +624,7 @@ export class RelayClient {
     this.pending.clear();
     const streams = [...this.streams.values()];
     this.streams.clear();
+    this.e2e.clear();
     const lost = this.lostStream();
     for (const h of streams) h.onError(lost);
   }

@@ -17,6 +17,8 @@ export const ERROR_CODES = [
   "interactive_required",
   "relay_unavailable",
   "forward_failed",
+  "integrity",
+  "machine_key_changed",
   "internal",
 ] as const;
 
@@ -44,6 +46,8 @@ const FINAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   "password_invalid",
   "session_not_found",
   "interactive_required",
+  "integrity",
+  "machine_key_changed",
 ]);
 
 export function isFinal(code: ErrorCode): boolean {

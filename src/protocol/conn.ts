@@ -90,6 +90,12 @@ function tickerFor(periodMs: number): Ticker {
   return t;
 }
 
+/**
+ * What a stream's code (an exec, a session attachment, a TCP forward) sends through: the
+ * connection itself, or its end-to-end wrapper that seals what it sends (agent/sealed_conn.ts).
+ */
+export type StreamConn = Pick<Conn, "send" | "sendBinary" | "drain" | "isOpen">;
+
 export class Conn {
   readonly ws: WsLike;
   readonly label: string;

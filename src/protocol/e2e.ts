@@ -147,6 +147,11 @@ export function fromBase64(s: string): Uint8Array {
   return out;
 }
 
+/** Base64url without padding: keys in a share link's fragment. */
+export function toBase64Url(b: Uint8Array): string {
+  return toBase64(b).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
 /** A public key as text (in hellos, `machines`, authorized_keys): standard base64. */
 export function encodeKey(pub: Uint8Array): string {
   return toBase64(pub);

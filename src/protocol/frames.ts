@@ -10,6 +10,7 @@
  * channel, so a reader that reconnects can ask for "everything after N".
  */
 import { ProtocolError } from "./messages.ts";
+import { TAG_BYTES } from "./e2e.ts";
 
 export const FRAME_DATA = 1;
 export const FRAME_CREDIT = 2;
@@ -24,8 +25,8 @@ export const CREDIT_SIZE = 12;
 
 /** Largest payload one DATA frame may carry. */
 export const MAX_DATA_PAYLOAD = 256 * 1024;
-/** Largest binary message accepted on any connection. */
-export const MAX_BINARY_MESSAGE = DATA_HEADER + MAX_DATA_PAYLOAD;
+/** Largest binary message accepted on any connection: a full payload, sealed (e2e.ts). */
+export const MAX_BINARY_MESSAGE = DATA_HEADER + MAX_DATA_PAYLOAD + TAG_BYTES;
 
 const TWO32 = 0x1_0000_0000;
 

@@ -15,6 +15,7 @@
 import * as v from "valibot";
 import { ERROR_CODES } from "../common/errors.ts";
 import { MAX_WINDOW } from "./flow.ts";
+import { SUITES } from "./e2e.ts";
 
 /** Largest JSON control message the relay accepts from agents and clients. */
 export const MAX_CONTROL_MESSAGE = 64 * 1024;
@@ -59,8 +60,11 @@ export type Role = v.InferOutput<typeof Role>;
 
 export const StreamKind = v.picklist(["exec", "pty"]);
 export type StreamKind = v.InferOutput<typeof StreamKind>;
-/** What an open starts: an exec, a PTY session, or a TCP connection made by the agent. */
-export const OpenKind = v.picklist(["exec", "pty", "tcp"]);
+/**
+ * What an open starts: an exec, a PTY session, or a TCP connection made by the agent; or
+ * (end to end only) a look at the agent's sessions and execs with their command lines.
+ */
+export const OpenKind = v.picklist(["exec", "pty", "tcp", "sessions"]);
 export type OpenKind = v.InferOutput<typeof OpenKind>;
 
 export const ExecState = v.picklist(["running", "exited", "timeout", "lost"]);
@@ -73,6 +77,8 @@ export const AgentInfo = v.object({
   labels: strMap,
   os: str(64),
   arch: str(64),
+  /** Its end-to-end public key (X25519, base64; e2e.ts): what clients pin. */
+  key: opt(str(64)),
 });
 export type AgentInfo = v.InferOutput<typeof AgentInfo>;
 
@@ -229,6 +235,14 @@ export const Open = v.pipe(
     subsystem: opt(str(64)),
     /** `tether ssh user@`: run as this user (an agent running as root, --allow-user). */
     user: opt(str(64)),
+    /**
+     * `tether share`, end to end: admit the browser page holding this key (X25519, base64) to
+     * the session this open starts or joins, read-only as the link says, until `expires_ms`
+     * from now (a reconnect of a page already in, past it too). Sealed opens only.
+     */
+    grant: opt(
+      v.object({ key: str(64), read_only: v.boolean(), expires_ms: int(1, MAX_HOLD_MS) }),
+    ),
     /** A session token from an earlier password check on this machine. */
     token: opt(str(1024)),
     /** Set by the relay (never trusted from a client): the id of the client's key. */
@@ -238,14 +252,35 @@ export const Open = v.pipe(
      * (never trusted from a client): the client's workspace.
      */
     workspace: opt(str(256)),
+    /**
+     * End to end: the first message of the stream's handshake (e2e.ts). Then this open
+     * carries only what the relay routes by (sid, machine, kind, window); the real one
+     * follows sealed once the agent has answered with `accept`.
+     */
+    e2e: opt(v.object({ suite: v.picklist(SUITES), msg: str(1024) })),
   }),
   v.check(
     (o) =>
       o.kind !== "exec" || o.argv.length > 0 || o.session !== undefined || !!o.shell ||
-      !!o.subsystem,
+      !!o.subsystem || !!o.e2e,
     "argv: must not be empty",
   ),
 );
+/** Agent → client: the second message of an end-to-end stream's handshake. */
+export const Accept = v.object({ t: v.literal("accept"), sid, e2e: str(1024) });
+/**
+ * A stream message sealed end to end (e2e_stream.ts), either way. Beside the box, what
+ * the relay may know: the agent's stdin `window` and `session` of a sealed `started`,
+ * and `end` on the stream's last message ("exit", an error code, or a close's reason).
+ */
+export const Sealed = v.object({
+  t: v.literal("sealed"),
+  sid,
+  box: str(MAX_RELAY_MESSAGE),
+  window: opt(int(1, MAX_WINDOW)),
+  session: opt(str(64)),
+  end: opt(str(32)),
+});
 /** Agent → client: the machine has a password; prove you know it. */
 export const Challenge = v.object({
   t: v.literal("challenge"),
@@ -344,6 +379,8 @@ const SCHEMAS = {
   sessions: Sessions,
   notice: Notice,
   participants: Participants,
+  accept: Accept,
+  sealed: Sealed,
 };
 
 export type Hello = v.InferOutput<typeof Hello>;
@@ -367,6 +404,8 @@ export type Close = v.InferOutput<typeof Close>;
 export type Sessions = v.InferOutput<typeof Sessions>;
 export type Notice = v.InferOutput<typeof Notice>;
 export type Participants = v.InferOutput<typeof Participants>;
+export type Accept = v.InferOutput<typeof Accept>;
+export type Sealed = v.InferOutput<typeof Sealed>;
 /** Any control message. */
 export type Control = { [K in keyof typeof SCHEMAS]: v.InferOutput<(typeof SCHEMAS)[K]> }[
   keyof typeof SCHEMAS
@@ -389,6 +428,8 @@ export interface MachineView {
   os: string;
   arch: string;
   version: string;
+  /** Its end-to-end public key (base64), when its agent has one. */
+  key?: string;
   /** Only in answers that asked for retired machines: this one ended for good. */
   retired?: boolean;
 }
@@ -453,6 +494,11 @@ export function parseControl(text: string, maxLength = MAX_CONTROL_MESSAGE): Con
   } catch {
     throw new ProtocolError("control message is not JSON");
   }
+  return checkControl(o);
+}
+
+/** Validates one control message already parsed from JSON (e.g. one that was sealed). */
+export function checkControl(o: unknown): Control {
   if (!o || typeof o !== "object" || Array.isArray(o)) {
     throw new ProtocolError("control message must be an object");
   }

@@ -11,6 +11,7 @@
  * only (never on to a third relay), and does not audit (the client's relay did).
  */
 import { errorBody, machineOffline, TetherError, usage } from "../common/errors.ts";
+import { TAG_BYTES } from "../protocol/e2e.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
 import {
@@ -59,6 +60,11 @@ interface Route {
   bytesIn: number;
   bytesOut: number;
   session?: string;
+  /**
+   * Sealed end to end: each DATA payload carries a 16-byte tag past the bytes it counts
+   * for credit, and the stream's messages are `accept` and `sealed`.
+   */
+  tag: number;
 }
 
 /** Where a route's streams go: an agent, or the relay holding one. */
@@ -185,7 +191,17 @@ function shareOpen(share: ShareRow, msg: Open): Open {
     ...(msg.offset !== undefined ? { offset: msg.offset } : {}),
     ...(msg.resume ? { resume: msg.resume } : {}),
     ...(msg.token ? { token: msg.token } : {}),
+    // End to end, the agent holds the page to its session, from the grant `tether share`
+    // gave it; this outer open only routes.
+    ...(msg.e2e ? { e2e: msg.e2e } : {}),
   };
+}
+
+/** The bytes a DATA payload counts for credit: a sealed one's tag does not count. */
+function payloadBytes(r: Route, payload: Uint8Array): number {
+  const n = payload.length - r.tag;
+  if (n < 0) throw new ProtocolError(`stream ${r.csid}: a sealed frame shorter than its tag`);
+  return n;
 }
 
 function isAgent(up: Upstream): up is AgentLink {
@@ -367,9 +383,27 @@ export class Hub {
       case "auth_ok":
       case "notice":
       case "participants":
+      case "accept":
       case "eof": {
         const r = up.routes.get(msg.sid);
         if (r) r.client.conn.send({ ...msg, sid: r.csid });
+        return;
+      }
+      case "sealed": {
+        // What we may know of it is beside the box: a sealed `started`'s window and session,
+        // and the end of the stream (not its exit status).
+        const r = up.routes.get(msg.sid);
+        if (!r) return;
+        if (msg.window !== undefined) {
+          r.inCredit += msg.window;
+          r.inWindow = msg.window;
+        }
+        if (msg.session !== undefined) r.session = msg.session;
+        if (msg.end !== undefined) {
+          this.unroute(r);
+          this.audit(r, msg.end === "exit" ? {} : { error: msg.end });
+        }
+        r.client.conn.send({ ...msg, sid: r.csid });
         return;
       }
       case "res": {
@@ -408,11 +442,12 @@ export class Hub {
     if (!r) return; // the stream ended on the other side; late frames are dropped
     if (f.type === FRAME_DATA) {
       if (f.channel === CH_STDIN) throw new ProtocolError("agent sent data on stdin");
-      if (f.payload.length > r.outCredit) {
+      const n = payloadBytes(r, f.payload);
+      if (n > r.outCredit) {
         throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
       }
-      r.outCredit -= f.payload.length;
-      r.bytesOut += f.payload.length;
+      r.outCredit -= n;
+      r.bytesOut += n;
     } else if (f.type === FRAME_CREDIT) {
       // Credit is bytes handed on: never more than the window. More would let the other
       // side buffer without bound here.
@@ -473,6 +508,7 @@ export class Hub {
       case "signal":
       case "resize":
       case "auth":
+      case "sealed":
       case "close": {
         const opening = link.opening.get(msg.sid);
         if (opening) {
@@ -487,10 +523,20 @@ export class Hub {
         }
         const r = link.routes.get(msg.sid);
         if (!r) return;
-        if (msg.t === "close") {
+        // A sealed close says so beside its box ("detach", "kill" or "lost").
+        const closing = msg.t === "close"
+          ? msg.reason ?? "detach"
+          : msg.t === "sealed"
+          ? msg.end
+          : undefined;
+        if (closing !== undefined) {
           this.unroute(r);
-          const why = { lost: "client_lost", kill: "killed", detach: "detached" } as const;
-          this.audit(r, { error: why[msg.reason ?? "detach"] });
+          const why: Record<string, string> = {
+            lost: "client_lost",
+            kill: "killed",
+            detach: "detached",
+          };
+          this.audit(r, { error: why[closing] ?? "detached" });
         }
         r.up.conn.send({ ...msg, sid: r.asid });
         return;
@@ -505,11 +551,12 @@ export class Hub {
     if (!r) return;
     if (f.type === FRAME_DATA) {
       if (f.channel !== CH_STDIN) throw new ProtocolError("client sent data on an output channel");
-      if (f.payload.length > r.inCredit) {
+      const n = payloadBytes(r, f.payload);
+      if (n > r.inCredit) {
         throw new ProtocolError(`stream ${f.sid} exceeded its credit`);
       }
-      r.inCredit -= f.payload.length;
-      r.bytesIn += f.payload.length;
+      r.inCredit -= n;
+      r.bytesIn += n;
     } else if (f.type === FRAME_CREDIT) {
       if (f.channel !== CH_STDOUT) throw new ProtocolError("client granted credit on stdin");
       r.outCredit += f.bytes;
@@ -588,7 +635,8 @@ export class Hub {
     }
     if (!up) return fail(machineOffline(row).toJSON());
     let auditId = 0;
-    if (!link.peer) {
+    // A look at the agent's list of sessions runs nothing: not audited, as `sessions` is not.
+    if (!link.peer && msg.kind !== "sessions") {
       try {
         auditId = await this.store.auditStart({
           workspace,
@@ -601,6 +649,7 @@ export class Hub {
           session: msg.session ?? null,
           remote: link.remote ?? null,
           read_only: msg.kind === "pty" && !!msg.read_only,
+          sealed: !!msg.e2e,
         });
       } catch (e) {
         // Nothing runs unrecorded: a relay that cannot write its audit log refuses, and
@@ -654,6 +703,7 @@ export class Hub {
       auditId,
       bytesIn: 0,
       bytesOut: 0,
+      tag: msg.e2e ? TAG_BYTES : 0,
     };
     link.routes.set(msg.sid, route);
     up.routes.set(asid, route);
@@ -943,6 +993,7 @@ export class Hub {
         os: m.os,
         arch: m.arch,
         version: m.agent_version,
+        ...(m.e2e_key ? { key: m.e2e_key } : {}),
         ...(m.retired_at !== null ? { retired: true } : {}),
       };
     });

@@ -590,6 +590,7 @@ async function hello(
     os: msg.agent.os,
     arch: msg.agent.arch,
     agent_version: msg.version,
+    e2e_key: msg.agent.key ?? "",
   };
   let machine: { id: string; secret?: string };
   if (principal.kind === "machine") {

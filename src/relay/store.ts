@@ -29,6 +29,8 @@ export interface MachineRow {
   os: string;
   arch: string;
   agent_version: string;
+  /** Its agent's end-to-end public key (base64), '' when it has none. */
+  e2e_key: string;
   first_seen: number;
   last_seen: number;
   /** Set when the machine retired (an ended CI hold). */
@@ -42,7 +44,7 @@ export interface MachineRow {
 /** What an agent says of itself in its hello, as the machines table keeps it. */
 export type AgentFacts = Pick<
   MachineRow,
-  "name" | "hostname" | "labels" | "os" | "arch" | "agent_version"
+  "name" | "hostname" | "labels" | "os" | "arch" | "agent_version" | "e2e_key"
 >;
 
 export interface MintedKey {
@@ -109,6 +111,8 @@ export interface AuditRow {
   remote: string | null;
   /** A pty join that may only watch (connect --read-only, a read-only share link). */
   read_only: boolean;
+  /** End to end: the relay saw neither the command line nor how it exited. */
+  sealed: boolean;
 }
 
 /** What auditStart records. */
@@ -117,7 +121,7 @@ export type AuditStart =
     AuditRow,
     "workspace" | "key_id" | "machine_id" | "machine_name" | "kind" | "argv" | "session"
   >
-  & Partial<Pick<AuditRow, "remote" | "read_only">>;
+  & Partial<Pick<AuditRow, "remote" | "read_only" | "sealed">>;
 /** What auditEnd adds. */
 export type AuditEnd = Pick<
   AuditRow,
@@ -313,6 +317,7 @@ export function auditFromRow(r: Record<string, unknown>): AuditRow {
     argv: typeof r.argv === "string" ? JSON.parse(r.argv) : (r.argv as string[] | null) ?? null,
     remote: (r.remote as string | null) ?? null,
     read_only: r.read_only === true || r.read_only === 1,
+    sealed: r.sealed === true || r.sealed === 1,
   };
 }
 

@@ -123,6 +123,10 @@ const MIGRATIONS: string[] = [
   // Who joined from where, and whether only to watch (a share link's page, issue 17).
   `ALTER TABLE audit ADD COLUMN remote TEXT,
      ADD COLUMN read_only BOOLEAN NOT NULL DEFAULT false;`,
+  // End to end (issue 19): the agent's public key, as its last hello said; a stream whose
+  // command line and exit status the relay cannot see.
+  `ALTER TABLE machines ADD COLUMN e2e_key TEXT NOT NULL DEFAULT '';
+   ALTER TABLE audit ADD COLUMN sealed BOOLEAN NOT NULL DEFAULT false;`,
 ];
 
 /** The channel of LISTEN/NOTIFY the relays of a fleet tell each other on. */
@@ -144,7 +148,7 @@ const POOL_SIZE = 8;
 
 /** A machine's columns, with the relay holding a live lease on it (`m` and `l`). */
 const MACHINE_COLUMNS = `m.id, m.workspace, m.enrolled_by, m.name, m.hostname, m.labels, m.os,
-  m.arch, m.agent_version, m.first_seen, m.last_seen, m.retired_at, l.relay_id AS held_by,
+  m.arch, m.agent_version, m.e2e_key, m.first_seen, m.last_seen, m.retired_at, l.relay_id AS held_by,
   lr.seen_at AS held_seen`;
 
 /** Fleet events as NOTIFY payloads: `revoke:ID`, `machine:ID`, `lease:MACHINE:RELAY:EPOCH`. */
@@ -498,10 +502,10 @@ export class PostgresStore implements Store, FleetStore {
       "enrollment",
       (sql) =>
         sql`INSERT INTO machines (id, workspace, secret_hash, enrolled_by, name, hostname, labels,
-                                os, arch, agent_version, first_seen, last_seen)
+                                os, arch, agent_version, e2e_key, first_seen, last_seen)
           VALUES (${id}, ${workspace}, ${hashSecret(secret)}, ${enrolledBy}, ${info.name},
                   ${info.hostname}, ${sql.json(info.labels)}, ${info.os}, ${info.arch},
-                  ${info.agent_version}, ${now}, ${now})`,
+                  ${info.agent_version}, ${info.e2e_key}, ${now}, ${now})`,
     );
     return { id, secret };
   }
@@ -512,7 +516,8 @@ export class PostgresStore implements Store, FleetStore {
       (sql) =>
         sql`UPDATE machines SET name = ${info.name}, hostname = ${info.hostname},
             labels = ${sql.json(info.labels)}, os = ${info.os}, arch = ${info.arch},
-            agent_version = ${info.agent_version}, last_seen = ${Date.now()}
+            agent_version = ${info.agent_version}, e2e_key = ${info.e2e_key},
+            last_seen = ${Date.now()}
           WHERE id = ${id}`,
     );
   }
@@ -691,10 +696,10 @@ export class PostgresStore implements Store, FleetStore {
     const [r] = await this.run("audit", (sql) =>
       sql<{ id: number }[]>`
         INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session,
-                           started_at, remote, read_only)
+                           started_at, remote, read_only, sealed)
         VALUES (${row.workspace}, ${row.key_id}, ${row.machine_id}, ${row.machine_name},
                 ${row.kind}, ${row.argv ? sql.json(row.argv) : null}, ${row.session},
-                ${Date.now()}, ${row.remote ?? null}, ${!!row.read_only})
+                ${Date.now()}, ${row.remote ?? null}, ${!!row.read_only}, ${!!row.sealed})
         RETURNING id`);
     return r.id;
   }

@@ -103,11 +103,15 @@ const MIGRATIONS: string[] = [
   // Who joined from where, and whether only to watch (a share link's page, issue 17).
   `ALTER TABLE audit ADD COLUMN remote TEXT;
    ALTER TABLE audit ADD COLUMN read_only INTEGER NOT NULL DEFAULT 0;`,
+  // End to end (issue 19): the agent's public key, as its last hello said; a stream whose
+  // command line and exit status the relay cannot see.
+  `ALTER TABLE machines ADD COLUMN e2e_key TEXT NOT NULL DEFAULT '';
+   ALTER TABLE audit ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
-const FACTS = "name, hostname, labels, os, arch, agent_version";
+const FACTS = "name, hostname, labels, os, arch, agent_version, e2e_key";
 
 function facts(info: AgentFacts): string[] {
   return [
@@ -117,6 +121,7 @@ function facts(info: AgentFacts): string[] {
     info.os,
     info.arch,
     info.agent_version,
+    info.e2e_key,
   ];
 }
 
@@ -470,7 +475,7 @@ export class SqliteStore implements Store {
       this.write("enrollment", () =>
         this.db.prepare(
           `INSERT INTO machines (id, workspace, secret_hash, enrolled_by, ${FACTS}, first_seen,
-           last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+           last_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(id, workspace, hashSecret(secret), enrolledBy, ...facts(info), now, now));
       return { id, secret };
     });
@@ -481,7 +486,7 @@ export class SqliteStore implements Store {
     return this.io(() => {
       this.write("machine", () =>
         this.db.prepare(
-          `UPDATE machines SET (${FACTS}, last_seen) = (?, ?, ?, ?, ?, ?, ?) WHERE id = ?`,
+          `UPDATE machines SET (${FACTS}, last_seen) = (?, ?, ?, ?, ?, ?, ?, ?) WHERE id = ?`,
         ).run(...facts(info), Date.now(), id));
     });
   }
@@ -503,7 +508,7 @@ export class SqliteStore implements Store {
   getMachine(id: string): Promise<MachineRow | undefined> {
     return this.io(() => {
       const r = this.db.prepare(
-        `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
+        `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version, e2e_key,
                 first_seen, last_seen, retired_at FROM machines WHERE id = ?`,
       ).get(id) as (Omit<MachineRow, "labels"> & { labels: string }) | undefined;
       return r ? { ...r, labels: JSON.parse(r.labels), held_by: null } : undefined;
@@ -515,8 +520,8 @@ export class SqliteStore implements Store {
       const r = this.write("audit", () =>
         this.db.prepare(
           `INSERT INTO audit (workspace, key_id, machine_id, machine_name, kind, argv, session,
-                              started_at, remote, read_only)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+                              started_at, remote, read_only, sealed)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
         ).run(
           row.workspace,
           row.key_id,
@@ -528,6 +533,7 @@ export class SqliteStore implements Store {
           Date.now(),
           row.remote ?? null,
           row.read_only ? 1 : 0,
+          row.sealed ? 1 : 0,
         ));
       return Number(r.lastInsertRowid);
     });
@@ -565,7 +571,7 @@ export class SqliteStore implements Store {
   listMachines(workspace: string, opts: { retired?: boolean } = {}): Promise<MachineRow[]> {
     return this.io(() => {
       const rows = this.db.prepare(
-        `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version,
+        `SELECT id, workspace, enrolled_by, name, hostname, labels, os, arch, agent_version, e2e_key,
                 first_seen, last_seen, retired_at FROM machines
           WHERE workspace = ? ${opts.retired ? "" : "AND retired_at IS NULL"} ORDER BY name, id`,
       ).all(workspace) as unknown as (Omit<MachineRow, "labels"> & { labels: string })[];

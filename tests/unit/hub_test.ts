@@ -18,6 +18,7 @@ const facts = {
   os: "linux",
   arch: "x86_64",
   agent_version: "0",
+  e2e_key: "",
 };
 
 async function world() {

@@ -6,7 +6,11 @@
 // it goes as the hello's first message and is spent. The relay answers with a resume
 // secret, kept in this tab's sessionStorage, so a reconnect (or a reload) comes back
 // without the token.
-/* global TETHER, Terminal, FitAddon, scrypt */
+//
+// End to end (a link whose fragment also carries the page's key and the machine's): each
+// stream starts with a Noise handshake with the agent (noise.js), and everything of it but
+// credit goes sealed, so the relay routes what it cannot read or alter (docs/PROTOCOL.md).
+/* global TETHER, Terminal, FitAddon, scrypt, TetherNoise */
 "use strict";
 
 (() => {
@@ -28,7 +32,16 @@
 
   const $ = (id) => document.getElementById(id);
   const enc = new TextEncoder();
-  const token = decodeURIComponent(location.hash.slice(1));
+  // ID.SECRET, then (end to end) the page's private key and the machine's public key.
+  const fragment = decodeURIComponent(location.hash.slice(1)).split(".");
+  const token = fragment.slice(0, 2).join(".");
+  const keys = fragment.length === 4 && /^[A-Za-z0-9_-]{43}$/.test(fragment[2]) &&
+      /^[A-Za-z0-9_-]{43}$/.test(fragment[3])
+    ? {
+      page: TetherNoise.fromBase64Url(fragment[2]),
+      machine: TetherNoise.fromBase64Url(fragment[3]),
+    }
+    : undefined;
   const linkId = token.split(".")[0] || "link";
   const store = {
     get: (k) => sessionStorage.getItem(`tether:${linkId}:${k}`),
@@ -119,6 +132,118 @@
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(msg));
   }
 
+  // ---- end to end ----
+
+  /** The open stream's end-to-end state: its handshake, then its transport. */
+  let sealed; // { sid, transport?, out: Promise, in: Promise }
+  const AD_CONTROL = Uint8Array.of(0xff);
+
+  /** The associated data of a DATA frame: its header without the stream id. */
+  function frameAd(bytes) {
+    const ad = new Uint8Array(12);
+    ad.set(bytes.subarray(0, 4), 0);
+    ad.set(bytes.subarray(8, DATA_HEADER), 4);
+    return ad;
+  }
+
+  /** Runs `fn` after everything sent on this stream before it (sealing is asynchronous). */
+  function later(st, fn) {
+    st.out = st.out.then(() => (st === sealed ? fn() : undefined)).catch((e) => integrity(st, e));
+  }
+
+  /** A message about the stream: sealed when the stream is end to end. */
+  function sendStream(msg) {
+    const st = sealed;
+    if (!st || st.sid !== msg.sid) return send(msg);
+    later(st, async () => {
+      const { sid: _sid, ...inner } = msg;
+      const box = await st.transport.seal(AD_CONTROL, enc.encode(JSON.stringify(inner)));
+      send({ t: "sealed", sid: st.sid, box: TetherNoise.toBase64(box) });
+    });
+  }
+
+  /** A DATA frame (header and plaintext): sealed when the stream is end to end. */
+  function sendFrame(frame) {
+    const st = sealed;
+    if (!st) return ws.send(frame);
+    later(st, async () => {
+      const body = await st.transport.seal(frameAd(frame), frame.subarray(DATA_HEADER));
+      const out = new Uint8Array(DATA_HEADER + body.length);
+      out.set(frame.subarray(0, DATA_HEADER));
+      out.set(body, DATA_HEADER);
+      if (ws?.readyState === WebSocket.OPEN) ws.send(out);
+    });
+  }
+
+  function integrity(st, e) {
+    if (st !== sealed || finished) return;
+    finish(
+      "refused",
+      `The stream to the machine was altered on the way (${
+        e?.message ?? e
+      }); nothing more from it is shown.`,
+      "The relay, or something between it and you or the machine, changed, dropped or added data.",
+      "integrity",
+    );
+  }
+
+  /** Errors the relay itself may send about a sealed stream (none says that anything ran). */
+  const RELAY_ERRORS = new Set([
+    "machine_not_found",
+    "machine_offline",
+    "session_lost",
+    "relay_unavailable",
+    "rate_limited",
+    "forbidden",
+    "integrity",
+    "internal",
+    "unauthenticated",
+  ]);
+
+  /** What came for the sealed stream, in order: opened, then handled as if in the clear. */
+  function receiveSealed(st, msg, binary) {
+    st.in = st.in.then(async () => {
+      if (st !== sealed) return;
+      if (binary) {
+        const bytes = new Uint8Array(binary);
+        if (bytes[0] === FRAME_CREDIT) return onBinary(binary);
+        if (!st.transport) throw new Error("data before the handshake");
+        const plain = await st.transport.open(frameAd(bytes), bytes.subarray(DATA_HEADER));
+        const frame = new Uint8Array(DATA_HEADER + plain.length);
+        frame.set(bytes.subarray(0, DATA_HEADER));
+        frame.set(plain, DATA_HEADER);
+        return onBinary(frame.buffer);
+      }
+      switch (msg.t) {
+        case "accept": {
+          if (!st.hs || st.transport) throw new Error("an unexpected accept");
+          st.transport = (await st.hs.finish(TetherNoise.fromBase64(msg.e2e))).transport;
+          // The real open, now that only the agent can read it: sealed first, before
+          // anything that waited for the transport.
+          const { sid: _sid, ...inner } = st.open;
+          const box = await st.transport.seal(AD_CONTROL, enc.encode(JSON.stringify(inner)));
+          send({ t: "sealed", sid: st.sid, box: TetherNoise.toBase64(box) });
+          st.ready();
+          return;
+        }
+        case "sealed": {
+          if (!st.transport) throw new Error("a sealed message before the handshake");
+          const plain = await st.transport.open(AD_CONTROL, TetherNoise.fromBase64(msg.box));
+          const inner = JSON.parse(new TextDecoder().decode(plain));
+          if (["open", "sealed", "accept", "welcome", "hello"].includes(inner.t)) {
+            throw new Error(`a sealed '${inner.t}'`);
+          }
+          return onControl({ ...inner, sid: st.sid });
+        }
+        case "error":
+          if (RELAY_ERRORS.has(msg.code)) return onControl(msg);
+          throw new Error(`'${msg.code}' outside the encryption`);
+        default:
+          throw new Error(`'${msg.t}' outside the encryption`);
+      }
+    }).catch((e) => integrity(st, e));
+  }
+
   function sendCredit(bytes) {
     if (ws?.readyState !== WebSocket.OPEN) return;
     const f = new DataView(new ArrayBuffer(CREDIT_SIZE));
@@ -145,7 +270,7 @@
       dv.setUint32(8, Math.floor(stdinOffset / TWO32), true);
       dv.setUint32(12, stdinOffset % TWO32, true);
       frame.set(chunk, DATA_HEADER);
-      ws.send(frame);
+      sendFrame(frame);
       stdinOffset += n;
       inCredit -= n;
     }
@@ -159,7 +284,7 @@
   term.onData((s) => type(enc.encode(s)));
   term.onBinary((s) => type(Uint8Array.from(s, (c) => c.charCodeAt(0) & 0xff)));
   term.onResize(({ cols, rows }) => {
-    if (sid && grant && !grant.read_only) send({ t: "resize", sid, cols, rows });
+    if (sid && grant && !grant.read_only) sendStream({ t: "resize", sid, cols, rows });
   });
   addEventListener("resize", () => fit.fit());
   // Closing the tab leaves the session as `connect`'s Ctrl-D does: it runs on.
@@ -206,8 +331,9 @@
     sid = nextSid++;
     unacked = 0;
     inCredit = 0;
+    sealed = undefined;
     const machineToken = store.get("machine-token");
-    send({
+    const msg = {
       t: "open",
       sid,
       kind: "pty",
@@ -222,7 +348,28 @@
       ...(nextOffset !== undefined ? { offset: nextOffset } : {}),
       ...(attachId ? { resume: attachId } : {}),
       ...(machineToken ? { token: machineToken } : {}),
+    };
+    if (!keys) return send(msg);
+    // End to end: the handshake goes in an open that only routes; the real one follows
+    // sealed once the agent answered.
+    const st = { sid, open: msg, out: Promise.resolve(), in: Promise.resolve() };
+    sealed = st;
+    const prologue = enc.encode(`tether-e2e-v1 ${grant.machine}`);
+    st.out = TetherNoise.initiate(prologue, keys.page, keys.machine).then((hs) => {
+      st.hs = hs;
+      if (st !== sealed) return;
+      send({
+        t: "open",
+        sid: st.sid,
+        kind: "pty",
+        argv: [],
+        stdin: msg.stdin,
+        window: WINDOW,
+        e2e: { suite: "AESGCM", msg: TetherNoise.toBase64(hs.message) },
+      });
     });
+    // What is sealed waits for the transport: the accept comes on the way in.
+    st.out = st.out.then(() => new Promise((resolve) => (st.ready = resolve)));
   }
 
   function renderPeople() {
@@ -281,7 +428,7 @@
     );
     const proof = [...new Uint8Array(mac)].map((b) => b.toString(16).padStart(2, "0")).join("");
     $("overlay").hidden = true;
-    send({ t: "auth", sid: ch.sid, proof });
+    sendStream({ t: "auth", sid: ch.sid, proof });
     term.focus();
   }
 
@@ -304,7 +451,7 @@
         $("overlay").hidden = true;
         setState("connected");
         // Take the window's size (a read-only page does not size the session).
-        if (!grant.read_only) send({ t: "resize", sid, cols: term.cols, rows: term.rows });
+        if (!grant.read_only) sendStream({ t: "resize", sid, cols: term.cols, rows: term.rows });
         sendInput();
         return;
       case "challenge":
@@ -354,7 +501,9 @@
     setState(attempts ? "reconnecting" : "connecting");
     sid = 0;
     const resume = store.get("resume");
-    if (!resume && !/^[0-9a-f]{12}\.[0-9a-f]{40}$/.test(token)) {
+    if (
+      !resume && (!/^[0-9a-f]{12}\.[0-9a-f]{40}$/.test(token) || (fragment.length > 2 && !keys))
+    ) {
       return finish(
         "refused",
         "This link is incomplete.",
@@ -386,8 +535,13 @@
     socket.onmessage = (ev) => {
       if (socket !== ws) return;
       lastRecv = Date.now();
-      if (typeof ev.data === "string") onControl(JSON.parse(ev.data));
-      else onBinary(ev.data);
+      if (typeof ev.data === "string") {
+        const msg = JSON.parse(ev.data);
+        if (sealed && msg.sid === sealed.sid) receiveSealed(sealed, msg);
+        else onControl(msg);
+      } else if (sealed && new DataView(ev.data).getUint32(4, true) === sealed.sid) {
+        receiveSealed(sealed, undefined, ev.data);
+      } else onBinary(ev.data);
     };
     socket.onclose = () => lost(socket);
   }

@@ -1,0 +1,44 @@
+/**
+ * The agent's end of an end-to-end stream: what its exec, session attachment or TCP
+ * forward sends goes out sealed (protocol/e2e_stream.ts), so the stream's code is the same
+ * sealed or not.
+ */
+import type { Conn, StreamConn } from "../protocol/conn.ts";
+import type { Transport } from "../protocol/e2e.ts";
+import { isDataFrame, sealControl, type SealedMeta, sealFrame } from "../protocol/e2e_stream.ts";
+import type { Control } from "../protocol/messages.ts";
+
+export class SealedConn implements StreamConn {
+  constructor(
+    private readonly conn: Conn,
+    readonly sid: number,
+    readonly transport: Transport,
+  ) {}
+
+  get isOpen(): boolean {
+    return this.conn.isOpen;
+  }
+
+  drain(highWater?: number): Promise<void> {
+    return this.conn.drain(highWater);
+  }
+
+  send(msg: Control): void {
+    if (!("sid" in msg) || msg.sid !== this.sid) {
+      throw new Error(`sealed stream ${this.sid} sent '${msg.t}'`);
+    }
+    // What the relay may know: a started's window and session, that the stream ended.
+    const meta: SealedMeta = msg.t === "started"
+      ? { window: msg.window, ...(msg.session ? { session: msg.session } : {}) }
+      : msg.t === "exit"
+      ? { end: "exit" }
+      : msg.t === "error"
+      ? { end: msg.code }
+      : {};
+    this.conn.send(sealControl(this.transport, msg, this.sid, meta));
+  }
+
+  sendBinary(buf: Uint8Array): void {
+    this.conn.sendBinary(isDataFrame(buf) ? sealFrame(this.transport, buf) : buf);
+  }
+}

@@ -1,0 +1,272 @@
+/**
+ * Issue 19: end-to-end encryption between client and agent. A relay (made hostile by a
+ * WebSocket-aware proxy on its links) can neither read nor alter what it carries; machines
+ * are pinned by key; agents authorize clients themselves and keep their own audit log.
+ */
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { type RunResult, World } from "./helpers.ts";
+import { contains, type Tamper, WsTamperProxy } from "./ws_tamper.ts";
+
+function lastJson(r: RunResult): { error?: { code: string; message: string; hint?: string } } {
+  return JSON.parse(r.stdout.trim().split("\n").at(-1) ?? "{}");
+}
+
+/** A world whose agent `box` reaches the relay through a hostile proxy. */
+async function hostileWorld(): Promise<{ w: World; proxy: WsTamperProxy }> {
+  const w = await World.create();
+  const proxy = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+  await w.startAgent("box", { relay: `ws://127.0.0.1:${proxy.port}` });
+  return { w, proxy };
+}
+
+Deno.test("a relay that flips, drops, replays or injects a frame, or forges an exit: integrity, and nothing altered is shown", async () => {
+  const { w, proxy } = await hostileWorld();
+  await using _w = w;
+  using _p = proxy;
+  // Warm: the first stream pins the machine.
+  const ok = await w.tether(["exec", "box", "--", "printf", "MARK%s\\n", "42"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "MARK42\n");
+
+  const cases: Tamper[] = [
+    { mode: "flip", direction: "up", nth: 1 },
+    { mode: "drop", direction: "up", nth: 1 },
+    { mode: "replay", direction: "up", nth: 1 },
+    { mode: "inject", direction: "up", nth: 1 },
+    // The relay's own lie: a clean exit 0 where the agent said nothing of the kind.
+    { mode: "text", direction: "up", nth: 1, text: (sid) => `{"t":"exit","sid":${sid},"code":0}` },
+    // A forged sealed message: a box that is not the agent's.
+    {
+      mode: "text",
+      direction: "up",
+      nth: 1,
+      text: (sid) => `{"t":"sealed","sid":${sid},"box":"${btoa("x".repeat(40))}","end":"exit"}`,
+    },
+  ];
+  for (const t of cases) {
+    proxy.arm(t);
+    const r = await w.tether(["exec", "box", "--json", "--", "printf", "MARK%s\\n", "42"]);
+    await proxy.tampered;
+    const what = `${t.mode}: ${r.stdout} ${r.stderr}`;
+    assert.equal(r.code, 255, what);
+    assert.equal(lastJson(r).error?.code, "integrity", what);
+    const out = r.stdout.split("\n").filter((l) => l && !l.startsWith("{")).join("\n");
+    // Never altered bytes: nothing, or the genuine line once (a replay is caught on its copy).
+    assert.ok(out === "" || (t.mode === "replay" && out === "MARK42"), what);
+    assert.doesNotMatch(r.stdout, /"exit"/, what);
+  }
+});
+
+Deno.test("stdin altered on the client's side is caught by the agent: integrity, and the command never sees it", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const proxy = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+  using _p = proxy;
+  const via = { TETHER_RELAY: `ws://127.0.0.1:${proxy.port}` };
+  const file = join(w.home, "got");
+  const ok = await w.tether(["exec", "box", "--", "sh", "-c", `cat > ${file}`], {
+    stdin: "clean\n",
+    env: via,
+  });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(Deno.readTextFileSync(file), "clean\n");
+  for (const mode of ["flip", "inject"] as const) {
+    proxy.arm({ mode, direction: "up", nth: 1 });
+    const r = await w.tether(["exec", "box", "--json", "--", "sh", "-c", `cat > ${file}`], {
+      stdin: "SECRET-IN\n",
+      env: via,
+    });
+    assert.equal(r.code, 255, r.stdout + r.stderr);
+    assert.equal(lastJson(r).error?.code, "integrity", r.stdout);
+    assert.ok(
+      !Deno.readTextFileSync(file).includes("SECRET"),
+      `${mode}: the command got no altered byte`,
+    );
+  }
+});
+
+Deno.test("the relay's links carry no argv, output or keystrokes in the clear; its audit has no argv, the agent's has", async () => {
+  await using w = await World.create();
+  const up = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+  using _u = up;
+  const agentLog = join(w.home, "agent-audit.jsonl");
+  await w.startAgent("box", {
+    relay: `ws://127.0.0.1:${up.port}`,
+    args: ["--audit-log", agentLog],
+  });
+  const client = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+  using _c = client;
+  const via = { TETHER_RELAY: `ws://127.0.0.1:${client.port}` };
+  // argv has ARGV-7f3a; the output ARGVOUT-49 exists only on the machine.
+  const r = await w.tether(
+    [
+      "exec",
+      "box",
+      "--env",
+      "PASSWD_ENV=ENV-c0ffee",
+      "--",
+      "sh",
+      "-c",
+      'echo ARGV-7f3a >/dev/null; echo "ARGVOUT-$((7*7))"',
+    ],
+    { env: via },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, "ARGVOUT-49\n");
+  // Keystrokes into a PTY session (the path connect takes): typed KEYS-, echoed KEYSOUT-.
+  const t = await w.tether(["exec", "-t", "box", "--", "sh", "-c", 'read x; echo "KEYSOUT-$x"'], {
+    stdin: "KEYS-91b\n",
+    env: via,
+  });
+  assert.equal(t.code, 0, t.stderr);
+  assert.match(t.stdout, /KEYSOUT-KEYS-91b/);
+  for (const [name, proxy] of [["relay↔agent", up], ["client↔relay", client]] as const) {
+    const seen = proxy.all();
+    assert.ok(contains(seen, '"t":"hello"'), `${name}: the capture reads the links`);
+    assert.ok(contains(seen, '"t":"sealed"'), `${name}: streams are sealed`);
+    for (const secret of ["ARGV-7f3a", "ARGVOUT", "ENV-c0ffee", "KEYS-91b", "KEYSOUT", "read x"]) {
+      assert.ok(!contains(seen, secret), `${name}: ${secret} crossed in the clear`);
+    }
+  }
+  // The relay's audit: who, where, bytes, that it ended; no command line, no exit status.
+  const audit = JSON.parse(
+    (await w.tether(["relay", "audit", "--data-dir", w.relayDir, "--json"])).stdout,
+  );
+  assert.equal(audit.length, 2);
+  for (const row of audit) {
+    assert.equal(row.sealed, true);
+    assert.equal(row.argv, null);
+    assert.equal(row.exit_code, null);
+    assert.ok(row.ended_at && row.bytes_out > 0, JSON.stringify(row));
+  }
+  const human = (await w.tether(["relay", "audit", "--data-dir", w.relayDir])).stdout;
+  assert.match(human, /\(sealed, session [0-9a-f]{12}\)/);
+  assert.doesNotMatch(human, /ARGV/);
+  // The agent's own log has what the relay could not see, and who asked (the client's key).
+  const whoami = JSON.parse((await w.tether(["whoami", "--json"])).stdout);
+  const lines = Deno.readTextFileSync(agentLog).trim().split("\n").map((l) => JSON.parse(l));
+  assert.equal(lines.length, 2);
+  assert.deepEqual(lines[0].argv, [
+    "sh",
+    "-c",
+    'echo ARGV-7f3a >/dev/null; echo "ARGVOUT-$((7*7))"',
+  ]);
+  assert.equal(lines[0].client, whoami.fingerprint);
+  assert.equal(lines[0].e2e, true);
+  assert.equal(lines[1].kind, "pty");
+  assert.equal(Deno.statSync(agentLog).mode! & 0o777, 0o600);
+
+  // `tether sessions` still shows command lines: the relay lists the execs without them, and
+  // each machine tells them end to end.
+  const d = await w.tether(["exec", "--detach", "box", "--", "sh", "-c", "sleep 30 # SEALEDCMD"], {
+    env: via,
+  });
+  assert.equal(d.code, 0, d.stderr);
+  const listed = JSON.parse((await w.tether(["sessions", "--json"], { env: via })).stdout);
+  assert.ok(
+    listed.some((s: { command: string }) => s.command === "sh -c sleep 30 # SEALEDCMD"),
+    JSON.stringify(listed),
+  );
+  for (const proxy of [up, client]) assert.ok(!contains(proxy.all(), "SEALEDCMD"));
+});
+
+Deno.test("pinning: first use records the machine's key; a new key is refused naming both until `machines trust` accepts it", async () => {
+  await using w = await World.create();
+  const state = join(w.home, "agents", "box");
+  const agent = await w.startAgent("box", { stateDir: state });
+  const first = (await agent.waitFor(/end-to-end key (SHA256:\S+)/))[1];
+  const ms = await w.machines();
+  assert.equal(ms[0].fingerprint, first);
+  assert.equal(ms[0].trust, "new");
+  assert.equal((await w.tether(["exec", "box", "--", "true"])).code, 0);
+  assert.equal((await w.machines())[0].trust, "pinned");
+  const pins = Deno.readTextFileSync(join(w.home, ".config", "tether", "known_machines"));
+  assert.match(pins, new RegExp(`default box ${first.replace(/[+/]/g, "\\$&")}`));
+
+  // The same machine (same identity) comes back with another key.
+  await agent.stop();
+  Deno.removeSync(join(state, "e2e_key.json"));
+  const again = await w.startAgent("box", { stateDir: state });
+  const second = (await again.waitFor(/end-to-end key (SHA256:\S+)/))[1];
+  assert.notEqual(second, first);
+  const refused = await w.tether(["exec", "box", "--json", "--", "echo", "never"]);
+  assert.equal(refused.code, 255);
+  const err = lastJson(refused).error!;
+  assert.equal(err.code, "machine_key_changed");
+  assert.ok(err.message.includes(first) && err.message.includes(second), err.message);
+  assert.match(err.hint ?? "", /tether machines trust box SHA256:/);
+  assert.doesNotMatch(refused.stdout, /never/);
+  assert.equal((await w.machines())[0].trust, "changed");
+  const table = await w.tether(["machines"]);
+  assert.match(table.stdout, /\(CHANGED\)/);
+  // A wrong fingerprint is pinned as asked, and still refuses this key.
+  const wrong = "SHA256:" + "A".repeat(43);
+  assert.equal((await w.tether(["machines", "trust", "box", wrong])).code, 0);
+  assert.equal(
+    lastJson(await w.tether(["exec", "box", "--json", "--", "true"])).error?.code,
+    "machine_key_changed",
+  );
+  const bad = await w.tether(["machines", "trust", "box", "SHA256:short"]);
+  assert.equal(bad.code, 2);
+  // The right one lets it in.
+  const trust = await w.tether(["machines", "trust", "box", second]);
+  assert.equal(trust.code, 0, trust.stderr);
+  const ok = await w.tether(["exec", "box", "--", "echo", "in"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "in\n");
+
+  // Ahead of time: a machine not seen yet is pinned by name, and a different key is refused.
+  assert.equal((await w.tether(["machines", "trust", "later", wrong])).code, 0);
+  await w.startAgent("later");
+  assert.equal(
+    lastJson(await w.tether(["exec", "later", "--json", "--", "true"])).error?.code,
+    "machine_key_changed",
+  );
+});
+
+Deno.test("--authorized-keys: only listed clients open streams (edits apply to the next one); whoami prints the line", async () => {
+  await using w = await World.create();
+  const me = await w.tether(["whoami"]);
+  assert.equal(me.code, 0, me.stderr);
+  assert.match(me.stdout, /^tether-x25519 [A-Za-z0-9+/]{43}= \S+@\S+\n$/);
+  assert.match(me.stderr, /fingerprint SHA256:/);
+  const keyFile = join(w.home, ".config", "tether", "client_key.json");
+  assert.equal(Deno.statSync(keyFile).mode! & 0o777, 0o600);
+  // Someone else's key: another config dir.
+  const other = await w.tether(["whoami"], { env: { TETHER_CONFIG_DIR: join(w.home, "other") } });
+  const file = join(w.home, "authorized_keys");
+  Deno.writeTextFileSync(file, `# only the other one\n${other.stdout}`);
+  await w.startAgent("locked", { args: ["--authorized-keys", file] });
+
+  const refused = await w.tether(["exec", "locked", "--json", "--", "echo", "no"]);
+  assert.equal(refused.code, 255);
+  const err = lastJson(refused).error!;
+  assert.equal(err.code, "forbidden");
+  assert.match(err.message, /not among locked's authorized keys/);
+  // In the clear (an older client, or a relay speaking for one) is refused as well.
+  const clear = await w.tether(["exec", "locked", "--json", "--", "echo", "no"], {
+    env: { TETHER_E2E: "off" },
+  });
+  assert.equal(lastJson(clear).error?.code, "forbidden");
+
+  Deno.writeTextFileSync(file, `${other.stdout}${me.stdout}`);
+  const ok = await w.tether(["exec", "locked", "--", "echo", "yes"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "yes\n");
+
+  // A file that does not parse is said at start.
+  Deno.writeTextFileSync(join(w.home, "bad_keys"), "tether-x25519 nope\n");
+  const bad = await w.tether([
+    "agent",
+    "run",
+    "--name",
+    "x",
+    "--state-dir",
+    join(w.home, "x"),
+    "--authorized-keys",
+    join(w.home, "bad_keys"),
+  ]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /bad_keys:1: not a tether public key/);
+});
