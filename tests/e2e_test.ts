@@ -270,3 +270,24 @@ Deno.test("--authorized-keys: only listed clients open streams (edits apply to t
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /bad_keys:1: not a tether public key/);
 });
+
+Deno.test("pinning: a CI hold's key is pinned by machine id, so the next run's hold (same name, new key) is not refused", async () => {
+  await using w = await World.create();
+  const first = await w.startAgent("ci.yml:build", {
+    stateDir: join(w.home, "run1"),
+    labels: ["ci=hold"],
+  });
+  assert.equal((await w.tether(["exec", "ci.yml:build", "--", "true"])).code, 0);
+  const [m1] = await w.machines();
+  assert.equal(m1.trust, "pinned");
+  const pins = Deno.readTextFileSync(join(w.home, ".config", "tether", "known_machines"));
+  assert.match(pins, new RegExp(`^default id%3A${m1.id} SHA256:`, "m"));
+  await first.stop();
+  await w.waitMachines((ms) => ms.every((m) => !m.online));
+  assert.equal((await w.tether(["machines", "rm", m1.id])).code, 0);
+  // The next run: a new runner, a new identity and key, the same name.
+  await w.startAgent("ci.yml:build", { stateDir: join(w.home, "run2"), labels: ["ci=hold"] });
+  const r = await w.tether(["exec", "build", "--", "echo", "again"]);
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.equal(r.stdout, "again\n");
+});

@@ -6,8 +6,8 @@
  */
 
 /** Label every hold carries; `ci attach` waits only for machines that have it. */
-export const HOLD_LABEL = "ci";
-export const HOLD_LABEL_VALUE = "hold";
+import { HOLD_LABEL, HOLD_LABEL_VALUE } from "../protocol/messages.ts";
+export { HOLD_LABEL, HOLD_LABEL_VALUE };
 /** Label holding the continue file path, so `ci attach` can tell the user what to touch. */
 export const CONTINUE_FILE_LABEL = "continue_file";
 export const DEFAULT_CONTINUE_FILE = "/tmp/tether-continue";

@@ -152,6 +152,9 @@ export async function runHold(
         `tether: this job is held. Attach with \`${attachCmd}\` (or \`tether connect ${m.id}\`); ` +
           `resume it with \`${touch}\` on the runner.`,
       );
+      io.say(
+        `tether: the runner's end-to-end key is ${agent.fingerprint} (tether checks it on attach)`,
+      );
       io.say(`tether: ${timeLeft()}`);
     },
     onSessions: (list: SessionInfo[]) => onSessions(list),

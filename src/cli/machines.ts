@@ -8,7 +8,7 @@ import { resolveMachine } from "../client/resolve.ts";
 import { visible } from "../common/text.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { KnownMachines } from "../client/known_machines.ts";
-import type { MachineView } from "../client/relay_client.ts";
+import { type MachineView, pinName } from "../client/relay_client.ts";
 import { decodeKey, fingerprint } from "../protocol/e2e.ts";
 
 /** The fingerprint of a machine's key as the relay lists it. */
@@ -44,18 +44,20 @@ export function registerMachines(program: Command, act: Act) {
       }
       const r = await withClient(g, async (client) => {
         let name = query;
+        let pin = query;
         let current: string | undefined;
         try {
           const m = resolveMachine(await client.machines(), query);
           name = m.name;
+          pin = pinName(m);
           current = keyFingerprint(m.key);
         } catch (e) {
           // Ahead of time: a machine the relay does not know yet is pinned by the name given.
           if (!(e instanceof TetherError && e.code === "machine_not_found")) throw e;
         }
         const pins = new KnownMachines(client.configDir);
-        const before = pins.pinned(client.workspace, name);
-        pins.pin(client.workspace, name, fp);
+        const before = pins.pinned(client.workspace, pin);
+        pins.pin(client.workspace, pin, fp);
         return { name, before, current };
       });
       if (g.json) {
@@ -97,7 +99,7 @@ export async function listMachines(g: Globals, selector: Record<string, string>)
     const pins = new KnownMachines(client.configDir);
     const trust = (m: MachineView) => {
       const fp = keyFingerprint(m.key);
-      const pinned = pins.pinned(client.workspace, m.name);
+      const pinned = pins.pinned(client.workspace, pinName(m));
       return pinned === undefined ? "new" : pinned === fp ? "pinned" : "changed";
     };
     return { all, trust };

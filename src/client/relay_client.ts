@@ -40,6 +40,8 @@ import {
   type Control,
   type Eof,
   type Exit,
+  HOLD_LABEL,
+  HOLD_LABEL_VALUE,
   type MachineView,
   type Open,
   type Participants,
@@ -124,8 +126,16 @@ interface E2eStream {
 /** How long `sessions` waits for a machine to tell its command lines. */
 const AGENT_SESSIONS_WAIT_MS = 3_000;
 
-/** Machines as the relay last listed them, by id: their names and keys (for every connection). */
-const machineKeys = new Map<string, { name: string; key?: string }>();
+/** Machines as the relay last listed them, by id: what their keys are pinned as, and the keys. */
+const machineKeys = new Map<string, { name: string; pin: string; key?: string }>();
+
+/**
+ * What a machine's key is pinned as: its name, as ssh pins host names; a CI hold (which
+ * lives as long as its job, under a name the next run reuses with a new key) by its id.
+ */
+export function pinName(m: Pick<MachineView, "id" | "name" | "labels">): string {
+  return m.labels?.[HOLD_LABEL] === HOLD_LABEL_VALUE ? `id:${m.id}` : m.name;
+}
 
 export class RelayClient {
   private nextReq = 1;
@@ -189,7 +199,7 @@ export class RelayClient {
       "machines",
       opts.retired ? { retired: true } : {},
     );
-    for (const m of list) machineKeys.set(m.id, { name: m.name, key: m.key });
+    for (const m of list) machineKeys.set(m.id, { name: m.name, pin: pinName(m), key: m.key });
     return list;
   }
 
@@ -293,19 +303,20 @@ export class RelayClient {
     }
     const fp = fingerprint(pub);
     const pins = new KnownMachines(this.configDir);
-    const pin = pins.check(this.workspace, m.name, fp);
+    const pin = pins.check(this.workspace, m.pin, fp);
     if (pin.status === "changed") {
       throw new TetherError(
         "machine_key_changed",
         `the key of machine ${m.name} changed: it was ${pin.pinned}, it is now ${fp}`,
         {
           hint: "if the machine was reinstalled or its agent's state dir replaced, accept the " +
-            `new key with \`tether machines trust ${m.name} ${fp}\`; if not, someone may be ` +
+            `new key with \`tether machines trust ${m.pin === m.name ? m.name : id} ${fp}\`; ` +
+            "if not, someone may be " +
             "posing as it: do not",
         },
       );
     }
-    if (pin.status === "new") st.pin = { name: m.name, fp };
+    if (pin.status === "new") st.pin = { name: m.pin, fp };
     st.init = Initiator.start("ChaChaPoly", e2ePrologue(id), this.keys, pub);
     const { spec } = st;
     // Only what the relay routes by: the rest follows sealed.

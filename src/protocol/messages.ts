@@ -413,6 +413,13 @@ export type Control = { [K in keyof typeof SCHEMAS]: v.InferOutput<(typeof SCHEM
 
 // ---- answers to requests (typed here, checked by whoever reads them) ----
 
+/**
+ * The label of a `tether ci hold` (ci/contract.ts): a machine that lives as long as its job,
+ * so clients pin its key by machine id rather than by its name, which the next run reuses.
+ */
+export const HOLD_LABEL = "ci";
+export const HOLD_LABEL_VALUE = "hold";
+
 /** One machine in the answer to the `machines` request. */
 export interface MachineView {
   id: string;
