@@ -5,7 +5,19 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { type RunResult, World } from "./helpers.ts";
+import { eventually, type RunResult, World } from "./helpers.ts";
+import { connectWebSocket } from "../src/protocol/ws_client.ts";
+import type { WsSocket } from "../src/protocol/ws_socket.ts";
+import { PROTOCOL_VERSION } from "../src/protocol/version.ts";
+import {
+  decodeKey,
+  fromBase64,
+  generateKeyPair,
+  Initiator,
+  toBase64,
+} from "../src/protocol/e2e.ts";
+import { e2ePrologue, openControl, sealControl } from "../src/protocol/e2e_stream.ts";
+import type { Control, Sealed } from "../src/protocol/messages.ts";
 import { contains, type Tamper, WsTamperProxy } from "./ws_tamper.ts";
 
 function lastJson(r: RunResult): { error?: { code: string; message: string; hint?: string } } {
@@ -290,4 +302,92 @@ Deno.test("pinning: a CI hold's key is pinned by machine id, so the next run's h
   const r = await w.tether(["exec", "build", "--", "echo", "again"]);
   assert.equal(r.code, 0, r.stdout + r.stderr);
   assert.equal(r.stdout, "again\n");
+});
+
+/** A client speaking the wire itself (as a hostile relay replaying it would). */
+class RawClient {
+  readonly got: Record<string, unknown>[] = [];
+  private constructor(readonly ws: WsSocket) {
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") this.got.push(JSON.parse(ev.data));
+    };
+  }
+
+  static async open(w: World): Promise<RawClient> {
+    const ws = await connectWebSocket(`ws://127.0.0.1:${w.port}/v1/client`, {
+      headers: { Authorization: `Bearer ${w.keys.client_key}` },
+    });
+    const c = new RawClient(ws);
+    c.send({ t: "hello", v: PROTOCOL_VERSION, role: "client", version: "test" });
+    await c.next((m) => m.t === "welcome", "welcome");
+    return c;
+  }
+
+  send(msg: unknown): void {
+    this.ws.send(JSON.stringify(msg));
+  }
+
+  next(pred: (m: Record<string, unknown>) => boolean, what: string) {
+    return eventually(() => this.got.find(pred), what, 10_000);
+  }
+}
+
+Deno.test("wire: a replayed handshake and a replayed sealed open run nothing; a client's malformed sealed message ends its stream only", async () => {
+  await using w = await World.create();
+  await w.startAgent("box");
+  const [box] = await w.machines();
+  const agentKey = decodeKey(String(box.key))!;
+  const c = await RawClient.open(w);
+  const me = generateKeyPair();
+  const file = join(w.home, "ran");
+  const opening = (sid: number, msg: Uint8Array) => ({
+    t: "open",
+    sid,
+    machine: box.id,
+    kind: "exec",
+    argv: [],
+    stdin: false,
+    window: 65536,
+    e2e: { suite: "ChaChaPoly", msg: toBase64(msg) },
+  });
+  const accept = async (sid: number) =>
+    fromBase64(String((await c.next((m) => m.t === "accept" && m.sid === sid, "accept")).e2e));
+  const sealedFor = (sid: number) => c.next((m) => m.t === "sealed" && m.sid === sid, "sealed");
+
+  // A genuine stream: the command runs once.
+  const init = Initiator.start("ChaChaPoly", e2ePrologue(box.id), me, agentKey);
+  c.send(opening(1, init.message));
+  const t1 = init.finish(await accept(1)).transport;
+  const realOpen = sealControl(t1, {
+    t: "open",
+    sid: 1,
+    kind: "exec",
+    argv: ["sh", "-c", `echo once >> ${file}`],
+    stdin: false,
+    window: 65536,
+  }, 1);
+  c.send(realOpen);
+  const first = openControl(t1, await sealedFor(1) as Sealed);
+  assert.equal(first.t, "started");
+  await eventually(() => c.got.some((m) => m.sid === 1 && m.end === "exit"), "its exit");
+
+  // The relay replays message 1, then the sealed open: the agent answers, but opens nothing.
+  c.send(opening(2, init.message));
+  await accept(2);
+  c.send({ ...realOpen, sid: 2 });
+  const refused = await c.next((m) => m.sid === 2 && (m.t === "sealed" || m.t === "error"), "end");
+  assert.equal(refused.end ?? refused.code, "integrity", JSON.stringify(refused));
+  assert.equal(Deno.readTextFileSync(file), "once\n", "the command ran once");
+
+  // An authentic client sealing something malformed: its stream ends, nothing else does.
+  const init3 = Initiator.start("ChaChaPoly", e2ePrologue(box.id), me, agentKey);
+  c.send(opening(3, init3.message));
+  const t3 = init3.finish(await accept(3)).transport;
+  c.send(sealControl(t3, { t: "open", sid: 3, kind: "exec" } as unknown as Control, 3));
+  const bad = openControl(t3, await sealedFor(3) as Sealed) as { t: string; code?: string };
+  assert.deepEqual([bad.t, bad.code], ["error", "internal"]);
+  const ok = await w.tether(["exec", "box", "--", "echo", "still"]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal(ok.stdout, "still\n");
+  c.ws.close();
 });
