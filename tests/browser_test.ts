@@ -280,10 +280,16 @@ Deno.test({
     const proxy = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
     using _p = proxy;
     await w.startAgent("box", { relay: `ws://127.0.0.1:${proxy.port}` });
+    // The page reaches the relay through a hostile middle too.
+    const pageSide = new WsTamperProxy({ hostname: "127.0.0.1", port: w.port });
+    using _q = pageSide;
     const browser = await launch();
     try {
       const s = await share(w, ["box", "--new"]);
-      const page = await openPage(browser, s.link);
+      const page = await openPage(
+        browser,
+        s.link.replace(`:${w.port}/`, `:${pageSide.port}/`),
+      );
       await typeInto(page, "echo BKEY-$((3*3))-OUT\n");
       await pageUntil(page, (v) => v.text.includes("BKEY-9-OUT"), "the echo in the page");
       const seen = proxy.all();
@@ -297,6 +303,25 @@ Deno.test({
       );
       const join = audit.find((r: { key_id: string }) => r.key_id === `share:${s.id}`);
       assert.equal(join?.sealed, true, JSON.stringify(audit));
+      // The relay speaks for the agent in the clear, on other stream ids: a password challenge
+      // (to phish the password), an exit 0, a notice. The page hears none of it.
+      const forged = (sid: number) =>
+        `{"t":"challenge","sid":${sid + 7},"salt":"00","n":2,"r":1,"p":1,"nonce":"00"}`;
+      for (const text of [forged, (sid: number) => `{"t":"exit","sid":${sid + 7},"code":0}`]) {
+        pageSide.arm({ mode: "text", direction: "down", nth: 1, text });
+        await typeInto(page, "echo forged-$((1+1))\n");
+        await pageSide.tampered;
+      }
+      await pageUntil(page, (v) => (v.text.match(/forged-2/g) ?? []).length >= 2, "echoes");
+      const after = await view(page);
+      assert.equal(after.state, "connected");
+      const prompt = await page.evaluate(() =>
+        // deno-lint-ignore no-explicit-any
+        (globalThis as any).document.getElementById("password-form").hidden
+      );
+      assert.equal(prompt, true, "no password prompt");
+      assert.ok(!contains(pageSide.all(), '"t":"auth"'), "no answer in the clear");
+
       // The relay's side flips a byte of the next output frame: the page stops, and says why.
       proxy.arm({ mode: "flip", direction: "up", nth: 1 });
       await typeInto(page, "echo after\n");

@@ -194,7 +194,7 @@ Deno.test("pinning: first use records the machine's key; a new key is refused na
   assert.equal((await w.tether(["exec", "box", "--", "true"])).code, 0);
   assert.equal((await w.machines())[0].trust, "pinned");
   const pins = Deno.readTextFileSync(join(w.home, ".config", "tether", "known_machines"));
-  assert.match(pins, new RegExp(`default box ${first.replace(/[+/]/g, "\\$&")}`));
+  assert.match(pins, new RegExp(`^box ${first.replace(/[+/]/g, "\\$&")}$`, "m"));
 
   // The same machine (same identity) comes back with another key.
   await agent.stop();
@@ -227,6 +227,11 @@ Deno.test("pinning: first use records the machine's key; a new key is refused na
   const ok = await w.tether(["exec", "box", "--", "echo", "in"]);
   assert.equal(ok.code, 0, ok.stderr);
   assert.equal(ok.stdout, "in\n");
+
+  // A look-alike name (an invisible character, another case) is the same name to a pin.
+  await w.startAgent("BOX\u200b", { stateDir: join(w.home, "agents", "other") });
+  const la = await w.tether(["exec", "BOX\u200b", "--json", "--", "true"]);
+  assert.equal(lastJson(la).error?.code, "machine_key_changed", la.stdout);
 
   // Ahead of time: a machine not seen yet is pinned by name, and a different key is refused.
   assert.equal((await w.tether(["machines", "trust", "later", wrong])).code, 0);
@@ -267,6 +272,17 @@ Deno.test("--authorized-keys: only listed clients open streams (edits apply to t
   assert.equal(ok.code, 0, ok.stderr);
   assert.equal(ok.stdout, "yes\n");
 
+  // Ending a command: end to end it works; asked of the relay in the clear, the agent refuses.
+  const d = await w.tether(["exec", "--detach", "locked", "--json", "--", "sleep", "60"]);
+  assert.equal(d.code, 0, d.stderr);
+  const id = JSON.parse(d.stdout).exec;
+  const clearKill = await w.tether(["sessions", "kill", id, "--json"], {
+    env: { TETHER_E2E: "off" },
+  });
+  assert.equal(lastJson(clearKill).error?.code, "forbidden", clearKill.stdout);
+  const kill = await w.tether(["sessions", "kill", id]);
+  assert.equal(kill.code, 0, kill.stderr);
+
   // A file that does not parse is said at start.
   Deno.writeTextFileSync(join(w.home, "bad_keys"), "tether-x25519 nope\n");
   const bad = await w.tether([
@@ -293,7 +309,7 @@ Deno.test("pinning: a CI hold's key is pinned by machine id, so the next run's h
   const [m1] = await w.machines();
   assert.equal(m1.trust, "pinned");
   const pins = Deno.readTextFileSync(join(w.home, ".config", "tether", "known_machines"));
-  assert.match(pins, new RegExp(`^default id%3A${m1.id} SHA256:`, "m"));
+  assert.match(pins, new RegExp(`^id%3A${m1.id} SHA256:`, "m"));
   await first.stop();
   await w.waitMachines((ms) => ms.every((m) => !m.online));
   assert.equal((await w.tether(["machines", "rm", m1.id])).code, 0);
@@ -378,6 +394,10 @@ Deno.test("wire: a replayed handshake and a replayed sealed open run nothing; a 
   const refused = await c.next((m) => m.sid === 2 && (m.t === "sealed" || m.t === "error"), "end");
   assert.equal(refused.end ?? refused.code, "integrity", JSON.stringify(refused));
   assert.equal(Deno.readTextFileSync(file), "once\n", "the command ran once");
+
+  // An open too large to go sealed fails alone, before the relay could refuse the connection.
+  const big = await w.tether(["exec", "box", "--json", "--", "echo", "x".repeat(60_000)]);
+  assert.equal(lastJson(big).error?.code, "usage", big.stdout);
 
   // An authentic client sealing something malformed: its stream ends, nothing else does.
   const init3 = Initiator.start("ChaChaPoly", e2ePrologue(box.id), me, agentKey);

@@ -253,6 +253,41 @@ Deno.test("share endpoint, end to end: the agent holds a page to its link's sess
   const sessions = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
   const shared = sessions.find((s: { id: string }) => s.id === mine.session);
   assert.deepEqual(shared.participants.map((p: { read_only: boolean }) => p.read_only), [true]);
+  // A CLI joins; the page asks to take its place (its attach id, which participants show):
+  // it gets a place of its own, and the CLI stays.
+  const cli = w.spawn(["connect", "box", "--session", mine.session, "-t"], { stdin: true });
+  await cli.waitFor(/attached/);
+  const both = await eventually(async () => {
+    const list = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
+    const s = list.find((s: { id: string }) => s.id === mine.session);
+    return s?.participants?.length === 2 ? s.participants : undefined;
+  }, "two participants");
+  const cliId = both.find((p: { key: string }) => !p.key.startsWith("share:")).id;
+  const t0 = await handshake(9);
+  page.send(sealControl(t0, {
+    t: "open",
+    sid: 9,
+    kind: "pty",
+    resume: cliId,
+    argv: [],
+    stdin: true,
+    window: 65536,
+  }, 9));
+  const taken = openControl(
+    t0,
+    await eventually(
+      () => page.got.find((m) => m.t === "sealed" && m.sid === 9),
+      "started",
+    ) as Sealed,
+  ) as { t: string; attach_id?: string };
+  assert.equal(taken.t, "started");
+  assert.notEqual(taken.attach_id, cliId);
+  await eventually(async () => {
+    const list = JSON.parse((await w.tether(["sessions", "--json"])).stdout);
+    const s = list.find((s: { id: string }) => s.id === mine.session);
+    return s?.participants?.some((p: { id: string }) => p.id === cliId);
+  }, "the CLI still attached");
+  await cli.stop();
   // An exec sealed inside a pty open: refused as altered, that stream only.
   const t2 = await handshake(2);
   page.send(

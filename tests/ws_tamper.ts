@@ -8,6 +8,8 @@
  * "up" is from the dialer (agent or client) to the relay: masked frames; "down" is from
  * the relay to the dialer: unmasked.
  */
+import { concatBytes } from "../src/common/bytes.ts";
+
 export type Direction = "up" | "down";
 export type Tamper =
   | { mode: "flip" | "drop" | "replay" | "inject"; direction: Direction; nth: number }
@@ -41,14 +43,7 @@ export class WsTamperProxy {
 
   /** Everything captured in both directions, as one byte string (to search). */
   all(): Uint8Array {
-    const parts = [...this.captured.up, ...this.captured.down];
-    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+    return concatBytes([...this.captured.up, ...this.captured.down]);
   }
 
   private async accept(): Promise<void> {
@@ -82,6 +77,7 @@ export class WsTamperProxy {
   private async pump(from: Deno.TcpConn, to: Deno.TcpConn, dir: Direction): Promise<void> {
     let buf: Uint8Array = new Uint8Array(0);
     let upgraded = false;
+    let raw = false;
     const chunk = new Uint8Array(64 * 1024);
     const write = async (b: Uint8Array) => {
       let off = 0;
@@ -95,14 +91,27 @@ export class WsTamperProxy {
         } catch { /* gone */ }
         return;
       }
+      if (raw) {
+        await write(chunk.subarray(0, n));
+        continue;
+      }
       buf = concat(buf, chunk.subarray(0, n));
       if (!upgraded) {
-        // The HTTP upgrade goes through as it is.
+        // The HTTP head goes through as it is; only an upgrade goes on as WebSocket frames
+        // (a plain request, for the page or its files, is passed on raw).
         const end = indexOf(buf, "\r\n\r\n");
         if (end < 0) continue;
+        const head = new TextDecoder().decode(buf.subarray(0, end)).toLowerCase();
         await write(buf.subarray(0, end + 4));
         buf = buf.subarray(end + 4);
         upgraded = true;
+        if (
+          dir === "up" ? !head.includes("upgrade: websocket") : !head.startsWith("http/1.1 101")
+        ) {
+          raw = true;
+          if (buf.length) await write(buf);
+          continue;
+        }
       }
       for (;;) {
         const f = parseFrame(buf);

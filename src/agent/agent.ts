@@ -143,7 +143,10 @@ export class Agent {
   /** Streams waiting for the answer to a password challenge. */
   private pendingAuth = new Map<number, { open: Open; nonce: string; client?: string }>();
   /** Share links' page keys (fingerprints) and the session each may join. */
-  private grants = new Map<string, { session: string; readOnly: boolean; expires: number }>();
+  private grants = new Map<
+    string,
+    { session: string; readOnly: boolean; expires: number; attaches: Set<string> }
+  >();
   /** End-to-end streams, by sid: from the handshake until the stream ends. */
   private e2e = new Map<number, E2eStream>();
   /** This machine's end-to-end key pair (`<state-dir>/e2e_key.json`). */
@@ -448,6 +451,16 @@ export class Agent {
       case "req": {
         if (msg.op === "sessions") {
           conn.send({ t: "res", id: msg.id, result: sealedCommands(this.sessionList()) });
+        } else if (msg.op === "kill_session" && this.opts.authorizedKeys) {
+          // The relay's word alone ends nothing here: clients kill end to end (kind "kill").
+          conn.send({
+            t: "res",
+            id: msg.id,
+            error: {
+              code: "forbidden",
+              message: `${this.info.name} takes kills only end to end from its authorized keys`,
+            },
+          });
         } else if (msg.op === "kill_session" && typeof msg.args.session === "string") {
           const ok = this.sessions.kill(msg.args.session) ||
             this.execs.kill(msg.args.session);
@@ -486,6 +499,23 @@ export class Agent {
 
   /** An open, end to end or not, once its sender is known: a password check, then the stream. */
   private opened(sc: StreamConn, msg: Open, client?: string): void {
+    if (msg.kind === "kill") {
+      // `tether sessions kill`, end to end: what the relay could ask in the clear, sealed.
+      if (client === undefined || !msg.session) {
+        sc.send({ t: "error", sid: msg.sid, code: "forbidden", message: "only end to end" });
+        return;
+      }
+      const ok = this.sessions.kill(msg.session) || this.execs.kill(msg.session);
+      sc.send(
+        ok ? { t: "exit", sid: msg.sid, code: 0 } : {
+          t: "error",
+          sid: msg.sid,
+          code: "session_not_found",
+          message: `no session '${msg.session}' on ${this.info.name}`,
+        },
+      );
+      return;
+    }
     if (msg.kind === "sessions") {
       // The command lines of sessions and execs, which the relay is not told (`tether
       // sessions` fills them in from here); only ever sealed, as the relay could ask too.
@@ -493,7 +523,12 @@ export class Agent {
         sc.send({ t: "error", sid: msg.sid, code: "forbidden", message: "only end to end" });
         return;
       }
-      sc.send({ t: "sessions", sid: msg.sid, sessions: this.sessionList() } as Control);
+      // Sealed, it grows by a third (base64): it must still fit what the relay takes.
+      sc.send({
+        t: "sessions",
+        sid: msg.sid,
+        sessions: this.sessionList(SEALED_SESSIONS_BUDGET),
+      } as Control);
       sc.send({ t: "exit", sid: msg.sid, code: 0 });
       return;
     }
@@ -621,7 +656,10 @@ export class Agent {
     const st: E2eStream = {
       outer: msg,
       client,
-      sc: new SealedConn(conn, msg.sid, transport),
+      sc: new SealedConn(conn, msg.sid, transport, () => {
+        // Its last message went: the stream is over, and so are its keys.
+        if (this.e2e.get(msg.sid) === st) this.e2e.delete(msg.sid);
+      }),
       opened: false,
     };
     this.e2e.set(msg.sid, st);
@@ -667,8 +705,11 @@ export class Agent {
         return;
       }
       if (grant) {
-        // A share link's page: its session only, as the link allows.
-        const live = grant.expires > Date.now() || !!open.resume;
+        // A share link's page: its session only, as the link allows. Past the link's expiry
+        // (for a day at most) only a page already in may come back, to its own place.
+        const resume = open.resume && grant.attaches.has(open.resume) ? open.resume : undefined;
+        const now = Date.now();
+        const live = grant.expires > now || (!!resume && grant.expires + DAY_MS > now);
         if (open.kind !== "pty" || !live) {
           st.sc.send({
             t: "error",
@@ -686,6 +727,7 @@ export class Agent {
           read_only: grant.readOnly || !!open.read_only,
           stdin: !grant.readOnly && open.stdin,
           ephemeral: false,
+          resume,
           shell: undefined,
           subsystem: undefined,
           user: undefined,
@@ -742,7 +784,7 @@ export class Agent {
    * execs, then ended ones newest first, as many as fit in what the relay takes from an
    * agent (MAX_AGENT_MESSAGE, with room to spare).
    */
-  private sessionList(): SessionInfo[] {
+  private sessionList(budget = SESSIONS_BUDGET): SessionInfo[] {
     const all = [
       ...this.sessions.list().map((s) => ({ ...s, kind: "pty" as const })),
       ...this.execs.list().sort((a, b) =>
@@ -752,8 +794,8 @@ export class Agent {
     const out: SessionInfo[] = [];
     let size = 0;
     for (const s of all) {
-      size += JSON.stringify(s).length + 1;
-      if (size > MAX_AGENT_MESSAGE * 0.75) break;
+      size += utf8.encode(JSON.stringify(s)).length + 1;
+      if (size > budget) break;
       out.push(s);
     }
     return out;
@@ -767,6 +809,7 @@ export class Agent {
     for (const [k, v] of this.grants) if (v.expires <= now) this.grants.delete(k);
     if (this.grants.size >= MAX_GRANTS) this.grants.delete(this.grants.keys().next().value!);
     this.grants.set(fingerprint(pub), {
+      attaches: new Set(),
       session,
       readOnly: g.read_only,
       expires: now + g.expires_ms,
@@ -802,6 +845,8 @@ export class Agent {
       this.streams.set(msg.sid, s);
       // tether share: the link's page may join this session (given only end to end).
       if (msg.grant && client && s instanceof Attachment) this.addGrant(msg.grant, s.session.id);
+      // A page's place, which only it may take back after a drop.
+      if (client && s instanceof Attachment) this.grants.get(client)?.attaches.add(s.id);
     }
   }
 
@@ -872,6 +917,14 @@ function sealedCommands(list: SessionInfo[]): SessionInfo[] {
   return list.map((s) => ({ ...s, command: "" }));
 }
 
+/** Bytes of JSON a list of sessions may take: what the relay takes from an agent, with room. */
+const SESSIONS_BUDGET = MAX_AGENT_MESSAGE * 0.75;
+/** The same, sealed: base64 makes 4 bytes of 3, and the envelope adds a little. */
+const SEALED_SESSIONS_BUDGET = SESSIONS_BUDGET * 0.7;
+const utf8 = new TextEncoder();
+
+const DAY_MS = 86_400_000;
+
 /** Most share-link grants an agent keeps (the oldest go first). */
 const MAX_GRANTS = 1000;
 
@@ -894,17 +947,18 @@ interface E2eStream {
 
 /** A file read again only when it changed (the authorized keys: edits apply to the next stream). */
 class FileCache<T> {
-  private mtime = -1;
+  private stamp = "";
   private value?: T;
 
   constructor(private readonly path: string, private readonly parse: (text: string) => T) {}
 
   get(): T {
     const st = Deno.statSync(this.path);
-    const m = st.mtime?.getTime() ?? 0;
-    if (this.value === undefined || m !== this.mtime) {
+    // Time, size and inode: an edit within the clock's resolution still shows.
+    const m = `${st.mtime?.getTime()}/${st.size}/${st.ino}`;
+    if (this.value === undefined || m !== this.stamp) {
       this.value = this.parse(Deno.readTextFileSync(this.path));
-      this.mtime = m;
+      this.stamp = m;
     }
     return this.value;
   }

@@ -13,6 +13,8 @@ export class SealedConn implements StreamConn {
     private readonly conn: Conn,
     readonly sid: number,
     readonly transport: Transport,
+    /** Called once the stream's last message (an exit or error) is sent. */
+    private readonly ended: () => void = () => {},
   ) {}
 
   get isOpen(): boolean {
@@ -36,6 +38,7 @@ export class SealedConn implements StreamConn {
       ? { end: msg.code }
       : {};
     this.conn.send(sealControl(this.transport, msg, this.sid, meta));
+    if (meta.end !== undefined) this.ended();
   }
 
   sendBinary(buf: Uint8Array): void {

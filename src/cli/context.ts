@@ -2,6 +2,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultConfigDir } from "../common/paths.ts";
+import { visible } from "../common/text.ts";
 import {
   type ClientConfig,
   type GlobalFlags,
@@ -63,6 +64,12 @@ export function warnTransport(relay: string, insecure: boolean | undefined): voi
 export function clientConfig(g: Globals): ClientConfig {
   const cfg = resolveClientConfig(g);
   warnTransport(cfg.relay, g.insecure);
+  // As ssh says "Permanently added … to the list of known hosts", on a terminal.
+  cfg.onPinned = (name, fp) => {
+    if (Deno.stderr.isTerminal()) {
+      console.error(visible(`tether: pinned ${name}'s end-to-end key ${fp} (first use)`));
+    }
+  };
   return cfg;
 }
 

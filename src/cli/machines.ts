@@ -7,8 +7,8 @@ import { printJson, table } from "./output.ts";
 import { resolveMachine } from "../client/resolve.ts";
 import { visible } from "../common/text.ts";
 import { TetherError, usage } from "../common/errors.ts";
-import { KnownMachines } from "../client/known_machines.ts";
-import { type MachineView, pinName } from "../client/relay_client.ts";
+import { KnownMachines, pinName } from "../client/known_machines.ts";
+import type { MachineView } from "../client/relay_client.ts";
 import { decodeKey, fingerprint } from "../protocol/e2e.ts";
 
 /** The fingerprint of a machine's key as the relay lists it. */
@@ -56,8 +56,8 @@ export function registerMachines(program: Command, act: Act) {
           if (!(e instanceof TetherError && e.code === "machine_not_found")) throw e;
         }
         const pins = new KnownMachines(client.configDir);
-        const before = pins.pinned(client.workspace, pin);
-        pins.pin(client.workspace, pin, fp);
+        const before = pins.pinned(pin);
+        pins.pin(pin, fp);
         return { name, before, current };
       });
       if (g.json) {
@@ -99,8 +99,9 @@ export async function listMachines(g: Globals, selector: Record<string, string>)
     const pins = new KnownMachines(client.configDir);
     const trust = (m: MachineView) => {
       const fp = keyFingerprint(m.key);
-      const pinned = pins.pinned(client.workspace, pinName(m));
-      return pinned === undefined ? "new" : pinned === fp ? "pinned" : "changed";
+      if (!fp) return "new";
+      const c = pins.check(m, fp);
+      return c.status === "ok" ? "pinned" : c.status;
     };
     return { all, trust };
   });

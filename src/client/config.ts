@@ -40,6 +40,8 @@ export interface ClientConfig {
   insecure?: boolean;
   /** Bound on reaching the relay: TCP, TLS, upgrade and handshake together. */
   dialTimeoutMs: number;
+  /** Told when a machine's end-to-end key is pinned for the first time. */
+  onPinned?: (name: string, fingerprint: string) => void;
 }
 
 /** Default of `--dial-timeout` / TETHER_DIAL_TIMEOUT. */

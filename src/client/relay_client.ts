@@ -31,7 +31,7 @@ import {
   sealFrame,
 } from "../protocol/e2e_stream.ts";
 import { join } from "node:path";
-import { KnownMachines } from "./known_machines.ts";
+import { KnownMachines, pinName } from "./known_machines.ts";
 import {
   type Accept,
   type Auth,
@@ -40,9 +40,8 @@ import {
   type Control,
   type Eof,
   type Exit,
-  HOLD_LABEL,
-  HOLD_LABEL_VALUE,
   type MachineView,
+  MAX_CONTROL_MESSAGE,
   type Open,
   type Participants,
   ProtocolError,
@@ -127,15 +126,7 @@ interface E2eStream {
 const AGENT_SESSIONS_WAIT_MS = 3_000;
 
 /** Machines as the relay last listed them, by id: what their keys are pinned as, and the keys. */
-const machineKeys = new Map<string, { name: string; pin: string; key?: string }>();
-
-/**
- * What a machine's key is pinned as: its name, as ssh pins host names; a CI hold (which
- * lives as long as its job, under a name the next run reuses with a new key) by its id.
- */
-export function pinName(m: Pick<MachineView, "id" | "name" | "labels">): string {
-  return m.labels?.[HOLD_LABEL] === HOLD_LABEL_VALUE ? `id:${m.id}` : m.name;
-}
+const machineKeys = new Map<string, MachineView>();
 
 export class RelayClient {
   private nextReq = 1;
@@ -150,6 +141,8 @@ export class RelayClient {
   /** End to end by default; TETHER_E2E=off (for measurements) opens streams in the clear. */
   private readonly e2eOn = Deno.env.get("TETHER_E2E") !== "off";
   private keyPair?: KeyPair;
+  /** Told when a machine's key is pinned for the first time (trust on first use). */
+  onPinned?: (name: string, fingerprint: string) => void;
   private closedReason?: string;
   /** The relay's own word on why it closed us (e.g. the key was revoked). */
   private closedError?: WireError;
@@ -176,6 +169,7 @@ export class RelayClient {
       timeoutMs: cfg.dialTimeoutMs,
     });
     const client = new RelayClient(conn, welcome.workspace, welcome.key_id, relay, cfg.configDir);
+    client.onPinned = cfg.onPinned;
     conn.start({
       onControl: (m) => client.onControl(m),
       onFrame: (f, raw) => client.onFrame(f, raw),
@@ -199,7 +193,7 @@ export class RelayClient {
       "machines",
       opts.retired ? { retired: true } : {},
     );
-    for (const m of list) machineKeys.set(m.id, { name: m.name, pin: pinName(m), key: m.key });
+    for (const m of list) machineKeys.set(m.id, m);
     return list;
   }
 
@@ -252,8 +246,18 @@ export class RelayClient {
     });
   }
 
+  /** Ends a session or exec: end to end (kind "kill"), or by asking the relay in the clear. */
   killSession(machineId: string, session: string): Promise<{ killed: string }> {
-    return this.request("kill_session", { machine: machineId, session });
+    if (!this.e2eOn) return this.request("kill_session", { machine: machineId, session });
+    return new Promise((resolve, reject) => {
+      this.open({ machine: machineId, kind: "kill", argv: [], session, stdin: false, window: 1 }, {
+        onStarted() {},
+        onData() {},
+        onCredit() {},
+        onExit: () => resolve({ killed: session }),
+        onError: (e) => reject(new TetherError(e.code, e.message, { hint: e.hint })),
+      });
+    });
   }
 
   /** Opens a stream; returns its id. Handlers see exactly one onExit or onError. */
@@ -303,20 +307,21 @@ export class RelayClient {
     }
     const fp = fingerprint(pub);
     const pins = new KnownMachines(this.configDir);
-    const pin = pins.check(this.workspace, m.pin, fp);
+    const pin = pins.check(m, fp);
     if (pin.status === "changed") {
+      const under = pin.as === m.name || pin.as === pinName(m) ? "" : ` (pinned for '${pin.as}')`;
       throw new TetherError(
         "machine_key_changed",
-        `the key of machine ${m.name} changed: it was ${pin.pinned}, it is now ${fp}`,
+        `the key of machine ${m.name} changed: it was ${pin.pinned}${under}, it is now ${fp}`,
         {
           hint: "if the machine was reinstalled or its agent's state dir replaced, accept the " +
-            `new key with \`tether machines trust ${m.pin === m.name ? m.name : id} ${fp}\`; ` +
-            "if not, someone may be " +
-            "posing as it: do not",
+            `new key with \`tether machines trust ${
+              pinName(m) === m.name ? m.name : m.id
+            } ${fp}\`; if not, someone may be posing as it: do not`,
         },
       );
     }
-    if (pin.status === "new") st.pin = { name: m.pin, fp };
+    if (pin.status === "new") st.pin = { name: pinName(m), fp };
     st.init = Initiator.start("ChaChaPoly", e2ePrologue(id), this.keys, pub);
     const { spec } = st;
     // Only what the relay routes by: the rest follows sealed.
@@ -344,8 +349,22 @@ export class RelayClient {
       return this.integrityFailed(msg.sid, (e as Error).message);
     }
     // The agent proved it holds the key the relay listed: trust it from now on.
-    if (st.pin) new KnownMachines(this.configDir).pin(this.workspace, st.pin.name, st.pin.fp);
-    this.conn.send(sealControl(st.transport, { t: "open", sid: msg.sid, ...st.spec }, msg.sid));
+    if (st.pin) {
+      new KnownMachines(this.configDir).pin(st.pin.name, st.pin.fp);
+      this.onPinned?.(st.pin.name, st.pin.fp);
+    }
+    const open = sealControl(st.transport, { t: "open", sid: msg.sid, ...st.spec }, msg.sid);
+    // Sealed, an open grows by a third (base64): one the relay would refuse for its size
+    // (closing the whole connection) fails here, alone.
+    if (JSON.stringify(open).length > MAX_CONTROL_MESSAGE) {
+      return this.failStream(
+        msg.sid,
+        new TetherError("usage", "the command line and environment are too large to send", {
+          hint: `together they must stay under ${Math.floor(MAX_CONTROL_MESSAGE * 0.7 / 1024)} KiB`,
+        }),
+      );
+    }
+    this.conn.send(open);
     for (const send of st.queue.splice(0)) send();
   }
 

@@ -30,6 +30,7 @@ import {
   generateKeyPairSync,
   type KeyObject,
 } from "node:crypto";
+import { concatBytes } from "../common/bytes.ts";
 
 export const KEY_BYTES = 32;
 export const TAG_BYTES = 16;
@@ -62,13 +63,7 @@ function hex(s: string): Uint8Array {
 }
 
 function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 function privateKeyObject(priv: Uint8Array): KeyObject {

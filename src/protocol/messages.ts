@@ -62,9 +62,10 @@ export const StreamKind = v.picklist(["exec", "pty"]);
 export type StreamKind = v.InferOutput<typeof StreamKind>;
 /**
  * What an open starts: an exec, a PTY session, or a TCP connection made by the agent; or
- * (end to end only) a look at the agent's sessions and execs with their command lines.
+ * (end to end only) a look at the agent's sessions and execs with their command lines, or the
+ * end of one (`session`: `tether sessions kill`).
  */
-export const OpenKind = v.picklist(["exec", "pty", "tcp", "sessions"]);
+export const OpenKind = v.picklist(["exec", "pty", "tcp", "sessions", "kill"]);
 export type OpenKind = v.InferOutput<typeof OpenKind>;
 
 export const ExecState = v.picklist(["running", "exited", "timeout", "lost"]);

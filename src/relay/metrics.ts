@@ -60,12 +60,13 @@ export class RelayMetrics {
     );
     new Gauge({
       name: "tether_streams_open",
-      help: "streams this relay routes for its own clients, by kind (exec, pty, tcp, sessions)",
+      help:
+        "streams this relay routes for its own clients, by kind (exec, pty, tcp, sessions, kill)",
       labelNames: ["kind"],
       registers,
       collect() {
         this.reset();
-        const n = { exec: 0, pty: 0, tcp: 0, sessions: 0 };
+        const n = { exec: 0, pty: 0, tcp: 0, sessions: 0, kill: 0 };
         for (const c of hub.clients) {
           if (c.peer) continue;
           for (const r of c.routes.values()) n[r.kind]++;

@@ -154,7 +154,10 @@
   /** A message about the stream: sealed when the stream is end to end. */
   function sendStream(msg) {
     const st = sealed;
-    if (!st || st.sid !== msg.sid) return send(msg);
+    if (!keys) return send(msg);
+    // End to end, nothing about a stream goes in the clear (an answer to a forged challenge
+    // included): what is not for the sealed stream is dropped.
+    if (!st || st.sid !== msg.sid) return;
     later(st, async () => {
       const { sid: _sid, ...inner } = msg;
       const box = await st.transport.seal(AD_CONTROL, enc.encode(JSON.stringify(inner)));
@@ -165,7 +168,8 @@
   /** A DATA frame (header and plaintext): sealed when the stream is end to end. */
   function sendFrame(frame) {
     const st = sealed;
-    if (!st) return ws.send(frame);
+    if (!keys) return ws.send(frame);
+    if (!st) return;
     later(st, async () => {
       const body = await st.transport.seal(frameAd(frame), frame.subarray(DATA_HEADER));
       const out = new Uint8Array(DATA_HEADER + body.length);
@@ -535,13 +539,22 @@
     socket.onmessage = (ev) => {
       if (socket !== ws) return;
       lastRecv = Date.now();
+      if (!keys) {
+        if (typeof ev.data === "string") onControl(JSON.parse(ev.data));
+        else onBinary(ev.data);
+        return;
+      }
+      // End to end: what concerns the stream goes through its seal; of the rest, only the
+      // relay's own (its welcome, a refusal of the connection) is heard. A stream message on
+      // another stream id, or none, is dropped: the relay may not speak for the agent.
       if (typeof ev.data === "string") {
         const msg = JSON.parse(ev.data);
-        if (sealed && msg.sid === sealed.sid) receiveSealed(sealed, msg);
-        else onControl(msg);
+        if (msg.sid !== undefined) {
+          if (sealed && msg.sid === sealed.sid) receiveSealed(sealed, msg);
+        } else if (msg.t === "welcome" || msg.t === "error") onControl(msg);
       } else if (sealed && new DataView(ev.data).getUint32(4, true) === sealed.sid) {
         receiveSealed(sealed, undefined, ev.data);
-      } else onBinary(ev.data);
+      }
     };
     socket.onclose = () => lost(socket);
   }
