@@ -44,6 +44,9 @@ export async function attachWithBanner(
   status("dialing relay ... ok");
   say("auth ... ", "");
   let announced = false;
+  // A first pin of the machine's key is said after the auth line, not in the middle of it.
+  const pinned: string[] = [];
+  client.onPinned = (name, fp) => pinned.push(`pinned ${name}'s end-to-end key ${fp} (first use)`);
   return await attach(
     cfg,
     client,
@@ -61,6 +64,7 @@ export async function attachWithBanner(
       onStarted(id) {
         announced = true;
         status(`ok (session ${id}${opts.session ? ", joined" : ", new"})`);
+        for (const line of pinned.splice(0)) status(line);
         const key = opts.detachKey === undefined ? CTRL_D : opts.detachKey;
         const leave = key === null
           ? "no detach key (--detach-key none): end the remote shell to leave"
