@@ -14,14 +14,16 @@ import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { attachReady, execTrue, turnLatency } from "./interactive.ts";
 import { idleAgents } from "./idle.ts";
-import { awkArgv, fmtBytes, initClock, log, output, ROOT, stopAll } from "./lib.ts";
+import { awkArgv, initClock, log, ROOT, stopAll } from "./lib.ts";
 import { INSTALL_HINT, Sshd } from "./openssh.ts";
 import {
   type Ctx,
   errorRows,
   type ItemResult,
   keptSections,
+  loadAverage,
   type Machine,
+  machineInfo,
   markdown,
   table,
 } from "./report.ts";
@@ -41,33 +43,6 @@ const ITEMS: { n: number; name: string; fn: (ctx: Ctx) => Promise<ItemResult> }[
 const USAGE = `usage: deno task bench [--quick] [--only 1,2,…] [--out FILE | --no-write] [--no-ssh]
                         [--bundle FILE] [--json]
 items: ${ITEMS.map((i) => `${i.n} ${i.name}`).join("; ")}`;
-
-/** The 1-minute load average (from /proc/loadavg, read by a subprocess). */
-async function loadAverage(): Promise<string> {
-  return (await output(["cat", "/proc/loadavg"]))?.split(" ")[0] ?? "?";
-}
-
-async function machineInfo(command: string): Promise<Omit<Machine, "durationS" | "load">> {
-  const cpu = (await output(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"]))
-    ?.replace(/^model name\s*:\s*/, "").trim() ?? "unknown CPU";
-  const nproc = Number((await output(["nproc"]))?.trim()) || navigator.hardwareConcurrency;
-  const head = (await output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]))?.trim() ??
-    "unknown";
-  const dirty = (await output(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "main.ts"]))
-    ?.trim();
-  return {
-    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
-    cores: nproc,
-    cpu,
-    memory: fmtBytes(Deno.systemMemoryInfo().total).replace(/(\.\d)\d? GiB/, "$1 GiB"),
-    kernel: `Linux ${Deno.osRelease()}`,
-    deno: `Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`,
-    ssh: "",
-    sshAlgorithms: "",
-    commit: dirty ? `${head} + uncommitted changes in src/` : head,
-    command,
-  };
-}
 
 async function main(): Promise<number> {
   const { values } = parseArgs({

@@ -4,9 +4,12 @@
  * the functions with the most self time in each, and their CPU totals.
  *
  *   deno run -P scripts/bench/profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR]
+ *        [--bundle F] [--e2e off]
  *
  * --no-profile runs the scenario without the profiler and prints only the
- * time and the relay's and agent's CPU during it.
+ * time and the relay's and agent's CPU during it. --bundle runs a prebuilt
+ * tether.js instead of bundling the current source; --e2e off runs the client
+ * with TETHER_E2E=off (its streams in the clear).
  *
  * The .cpuprofile files open in Chrome DevTools (Performance → Load profile);
  * pass --keep DIR to keep them.
@@ -14,7 +17,7 @@
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { fmtBytes, MiB, Proc, procStats, readWithin, run, sleep, stopAll } from "./lib.ts";
-import { buildBundle, TetherWorld } from "./tether.ts";
+import { bundleUnderTest, TetherWorld } from "./tether.ts";
 
 interface CpuProfile {
   nodes: {
@@ -70,11 +73,16 @@ async function main() {
       keep: { type: "string" },
       top: { type: "string", default: "15" },
       "no-profile": { type: "boolean", default: false },
+      bundle: { type: "string" },
+      e2e: { type: "string", default: "on" },
     },
   });
   const scenario = positionals[0] ?? "turns";
   if (!["turns", "stdout", "stdin", "slow"].includes(scenario)) {
-    console.error("usage: profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR]");
+    console.error(
+      "usage: profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR] [--bundle F] " +
+        "[--e2e off]",
+    );
     Deno.exit(2);
   }
   const tmp = await Deno.makeTempDir({ prefix: "tether-prof-" });
@@ -85,17 +93,17 @@ async function main() {
     profile ? [`--cpu-prof`, `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${name}`] : [];
   let w: TetherWorld | undefined;
   try {
-    const bundle = join(tmp, "tether.js");
-    await buildBundle(bundle);
+    const bundle = await bundleUnderTest(values.bundle, tmp);
     w = await createProfiled(bundle, tmp, flag("relay.cpuprofile"), flag("agent.cpuprofile"));
     const clientFlags = flag("client.cpuprofile");
+    const env = values.e2e === "off" ? { ...w.env(), TETHER_E2E: "off" } : w.env();
     const size = Number(values.size ?? (scenario === "slow" ? 64 : 512)) * MiB;
     const cpu0 = await procStats([w.relay!.pid, w.agent!.pid]);
     const t0 = performance.now();
     if (scenario === "turns") {
       const awk = ["awk", "-W", "interactive", "{print; fflush()}"];
       const p = new Proc(w.exec(awk, ["--stream"], clientFlags), {
-        env: w.env(),
+        env,
         stdin: "piped",
         stdout: "raw",
       });
@@ -132,7 +140,7 @@ async function main() {
           "sh",
           ...w.exec(["sh", "-c", "cat >/dev/null"], [], clientFlags),
         ];
-      const r = await run(argv, { env: w.env(), timeoutMs: 300_000 });
+      const r = await run(argv, { env, timeoutMs: 300_000 });
       console.log(
         `${fmtBytes(size)} ${scenario} in ${r.ms.toFixed(0)} ms (exit ${r.code}) = ${
           (size / MiB / (r.ms / 1000)).toFixed(0)
@@ -140,7 +148,7 @@ async function main() {
       );
     } else {
       const p = new Proc(w.exec(["head", "-c", String(size), "/dev/zero"], [], clientFlags), {
-        env: w.env(),
+        env,
         stdout: "raw",
       });
       const reader = p.child.stdout.getReader();

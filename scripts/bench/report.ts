@@ -1,4 +1,5 @@
 /** Result rows, the context every benchmark gets, and the Markdown report. */
+import { fmtBytes, output, ROOT } from "./lib.ts";
 import type { Sshd } from "./openssh.ts";
 import type { TetherWorld } from "./tether.ts";
 
@@ -99,6 +100,39 @@ export interface Machine {
   load: string;
 }
 
+/** The 1-minute load average (from /proc/loadavg, read by a subprocess). */
+export async function loadAverage(): Promise<string> {
+  return (await output(["cat", "/proc/loadavg"]))?.split(" ")[0] ?? "?";
+}
+
+/** This machine, the Deno running the benchmark and the commit checked out. */
+export async function machineInfo(command: string): Promise<Omit<Machine, "durationS" | "load">> {
+  const cpu = (await output(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"]))
+    ?.replace(/^model name\s*:\s*/, "").trim() ?? "unknown CPU";
+  const nproc = Number((await output(["nproc"]))?.trim()) || navigator.hardwareConcurrency;
+  const head = (await output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]))?.trim() ??
+    "unknown";
+  const dirty = (await output(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "main.ts"]))
+    ?.trim();
+  return {
+    date: new Date().toISOString().replace(/\.\d+Z$/, "Z"),
+    cores: nproc,
+    cpu,
+    memory: fmtBytes(Deno.systemMemoryInfo().total).replace(/(\.\d)\d? GiB/, "$1 GiB"),
+    kernel: `Linux ${Deno.osRelease()}`,
+    deno: `Deno ${Deno.version.deno} (V8 ${Deno.version.v8})`,
+    ssh: "",
+    sshAlgorithms: "",
+    commit: dirty ? `${head} + uncommitted changes in src/` : head,
+    command,
+  };
+}
+
+/** "2 cores (CPU), 7.8 GiB memory, Linux …": the machine row of a report. */
+export function machineLine(m: Pick<Machine, "cores" | "cpu" | "memory" | "kernel">): string {
+  return `${m.cores} cores (${m.cpu}), ${m.memory} memory, ${m.kernel}`;
+}
+
 export function markdown(m: Machine, rows: Row[], details: string[], quick: boolean): string {
   const met = rows.filter((r) => r.verdict === "met").length;
   const missed = rows.filter((r) => r.verdict === "missed");
@@ -120,7 +154,7 @@ ${m.command}
 | | |
 | --- | --- |
 | date | ${m.date} |
-| machine | ${m.cores} cores (${m.cpu}), ${m.memory} memory, ${m.kernel} |
+| machine | ${machineLine(m)} |
 | tether | commit ${m.commit}, run as \`deno run -q -P --config deno.json tether.js\` (a bundle of the current source), ${m.deno} |
 | OpenSSH | ${m.ssh} |
 | OpenSSH algorithms | ${m.sshAlgorithms} |

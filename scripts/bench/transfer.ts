@@ -21,7 +21,7 @@ import { type Ctx, type ItemResult, ratio, verdict } from "./report.ts";
 import { TetherWorld } from "./tether.ts";
 
 /** One transfer: wall time and the CPU seconds each side spent on it. */
-interface Transfer {
+export interface Transfer {
   ms: number;
   /** The client process (ssh or tether), from /usr/bin/time; NaN without it. */
   client: number;
@@ -29,6 +29,8 @@ interface Transfer {
   server: number;
   /** The remote command's CPU, when it can be told apart (tether: the agent's children). */
   remote: number;
+  /** Each server pid's own CPU (utime+stime), in the order given. */
+  byPid: number[];
 }
 
 let timeBin: string | undefined | null = null;
@@ -49,7 +51,7 @@ function gnuTime(): string | undefined {
  * (GNU time) and of the server pids: their own time, and for `childrenAreServer`
  * (sshd, whose per-connection processes are its children) their reaped children's.
  */
-async function transfer(
+export async function transfer(
   dir: "stdout" | "stdin",
   argv: string[],
   env: Record<string, string> | undefined,
@@ -81,12 +83,15 @@ async function transfer(
     const [u, s] = (await Deno.readTextFile(timeFile).catch(() => "")).trim().split(/\s+/);
     clientCpu = Number(u) + Number(s);
   }
+  const byPid = serverPids.map((pid) =>
+    (after.find((s) => s.pid === pid)?.cpu ?? NaN) - (before.find((s) => s.pid === pid)?.cpu ?? NaN)
+  );
   return childrenAreServer
-    ? { ms: r.ms, client: clientCpu, server: delta("childCpu"), remote: NaN }
-    : { ms: r.ms, client: clientCpu, server: delta("cpu"), remote: delta("childCpu") };
+    ? { ms: r.ms, client: clientCpu, server: delta("childCpu"), remote: NaN, byPid }
+    : { ms: r.ms, client: clientCpu, server: delta("cpu"), remote: delta("childCpu"), byPid };
 }
 
-function sizeText(n: number): string {
+export function sizeText(n: number): string {
   return n >= GiB ? `${n / GiB} GiB` : `${n / MiB} MiB`;
 }
 
