@@ -5,7 +5,13 @@
  */
 import type { Conn, StreamConn } from "../protocol/conn.ts";
 import type { Transport } from "../protocol/e2e.ts";
-import { isDataFrame, sealControl, type SealedMeta, sealFrame } from "../protocol/e2e_stream.ts";
+import {
+  isDataFrame,
+  sealControl,
+  type SealedMeta,
+  sealedSize,
+  sealFrameInto,
+} from "../protocol/e2e_stream.ts";
 import type { Control } from "../protocol/messages.ts";
 
 export class SealedConn implements StreamConn {
@@ -42,6 +48,17 @@ export class SealedConn implements StreamConn {
   }
 
   sendBinary(buf: Uint8Array): void {
-    this.conn.sendBinary(isDataFrame(buf) ? sealFrame(this.transport, buf) : buf);
+    if (!isDataFrame(buf)) return this.conn.sendBinary(buf);
+    // Sealed straight into the socket's buffer.
+    this.conn.sendBinaryWith(
+      sealedSize(buf),
+      (dst, at) => sealFrameInto(this.transport, buf, dst, at),
+    );
+  }
+
+  sendBinaryWith(n: number, fill: (dst: Uint8Array, at: number) => void): void {
+    const buf = new Uint8Array(n);
+    fill(buf, 0);
+    this.sendBinary(buf);
   }
 }

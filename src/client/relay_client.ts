@@ -28,7 +28,8 @@ import {
   openControl,
   openFrame,
   sealControl,
-  sealFrame,
+  sealedSize,
+  sealFrameInto,
 } from "../protocol/e2e_stream.ts";
 import { join } from "node:path";
 import { KnownMachines, pinName } from "./known_machines.ts";
@@ -411,7 +412,9 @@ export class RelayClient {
     const frame = inPlace
       ? dataFrameInPlace(payload, sid, channel, offset)
       : encodeData(sid, channel, offset, payload);
-    this.conn.sendBinary(sealFrame(st.transport, frame));
+    const t = st.transport;
+    // Sealed straight into the socket's buffer.
+    this.conn.sendBinaryWith(sealedSize(frame), (dst, at) => sealFrameInto(t, frame, dst, at));
   }
 
   /** Ends a stream with an error of this client's own (the relay is told it was lost). */

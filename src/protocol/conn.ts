@@ -32,6 +32,8 @@ export interface WsLike {
   readonly bufferedAmount: number;
   /** Sends a message; the socket copies `data`, which the caller may reuse at once. */
   send(data: string | Uint8Array): void;
+  /** Sends a binary message of `n` bytes that `fill` writes into the socket's own buffer. */
+  sendWith?(n: number, fill: (dst: Uint8Array, at: number) => void): void;
   close(code?: number, reason?: string): void;
   /** Called once a second: the socket may give back idle buffers. */
   trim(): void;
@@ -94,7 +96,7 @@ function tickerFor(periodMs: number): Ticker {
  * What a stream's code (an exec, a session attachment, a TCP forward) sends through: the
  * connection itself, or its end-to-end wrapper that seals what it sends (agent/sealed_conn.ts).
  */
-export type StreamConn = Pick<Conn, "send" | "sendBinary" | "drain" | "isOpen">;
+export type StreamConn = Pick<Conn, "send" | "sendBinary" | "sendBinaryWith" | "drain" | "isOpen">;
 
 export class Conn {
   readonly ws: WsLike;
@@ -140,6 +142,15 @@ export class Conn {
 
   sendBinary(buf: Uint8Array): void {
     if (this.ws.readyState !== OPEN) return;
+    this.ws.send(buf);
+  }
+
+  /** A binary message of `n` bytes written by `fill` in place (see WsSocket.sendWith). */
+  sendBinaryWith(n: number, fill: (dst: Uint8Array, at: number) => void): void {
+    if (this.ws.readyState !== OPEN) return;
+    if (this.ws.sendWith) return this.ws.sendWith(n, fill);
+    const buf = new Uint8Array(n);
+    fill(buf, 0);
     this.ws.send(buf);
   }
 

@@ -27,13 +27,15 @@ function frameAd(header: Uint8Array): Uint8Array {
   return ad;
 }
 
-/** A DATA frame (header + plaintext) as it goes on the wire: header + sealed payload. */
-export function sealFrame(t: Transport, frame: Uint8Array): Uint8Array {
-  const payload = frame.subarray(DATA_HEADER);
-  const out = new Uint8Array(frame.length + TAG_BYTES);
-  out.set(frame.subarray(0, DATA_HEADER));
-  t.sealInto(frameAd(frame), payload, out, DATA_HEADER);
-  return out;
+/** The size of a DATA frame (header + plaintext) sealed: header + sealed payload. */
+export function sealedSize(frame: Uint8Array): number {
+  return frame.length + TAG_BYTES;
+}
+
+/** Seals a DATA frame into `out` at `at` (sealedSize(frame) bytes): the socket's own buffer. */
+export function sealFrameInto(t: Transport, frame: Uint8Array, out: Uint8Array, at: number): void {
+  out.set(frame.subarray(0, DATA_HEADER), at);
+  t.sealInto(frameAd(frame), frame.subarray(DATA_HEADER), out, at + DATA_HEADER);
 }
 
 /** The plaintext of a sealed DATA frame; throws IntegrityError. */

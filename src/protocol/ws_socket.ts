@@ -149,11 +149,30 @@ export class WsSocket {
     this.#frame(OP_CLOSE, p, true);
   }
 
+  /**
+   * Sends a binary message of `n` bytes that `fill` writes straight into the send buffer
+   * (at `at` of `dst`): a sealed frame is encrypted in place there, not built and copied.
+   */
+  sendWith(n: number, fill: (dst: Uint8Array, at: number) => void): void {
+    if (this.readyState !== OPEN) return;
+    const at = this.#head(OP_BINARY, n, false);
+    if (at < 0) return;
+    fill(this.#out, at);
+    this.#done(at, n);
+  }
+
   /** Appends one final frame to the write buffer and starts writing. */
   #frame(opcode: number, payload: Uint8Array, force = false): void {
-    if (this.readyState !== OPEN && !force) return;
-    if (this.readyState === CLOSED) return;
-    const n = payload.length;
+    const at = this.#head(opcode, payload.length, force);
+    if (at < 0) return;
+    this.#out.set(payload, at);
+    this.#done(at, payload.length);
+  }
+
+  /** Reserves a frame of `n` payload bytes and writes its header; returns where the payload goes (-1: none). */
+  #head(opcode: number, n: number, force: boolean): number {
+    if (this.readyState !== OPEN && !force) return -1;
+    if (this.readyState === CLOSED) return -1;
     const maskLen = this.#client ? 4 : 0;
     const h = (n < 126 ? 2 : n < 65536 ? 4 : 10) + maskLen;
     const at = this.#reserve(h + n);
@@ -174,14 +193,20 @@ export class WsSocket {
       o[at + 8] = (n >>> 8) & 0xff;
       o[at + 9] = n & 0xff;
     }
-    o.set(payload, at + h);
-    if (maskLen) {
-      const key = at + h - 4;
-      nextMaskKey(o, key);
-      xorMask(o, at + h, at + h + n, key);
+    this.#queued += h;
+    this.#activity += h;
+    return at + h;
+  }
+
+  /** The payload at `at` is in place: mask it (a client) and start writing. */
+  #done(at: number, n: number): void {
+    if (this.#client) {
+      const key = at - 4;
+      nextMaskKey(this.#out, key);
+      xorMask(this.#out, at, at + n, key);
     }
-    this.#queued += h + n;
-    this.#activity += h + n;
+    this.#queued += n;
+    this.#activity += n;
     this.#flush();
   }
 
