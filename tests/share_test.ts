@@ -170,7 +170,10 @@ Deno.test("share page: the page with its CSP, assets gzipped or not as the brows
     "/s/page.js",
   ]);
   const settings = await (await fetch(`${base}/s/tether.js`)).text();
-  assert.match(settings, /^const TETHER = \{"v":\d+,"version":"[^"]+"\};/);
+  assert.match(
+    settings,
+    /^const TETHER = \{"v":\d+,"version":"[^"]+","clearErrors":\["machine_not_found"[^\]]*\]\};/,
+  );
   // A raw request without Accept-Encoding gets the plain file; fetch (gzip) gets it packed.
   const raw = async (path: string, extra = "") => {
     const c = await Deno.connect({ hostname: "127.0.0.1", port: w.port });

@@ -2,7 +2,7 @@
  * A client's connection to the relay: requests with answers, and streams
  * to agents multiplexed on the one WebSocket.
  */
-import { type ErrorCode, isFinal, TetherError } from "../common/errors.ts";
+import { isFinal, TetherError } from "../common/errors.ts";
 import type { Conn } from "../protocol/conn.ts";
 import { dial } from "../protocol/dial.ts";
 import {
@@ -24,6 +24,7 @@ import {
 } from "../protocol/e2e.ts";
 import { loadOrCreateKeyPair } from "../protocol/e2e_keys.ts";
 import {
+  CLEAR_ERRORS,
   e2ePrologue,
   openControl,
   openFrame,
@@ -95,21 +96,6 @@ export function clientKeyPair(configDir: string): KeyPair {
 
 /** Messages a client sends about one of its streams (sealed on an end-to-end stream). */
 export type StreamMessage = Eof | SignalMsg | Resize | Auth | Close;
-
-/**
- * Errors the relay itself ends a stream with, in the clear: none claims that anything
- * ran. Any other error on an end-to-end stream must come sealed from the agent.
- */
-const RELAY_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  "machine_not_found",
-  "machine_offline",
-  "session_lost",
-  "relay_unavailable",
-  "rate_limited",
-  "forbidden",
-  "integrity",
-  "internal",
-]);
 
 /** An end-to-end stream, from its open until it ends. */
 interface E2eStream {
@@ -554,7 +540,12 @@ export class RelayClient {
         return this.integrityFailed(msg.sid, `a sealed '${inner.t}' from the agent`);
       }
       case "error":
-        if (RELAY_ERRORS.has(msg.code)) return this.dispatch(msg);
+        // The agent could not read the handshake: the key this process has for it may be
+        // stale (it changed since the listing); the next open lists the machines again.
+        if (msg.code === "integrity" && !this.e2e.get(msg.sid)?.transport) {
+          machineKeys.delete(this.e2e.get(msg.sid)?.spec.machine ?? "");
+        }
+        if (CLEAR_ERRORS.has(msg.code)) return this.dispatch(msg);
         return this.integrityFailed(msg.sid, `'${msg.code}' outside the encryption`);
       default:
         return this.integrityFailed(msg.sid, `'${msg.t}' outside the encryption`);

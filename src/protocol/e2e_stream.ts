@@ -13,9 +13,26 @@
  */
 import { DATA_HEADER, FRAME_DATA } from "./frames.ts";
 import { fromBase64, TAG_BYTES, toBase64, type Transport } from "./e2e.ts";
+import type { ErrorCode } from "../common/errors.ts";
 import { checkControl, type Control, ProtocolError, type Sealed } from "./messages.ts";
 
 const AD_CONTROL = Uint8Array.of(0xff);
+
+/**
+ * The errors the relay itself may end a sealed stream with, in the clear: none claims that
+ * anything ran. Any other error of a sealed stream must come sealed from the agent. (The
+ * share page gets this list from /s/tether.js.)
+ */
+export const CLEAR_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "machine_not_found",
+  "machine_offline",
+  "session_lost",
+  "relay_unavailable",
+  "rate_limited",
+  "forbidden",
+  "integrity",
+  "internal",
+]);
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 

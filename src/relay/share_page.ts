@@ -13,6 +13,7 @@
 import { Buffer } from "node:buffer";
 import { createHash } from "node:crypto";
 import { PROTOCOL_VERSION, VERSION } from "../protocol/version.ts";
+import { CLEAR_ERRORS } from "../protocol/e2e_stream.ts";
 import type { HttpAnswer } from "./http.ts";
 import { PAGE_PATH } from "../protocol/share.ts";
 import { PAGE_ASSETS } from "./page/assets.gen.ts";
@@ -35,8 +36,13 @@ const COMMON = {
   "cross-origin-opener-policy": "same-origin",
 };
 
-/** The page's settings: the protocol it speaks (made here, so it follows the release). */
-const SETTINGS = `const TETHER = ${JSON.stringify({ v: PROTOCOL_VERSION, version: VERSION })};\n`;
+/**
+ * The page's settings: the protocol it speaks and the errors the relay may send in the clear
+ * about a sealed stream (made here, so they follow the release).
+ */
+const SETTINGS = `const TETHER = ${
+  JSON.stringify({ v: PROTOCOL_VERSION, version: VERSION, clearErrors: [...CLEAR_ERRORS] })
+};\n`;
 const SETTINGS_PATH = "/s/tether.js";
 
 /** The files as gzip bytes, decoded from the bundle on first use. */

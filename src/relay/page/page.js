@@ -191,18 +191,8 @@
     );
   }
 
-  /** Errors the relay itself may send about a sealed stream (none says that anything ran). */
-  const RELAY_ERRORS = new Set([
-    "machine_not_found",
-    "machine_offline",
-    "session_lost",
-    "relay_unavailable",
-    "rate_limited",
-    "forbidden",
-    "integrity",
-    "internal",
-    "unauthenticated",
-  ]);
+  /** Errors the relay itself may send about a sealed stream (protocol/e2e_stream.ts). */
+  const RELAY_ERRORS = new Set(TETHER.clearErrors);
 
   /** What came for the sealed stream, in order: opened, then handled as if in the clear. */
   function receiveSealed(st, msg, binary) {
