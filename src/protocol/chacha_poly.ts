@@ -136,12 +136,11 @@ class Poly1305 {
       d[i] = v - c * 8192;
     }
     // What is above 2^130 comes back times 5 (2^130 = 5 mod p).
-    let v = d[0] + c * 5;
+    const v = d[0] + c * 5;
     c = Math.floor(v / 8192);
     d[0] = v - c * 8192;
     d[1] += c;
     h.set(d);
-    v = 0;
   }
 
   update(m: Uint8Array): void {

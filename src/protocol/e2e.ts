@@ -63,13 +63,9 @@ function hex(s: string): Uint8Array {
   return new Uint8Array(s.match(/../g)!.map((b) => parseInt(b, 16)));
 }
 
-function concat(...parts: Uint8Array[]): Uint8Array {
-  return concatBytes(parts);
-}
-
 function privateKeyObject(priv: Uint8Array): KeyObject {
   return createPrivateKey({
-    key: concat(PKCS8_PREFIX, priv) as Buffer,
+    key: concatBytes([PKCS8_PREFIX, priv]) as Buffer,
     format: "der",
     type: "pkcs8",
   });
@@ -77,7 +73,11 @@ function privateKeyObject(priv: Uint8Array): KeyObject {
 
 function publicKeyObject(pub: Uint8Array): KeyObject {
   if (pub.length !== KEY_BYTES) throw new IntegrityError("a public key is 32 bytes");
-  return createPublicKey({ key: concat(SPKI_PREFIX, pub) as Buffer, format: "der", type: "spki" });
+  return createPublicKey({
+    key: concatBytes([SPKI_PREFIX, pub]) as Buffer,
+    format: "der",
+    type: "spki",
+  });
 }
 
 function rawPublic(k: KeyObject): Uint8Array {
@@ -281,7 +281,9 @@ class Symmetric {
 
   constructor(readonly suite: Suite, prologue: Uint8Array) {
     const name = new TextEncoder().encode(`Noise_IK_25519_${suite}_SHA256`);
-    this.h = name.length <= 32 ? concat(name, new Uint8Array(32 - name.length)) : sha256(name);
+    this.h = name.length <= 32
+      ? concatBytes([name, new Uint8Array(32 - name.length)])
+      : sha256(name);
     this.ck = this.h;
     this.mixHash(prologue);
   }
@@ -392,7 +394,7 @@ export class Initiator {
     const encS = sym.encryptAndHash(s.pub);
     sym.mixKey(dh(s.priv, rs));
     const encP = sym.encryptAndHash(payload);
-    return new Initiator(sym, s, e, concat(e.pub, encS, encP));
+    return new Initiator(sym, s, e, concatBytes([e.pub, encS, encP]));
   }
 
   /** Reads the agent's message 2; throws IntegrityError unless it came from the agent. */
@@ -448,6 +450,6 @@ export class Responder {
     this.sym.mixKey(dh(e.priv, this.re));
     this.sym.mixKey(dh(e.priv, this.remoteStatic));
     const enc = this.sym.encryptAndHash(payload);
-    return { message: concat(e.pub, enc), transport: this.sym.split(false) };
+    return { message: concatBytes([e.pub, enc]), transport: this.sym.split(false) };
   }
 }

@@ -197,6 +197,12 @@ function shareOpen(share: ShareRow, msg: Open): Open {
   };
 }
 
+/** How the audit says a client's close ended a stream (a close's reason, or a sealed one's end). */
+function closedAs(reason: string | undefined): string {
+  return ({ lost: "client_lost", kill: "killed" } as Record<string, string>)[reason ?? ""] ??
+    "detached";
+}
+
 /** The bytes a DATA payload counts for credit: a sealed one's tag does not count. */
 function payloadBytes(r: Route, payload: Uint8Array): number {
   const n = payload.length - r.tag;
@@ -513,9 +519,7 @@ export class Hub {
         const opening = link.opening.get(msg.sid);
         if (opening) {
           if (msg.t === "close") {
-            opening.closed = { lost: "client_lost", kill: "killed", detach: "detached" }[
-              msg.reason ?? "detach"
-            ];
+            opening.closed = closedAs(msg.reason);
           } else if (opening.queued.push(msg) > MAX_QUEUED_CONTROLS) {
             throw new ProtocolError(`stream ${msg.sid}: too many messages before it opened`);
           }
@@ -531,12 +535,7 @@ export class Hub {
           : undefined;
         if (closing !== undefined) {
           this.unroute(r);
-          const why: Record<string, string> = {
-            lost: "client_lost",
-            kill: "killed",
-            detach: "detached",
-          };
-          this.audit(r, { error: why[closing] ?? "detached" });
+          this.audit(r, { error: closedAs(closing) });
         }
         r.up.conn.send({ ...msg, sid: r.asid });
         return;
