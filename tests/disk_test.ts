@@ -158,3 +158,37 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "an agent whose audit log's disk is full runs nothing, says why, and runs again once there is room",
+  ignore: root.ignore,
+  async fn() {
+    root.check();
+    await using w = await World.create();
+    const dir = join(w.home, "auditdisk");
+    await mountTmpfs(dir, "1m");
+    try {
+      const log = join(dir, "audit.jsonl");
+      await w.startAgent("box", { args: ["--audit-log", log] });
+      // (A log with a line already may still take more within its last page: start empty.)
+      const filler = join(dir, "filler");
+      assert.ok(fill(filler) > 0);
+      const marker = join(w.home, "ran");
+      const x = await w.tether(["exec", "box", "--json", "--", "touch", marker]);
+      assert.equal(x.code, 255, x.stdout + x.stderr);
+      const err = JSON.parse(x.stdout).error;
+      assert.equal(err.code, "internal");
+      assert.match(err.message, /cannot write its audit log/);
+      assert.throws(() => Deno.statSync(marker), "nothing ran unrecorded");
+      await Deno.remove(filler);
+      const again = await w.tether(["exec", "box", "--", "touch", marker]);
+      assert.equal(again.code, 0, again.stderr);
+      const lines = Deno.readTextFileSync(log).trim().split("\n").map((l) => JSON.parse(l));
+      assert.deepEqual(lines.at(-1).argv, ["touch", marker]);
+    } finally {
+      await w.stopRelay();
+      await unmount(dir);
+    }
+  },
+});

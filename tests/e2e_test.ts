@@ -411,3 +411,25 @@ Deno.test("wire: a replayed handshake and a replayed sealed open run nothing; a 
   assert.equal(ok.stdout, "still\n");
   c.ws.close();
 });
+
+Deno.test("a damaged key file is said, never silently replaced: an agent does not start, a client does not open", async () => {
+  await using w = await World.create();
+  const state = join(w.home, "agents", "box");
+  await w.startAgent("box", { stateDir: state });
+  assert.equal((await w.tether(["exec", "box", "--", "true"])).code, 0);
+  await w.agents[0].stop();
+  const keyFile = join(state, "e2e_key.json");
+  Deno.writeTextFileSync(keyFile, "{not json");
+  const agent = await w.tether(["agent", "run", "--name", "box", "--state-dir", state]);
+  assert.notEqual(agent.code, 0);
+  assert.match(agent.stderr, /e2e_key\.json is not a tether key file/);
+  assert.equal(Deno.readTextFileSync(keyFile), "{not json", "left as it was");
+
+  await w.startAgent("other");
+  const clientKey = join(w.home, ".config", "tether", "client_key.json");
+  Deno.writeTextFileSync(clientKey, "{}");
+  const r = await w.tether(["exec", "other", "--json", "--", "true"]);
+  assert.equal(r.code, 255, r.stdout + r.stderr);
+  assert.equal(lastJson(r).error?.code, "not_configured");
+  assert.match(lastJson(r).error?.message ?? "", /client_key\.json is not a tether key file/);
+});
