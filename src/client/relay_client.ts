@@ -29,8 +29,8 @@ import {
   openControl,
   openFrame,
   sealControl,
-  sealedSize,
-  sealFrameInto,
+  sealDataInto,
+  sealedDataSize,
 } from "../protocol/e2e_stream.ts";
 import { join } from "node:path";
 import { KnownMachines, pinName } from "./known_machines.ts";
@@ -395,12 +395,12 @@ export class RelayClient {
       st.queue.push(() => this.sendData(sid, channel, offset, copy));
       return;
     }
-    const frame = inPlace
-      ? dataFrameInPlace(payload, sid, channel, offset)
-      : encodeData(sid, channel, offset, payload);
     const t = st.transport;
-    // Sealed straight into the socket's buffer.
-    this.conn.sendBinaryWith(sealedSize(frame), (dst, at) => sealFrameInto(t, frame, dst, at));
+    // Sealed straight into the socket's buffer, header and all: no frame built.
+    this.conn.sendBinaryWith(
+      sealedDataSize(payload),
+      (dst, at) => sealDataInto(t, sid, channel, offset, payload, dst, at),
+    );
   }
 
   /** Ends a stream with an error of this client's own (the relay is told it was lost). */

@@ -31,7 +31,8 @@ import {
   type KeyObject,
 } from "node:crypto";
 import { concatBytes } from "../common/bytes.ts";
-import { chachaOpen, chachaSealInto } from "./chacha_poly.ts";
+import { chachaOpenInPlace, chachaSealInto } from "./chacha_poly.ts";
+import { nativeAead } from "./openssl_aead.ts";
 
 export const KEY_BYTES = 32;
 export const TAG_BYTES = 16;
@@ -173,27 +174,35 @@ export const KEY_TYPE = "tether-x25519";
 
 // ---- AEAD ----
 
+/**
+ * The nonce for counter `n`, in one buffer reused by every call: each use below takes it
+ * at once (a typed array of its own per message cost ~2 µs in Deno, more than sealing a
+ * line).
+ */
+const NONCE = new Uint8Array(new ArrayBuffer(12));
+const NONCE_VIEW = new DataView(NONCE.buffer);
+
 function nonce(suite: Suite, n: number): Uint8Array {
-  const iv = new Uint8Array(12);
-  const dv = new DataView(iv.buffer);
   const hi = Math.floor(n / 0x1_0000_0000);
   const lo = n >>> 0;
   if (suite === "ChaChaPoly") {
-    dv.setUint32(4, lo, true);
-    dv.setUint32(8, hi, true);
+    NONCE_VIEW.setUint32(4, lo, true);
+    NONCE_VIEW.setUint32(8, hi, true);
   } else {
-    dv.setUint32(4, hi);
-    dv.setUint32(8, lo);
+    NONCE_VIEW.setUint32(4, hi);
+    NONCE_VIEW.setUint32(8, lo);
   }
-  return iv;
+  return NONCE;
 }
 
 const ALG = { ChaChaPoly: "chacha20-poly1305", AESGCM: "aes-256-gcm" } as const;
 
 /**
- * Up to this many bytes, ChaCha20-Poly1305 runs in TypeScript (chacha_poly.ts): a call into
- * node:crypto costs 3.5–8 µs whatever the size, the TypeScript 1–2 µs for a line and as much
- * as node:crypto at ~512 bytes (measured on the bench machine). Both give the same bytes.
+ * Up to this many bytes, ChaCha20-Poly1305 runs in WebAssembly (chacha_poly.ts): ~1 µs for
+ * a line from a process's first message on, where a call into node:crypto costs 3.5–8 µs
+ * whatever the size and one into OpenSSL (openssl_aead.ts) ~1.1 µs once optimised, ~6 µs
+ * before, after ~10 ms to load libcrypto: a short exec, whose messages are all small, never
+ * loads it (measured on the bench machine). All give the same bytes.
  */
 const SMALL = 512;
 
@@ -220,6 +229,8 @@ function sealInto(
   if (suite === "ChaChaPoly" && plain.length <= SMALL) {
     return chachaSealInto(key, nonce(suite, n), ad, plain, out, at);
   }
+  const native = nativeAead();
+  if (native) return native.sealInto(ALG[suite], key, nonce(suite, n), ad, plain, out, at);
   // Typed as GCM: both AEADs have the same calls here.
   const c = createCipheriv(ALG[suite] as "aes-256-gcm", key, nonce(suite, n), {
     authTagLength: TAG_BYTES,
@@ -235,19 +246,34 @@ function sealInto(
   out.set(c.getAuthTag(), at + plain.length);
 }
 
+/**
+ * Opens `sealed`. With `inPlace` the plaintext may be written over `sealed` and returned as
+ * a view of it (the caller no longer needs the ciphertext, and drops it on a failure).
+ */
 function open(
   suite: Suite,
   key: Uint8Array,
   n: number,
   ad: Uint8Array,
   sealed: Uint8Array,
+  inPlace: boolean,
 ): Uint8Array {
   if (sealed.length < TAG_BYTES) throw new IntegrityError("sealed message too short");
   const end = sealed.length - TAG_BYTES;
   if (suite === "ChaChaPoly" && end <= SMALL) {
-    const plain = chachaOpen(key, nonce(suite, n), ad, sealed);
-    if (!plain) throw new IntegrityError("a sealed message did not verify");
-    return plain;
+    const box = inPlace ? sealed : sealed.slice();
+    if (!chachaOpenInPlace(key, nonce(suite, n), ad, box)) {
+      throw new IntegrityError("a sealed message did not verify");
+    }
+    return box.subarray(0, end);
+  }
+  const native = nativeAead();
+  if (native) {
+    const box = inPlace ? sealed : sealed.slice();
+    if (!native.openInPlace(ALG[suite], key, nonce(suite, n), ad, box)) {
+      throw new IntegrityError("a sealed message did not verify");
+    }
+    return box.subarray(0, end);
   }
   const d = createDecipheriv(ALG[suite] as "aes-256-gcm", key, nonce(suite, n), {
     authTagLength: TAG_BYTES,
@@ -313,7 +339,7 @@ class Symmetric {
       this.mixHash(data);
       return data;
     }
-    const plain = open(this.suite, this.k, this.n++, this.h, data);
+    const plain = open(this.suite, this.k, this.n++, this.h, data, false);
     this.mixHash(data);
     return plain;
   }
@@ -354,11 +380,14 @@ export class Transport {
     return out;
   }
 
-  /** Opens the next item; after one failure every later one fails too. */
+  /**
+   * Opens the next item; after one failure every later one fails too. The plaintext may be
+   * written over `sealed` (and returned as a view of it): pass a copy to keep the ciphertext.
+   */
   open(ad: Uint8Array, sealed: Uint8Array): Uint8Array {
     if (this.broken) throw new IntegrityError("the stream already failed a check");
     try {
-      return open(this.suite, this.recvKey, this.received++, ad, sealed);
+      return open(this.suite, this.recvKey, this.received++, ad, sealed, true);
     } catch (e) {
       this.broken = true;
       throw e;

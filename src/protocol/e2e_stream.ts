@@ -11,7 +11,7 @@
  * One counter per direction runs over both (e2e.ts), so the order of frames and messages
  * in a direction is checked as a whole.
  */
-import { DATA_HEADER, FRAME_DATA } from "./frames.ts";
+import { DATA_HEADER, FRAME_DATA, writeDataHeader } from "./frames.ts";
 import { fromBase64, TAG_BYTES, toBase64, type Transport } from "./e2e.ts";
 import type { ErrorCode } from "../common/errors.ts";
 import { checkControl, type Control, ProtocolError, type Sealed } from "./messages.ts";
@@ -36,12 +36,14 @@ export const CLEAR_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
+/** One buffer for the associated data of every DATA frame (each use takes it at once). */
+const FRAME_AD = new Uint8Array(new ArrayBuffer(12));
+
 /** The associated data of a DATA frame: its header without the stream id. */
-function frameAd(header: Uint8Array): Uint8Array {
-  const ad = new Uint8Array(12);
-  ad.set(header.subarray(0, 4), 0);
-  ad.set(header.subarray(8, DATA_HEADER), 4);
-  return ad;
+function frameAd(header: Uint8Array, at = 0): Uint8Array {
+  for (let i = 0; i < 4; i++) FRAME_AD[i] = header[at + i];
+  for (let i = 8; i < DATA_HEADER; i++) FRAME_AD[i - 4] = header[at + i];
+  return FRAME_AD;
 }
 
 /** The size of a DATA frame (header + plaintext) sealed: header + sealed payload. */
@@ -51,8 +53,30 @@ export function sealedSize(frame: Uint8Array): number {
 
 /** Seals a DATA frame into `out` at `at` (sealedSize(frame) bytes): the socket's own buffer. */
 export function sealFrameInto(t: Transport, frame: Uint8Array, out: Uint8Array, at: number): void {
-  out.set(frame.subarray(0, DATA_HEADER), at);
+  for (let i = 0; i < DATA_HEADER; i++) out[at + i] = frame[i];
   t.sealInto(frameAd(frame), frame.subarray(DATA_HEADER), out, at + DATA_HEADER);
+}
+
+/** The size of `payload` sent as a sealed DATA frame. */
+export function sealedDataSize(payload: Uint8Array): number {
+  return DATA_HEADER + payload.length + TAG_BYTES;
+}
+
+/**
+ * Writes a sealed DATA frame for `payload` into `out` at `at` (sealedDataSize bytes): the
+ * header (writeDataHeader) and the sealed payload, with no frame built in between.
+ */
+export function sealDataInto(
+  t: Transport,
+  sid: number,
+  channel: number,
+  offset: number,
+  payload: Uint8Array,
+  out: Uint8Array,
+  at: number,
+): void {
+  writeDataHeader(out, at, sid, channel, offset);
+  t.sealInto(frameAd(out, at), payload, out, at + DATA_HEADER);
 }
 
 /** The plaintext of a sealed DATA frame; throws IntegrityError. */

@@ -52,6 +52,26 @@ export function encodeData(
   return out;
 }
 
+/** Writes a DATA header into `out` at `at`, byte by byte (no view made). */
+export function writeDataHeader(
+  out: Uint8Array,
+  at: number,
+  sid: number,
+  channel: number,
+  offset: number,
+): void {
+  const hi = Math.floor(offset / TWO32), lo = offset % TWO32;
+  out[at] = FRAME_DATA;
+  out[at + 1] = channel;
+  out[at + 2] = 0;
+  out[at + 3] = 0;
+  for (let i = 0; i < 4; i++) {
+    out[at + 4 + i] = (sid >>> (8 * i)) & 0xff;
+    out[at + 8 + i] = (hi >>> (8 * i)) & 0xff;
+    out[at + 12 + i] = (lo >>> (8 * i)) & 0xff;
+  }
+}
+
 /** Where the payload starts in a buffer meant for `dataFrameInPlace`. */
 export const DATA_FRAME_PREFIX = DATA_HEADER;
 

@@ -1,10 +1,22 @@
 import assert from "node:assert/strict";
 import { createCipheriv } from "node:crypto";
-import { chachaOpen, chachaSealInto } from "../../src/protocol/chacha_poly.ts";
+import { chachaOpenInPlace, chachaSealInto } from "../../src/protocol/chacha_poly.ts";
 
 const hex = (s: string) =>
   new Uint8Array((s.replace(/\s/g, "").match(/../g) ?? []).map((b) => parseInt(b, 16)));
 const toHex = (b: Uint8Array) => [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+
+/** Opens a copy of `sealed`: the plaintext, or undefined when the tag does not match. */
+function chachaOpen(
+  key: Uint8Array,
+  nonce: Uint8Array,
+  ad: Uint8Array,
+  sealed: Uint8Array,
+): Uint8Array | undefined {
+  const box = sealed.slice();
+  if (!chachaOpenInPlace(key, nonce, ad, box)) return undefined;
+  return box.subarray(0, box.length - 16);
+}
 
 function seal(key: Uint8Array, nonce: Uint8Array, ad: Uint8Array, plain: Uint8Array): Uint8Array {
   const out = new Uint8Array(plain.length + 16);
@@ -52,4 +64,29 @@ Deno.test("chacha_poly: the same bytes as node:crypto for every length 0..600 an
   c.setAAD(plain.subarray(0, 50), { plaintextLength: 1000 });
   const expect = new Uint8Array([...c.update(plain), ...c.final(), ...c.getAuthTag()]);
   assert.equal(toHex(seal(key, nonce, plain.subarray(0, 50), plain)), toHex(expect));
+});
+
+Deno.test("chacha_poly: 70,000 bytes (the module's memory grows) and a failed open leaves the input as it was", () => {
+  const key = crypto.getRandomValues(new Uint8Array(32));
+  const nonce = crypto.getRandomValues(new Uint8Array(12));
+  const plain = new Uint8Array(70_000);
+  crypto.getRandomValues(plain.subarray(0, 65_536));
+  const c = createCipheriv("chacha20-poly1305", key, nonce, { authTagLength: 16 });
+  c.setAAD(new Uint8Array(0), { plaintextLength: plain.length });
+  const expect = new Uint8Array([...c.update(plain), ...c.final(), ...c.getAuthTag()]);
+  const got = seal(key, nonce, new Uint8Array(0), plain);
+  assert.equal(toHex(got), toHex(expect));
+  const bad = got.slice();
+  bad[5] ^= 1;
+  const before = bad.slice();
+  assert.equal(chachaOpenInPlace(key, nonce, new Uint8Array(0), bad), false);
+  assert.deepEqual(bad, before);
+});
+
+Deno.test("chacha_poly: chacha_poly.gen.ts is chacha_poly.wat assembled", async () => {
+  const { generate, OUT } = await import("../../scripts/wasm.ts");
+  assert.ok(
+    (await Deno.readTextFile(OUT)) === await generate(),
+    "src/protocol/chacha_poly.gen.ts is out of date: run ./scripts/deno run -P scripts/wasm.ts",
+  );
 });
