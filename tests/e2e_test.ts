@@ -68,6 +68,40 @@ Deno.test("a relay that flips, drops, replays or injects a frame, or forges an e
     assert.ok(out === "" || (t.mode === "replay" && out === "MARK42"), what);
     assert.doesNotMatch(r.stdout, /"exit"/, what);
   }
+  // A bulk frame (sealed by OpenSSL or node:crypto, not the small-message code) flipped.
+  proxy.arm({ mode: "flip", direction: "up", nth: 2 });
+  const big = await w.tether(["exec", "box", "--json", "--", "head", "-c", "300000", "/dev/zero"]);
+  await proxy.tampered;
+  assert.equal(big.code, 255, big.stderr);
+  assert.equal(lastJson(big).error?.code, "integrity", big.stderr);
+  // The error object starts a line of its own after output that ended mid-line.
+  const out = big.stdoutBytes;
+  const lastLine = out.lastIndexOf(0x0a, out.length - 2);
+  assert.ok(lastLine >= 0, "a newline before the error object");
+  const zeros = out.subarray(0, lastLine);
+  assert.ok(zeros.length < 300_000 && zeros.every((b) => b === 0), "only the genuine bytes");
+});
+
+Deno.test("OpenSSL at one end and node:crypto at the other, either way round, seal the same bytes", async () => {
+  await using w = await World.create();
+  const off = { TETHER_NATIVE_CRYPTO: "off" };
+  await w.startAgent("native");
+  await w.startAgent("fallback", { env: off });
+  const input = new Uint8Array(3 * 1024 * 1024 + 123);
+  for (let i = 0; i < input.length; i += 65536) {
+    crypto.getRandomValues(input.subarray(i, Math.min(input.length, i + 65536)));
+  }
+  for (const agent of ["native", "fallback"]) {
+    for (const env of [{}, off]) {
+      const r = await w.tether(["exec", agent, "--", "cat"], { stdin: input, env });
+      const what = `agent ${agent}, client ${env === off ? "fallback" : "native"}`;
+      assert.equal(r.code, 0, `${what}: ${r.stderr}`);
+      assert.ok(
+        r.stdoutBytes.length === input.length && r.stdoutBytes.every((b, i) => b === input[i]),
+        `${what}: the bytes came back unchanged`,
+      );
+    }
+  }
 });
 
 Deno.test("stdin altered on the client's side is caught by the agent: integrity, and the command never sees it", async () => {

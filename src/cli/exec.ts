@@ -9,7 +9,7 @@ import { parseDuration } from "../common/duration.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
 import { type Act, clientConfig, collect, globals, parsePairs, rawArgs } from "./context.ts";
-import { asTetherError, printJson, say } from "./output.ts";
+import { asTetherError, printJson, say, wroteStdout } from "./output.ts";
 import { writeAll } from "../common/bytes.ts";
 import { signalStatus } from "../common/signals.ts";
 import { visible } from "../common/text.ts";
@@ -135,7 +135,11 @@ export function registerExec(program: Command, act: Act) {
           if (brokenPipe) return;
           try {
             if (events) events.data(ch, chunk);
-            else await writeAll(ch === CH_STDERR ? Deno.stderr : Deno.stdout, chunk);
+            else if (ch === CH_STDERR) await writeAll(Deno.stderr, chunk);
+            else {
+              await writeAll(Deno.stdout, chunk);
+              wroteStdout(chunk);
+            }
           } catch (e) {
             if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
             // Nobody reads our output any more: end the command, as ssh's SIGPIPE would.

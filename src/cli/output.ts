@@ -16,6 +16,18 @@ export function say(text: string, end = "\n"): void {
   Deno.stderr.writeSync(enc.encode(text.split("\n").map(visible).join("\n") + end));
 }
 
+/**
+ * Whether the last byte a command's output put on our stdout was not a newline: a JSON
+ * error that follows it then starts a line of its own, so that a reader taking the last
+ * line of stdout finds the object whole.
+ */
+let stdoutMidLine = false;
+
+/** Notes a chunk of a remote command's output written to stdout. */
+export function wroteStdout(chunk: Uint8Array): void {
+  if (chunk.length) stdoutMidLine = chunk[chunk.length - 1] !== 0x0a;
+}
+
 export function printJson(value: unknown): void {
   console.log(JSON.stringify(value));
 }
@@ -54,7 +66,7 @@ export function asTetherError(e: unknown): TetherError {
 
 export function printError(err: TetherError, json: boolean): void {
   if (json) {
-    console.log(JSON.stringify({ error: err.toJSON() }));
+    console.log((stdoutMidLine ? "\n" : "") + JSON.stringify({ error: err.toJSON() }));
     return;
   }
   // Messages may quote what others chose (a machine's name, an agent's words).
