@@ -62,19 +62,50 @@ Deno.test("the agent comes back online by itself after a relay restart", async (
   assert.equal(ms[0].name, "bouncer");
 });
 
-Deno.test("the relay marks a silent agent offline within 10 s", async () => {
-  await using w = await World.create();
+Deno.test("the relay marks a silent idle agent offline within its idle heartbeat and a probe", async () => {
+  await using w = await World.create({ startRelay: false });
+  for (const bad of ["1s", "2h", "soon"]) {
+    const r = await run(
+      ["relay", "serve", "--idle-heartbeat", bad, "--listen", "127.0.0.1:0", "--data-dir", w.home],
+      { env: w.env() },
+    );
+    assert.equal(r.code, 2, `${bad}: ${r.stderr}`);
+  }
+  await w.startRelay(["--idle-heartbeat", "3s"]);
   const a = await w.startAgent("frozen");
   await w.waitMachines((ms) => ms[0]?.online === true);
-  a.kill("SIGSTOP"); // connection stays open, heartbeats stop
+  a.kill("SIGSTOP"); // connection stays open, nothing answers
   try {
-    // Timed by the relay's own log line, not by how fast a CLI can poll on a loaded machine.
+    // Timed by the relay's own log line, not by how fast a CLI can poll on a loaded machine:
+    // at most 3 s of silence, a tick, and 4 s for the probe's answer.
     const t0 = Date.now();
     await w.relay!.waitFor(/agent offline: frozen .*no heartbeat/, "stderr", 30_000);
     assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms`);
     assert.equal((await w.machines())[0].online, false);
   } finally {
     a.kill("SIGCONT");
+  }
+});
+
+Deno.test("with a stream open, the relay notices a silent agent within 10 s, and the client says so", async () => {
+  await using w = await World.create();
+  const a = await w.startAgent("frozen");
+  const c = Proc.tether(["exec", "frozen", "--json", "--", "sh", "-c", "echo up; exec sleep 60"], {
+    env: w.env({ TETHER_RECONNECT_WINDOW: "3s" }),
+  });
+  try {
+    await c.waitFor(/up/, "stdout");
+    a.kill("SIGSTOP");
+    const t0 = Date.now();
+    await w.relay!.waitFor(/agent offline: frozen .*no heartbeat/, "stderr", 30_000);
+    assert.ok(Date.now() - t0 < 10_000, `took ${Date.now() - t0} ms (idle heartbeat is 20 s)`);
+    // The client waits its reconnect window for the machine, then: never a made-up status.
+    const st = await c.ended(30_000);
+    assert.equal(st.code, 255, c.stderr);
+    assert.equal(JSON.parse(c.stdout.trim().split("\n").at(-1)!).error.code, "session_lost");
+  } finally {
+    a.kill("SIGCONT");
+    await c.stop();
   }
 });
 

@@ -1,7 +1,8 @@
 /**
  * Holds many idle agent connections in one process, speaking the real
  * protocol through the project's own dial() and Conn (hello with agent info,
- * enrollment, heartbeats both ways). Used by the relay-memory benchmark.
+ * enrollment, heartbeats both ways, probing as an agent with nothing open does). Used by the
+ * relay-memory benchmark.
  *
  *   TETHER_AGENT_KEY=… deno run -P scripts/bench/agents_load.ts \
  *     --relay ws://127.0.0.1:PORT --n 1000 [--warmup 10] [--concurrency 32] [--prefix load-]
@@ -44,7 +45,7 @@ let firstError: string | undefined;
 
 async function dialOne(i: number): Promise<boolean> {
   try {
-    const { conn } = await dial({
+    const { conn, welcome } = await dial({
       relay: relay!,
       key: key!,
       caFile: Deno.env.get("TETHER_CA_FILE"),
@@ -58,6 +59,10 @@ async function dialOne(i: number): Promise<boolean> {
       },
       timeoutMs: 30_000,
     });
+    // As agent.ts does: nothing is ever open on these links.
+    if (welcome.idle_heartbeat_ms) {
+      conn.probeIdleAfter(welcome.idle_heartbeat_ms + welcome.heartbeat_ms, () => true);
+    }
     conn.start({
       onControl() {},
       onFrame() {},

@@ -381,6 +381,13 @@ export class Agent {
     }
     this.machineId = machine.id;
     this.conn = conn;
+    // With nothing open, probe the relay only after its own idle probe would have come.
+    if (welcome.idle_heartbeat_ms) {
+      conn.probeIdleAfter(
+        welcome.idle_heartbeat_ms + welcome.heartbeat_ms,
+        () => this.streams.size === 0 && this.pendingAuth.size === 0 && this.e2e.size === 0,
+      );
+    }
     if (this.stopped) conn.close(1000, "agent stopping");
     const closed = new Promise<string>((resolve) => {
       conn.start({
@@ -843,6 +850,7 @@ export class Agent {
     if ("code" in s) conn.send({ t: "error", sid: msg.sid, ...s });
     else {
       this.streams.set(msg.sid, s);
+      this.conn?.wake();
       // tether share: the link's page may join this session (given only end to end).
       if (msg.grant && client && s instanceof Attachment) this.addGrant(msg.grant, s.session.id);
       // A page's place, which only it may take back after a drop.
@@ -866,6 +874,7 @@ export class Agent {
       if (this.streams.get(open.sid) === s) this.streams.delete(open.sid);
     });
     this.streams.set(open.sid, s);
+    this.conn?.wake();
     s.start(open.target);
   }
 

@@ -9,6 +9,7 @@ import type { Store } from "../relay/store.ts";
 import { openStore, storeLabel } from "../relay/open_store.ts";
 import { MIN_FLEET_SECRET } from "../relay/fleet.ts";
 import { relayBase } from "../protocol/dial.ts";
+import { HEARTBEAT_MS } from "../protocol/conn.ts";
 import { type Act, collect, globals, parseListen, untilSignal } from "./context.ts";
 import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
@@ -40,6 +41,15 @@ function storeSpec(opts: { store?: string }): string | undefined {
 }
 
 /** The fleet secret from --fleet-secret-file, else TETHER_FLEET_SECRET; checked for length. */
+/** `--idle-heartbeat`: at least the heartbeat of a link in use, at most an hour. */
+function idleHeartbeat(text: string): number {
+  const ms = parseDuration(text, "--idle-heartbeat");
+  if (ms < HEARTBEAT_MS || ms > 3_600_000) {
+    throw usage(`--idle-heartbeat must be between 2s and 1h, not '${text}'`);
+  }
+  return ms;
+}
+
 function fleetSecret(file: string | undefined): string | undefined {
   let secret: string | undefined;
   if (file) {
@@ -79,6 +89,12 @@ export function registerRelay(program: Command, act: Act) {
       [] as string[],
     )
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
+    .option(
+      "--idle-heartbeat <dur>",
+      "probe an agent with nothing open after this much silence (a silently vanished one is " +
+        "offline about 5 s later; with a stream open, 2 s)",
+      "20s",
+    )
     .option(
       "--fleet-secret-file <file>",
       "with --store: the secret the relays of one fleet share (else env TETHER_FLEET_SECRET)",
@@ -133,6 +149,7 @@ export function registerRelay(program: Command, act: Act) {
         tlsCert: opts.tlsCert,
         tlsKey: opts.tlsKey,
         pruneAfterMs: parseDuration(opts.pruneAfter, "--prune-after"),
+        idleHeartbeatMs: idleHeartbeat(opts.idleHeartbeat),
         publicUrl: opts.publicUrl,
         fleet: secret
           ? {

@@ -7,10 +7,24 @@ import { type Control, MAX_CONTROL_MESSAGE, parseControl, ProtocolError } from "
 import { decodeFrame, type Frame } from "./frames.ts";
 import { OPEN } from "./ws_socket.ts";
 
-/** How often each side sends a ping. */
+/**
+ * Heartbeats are probes: a side that has heard nothing from its peer for HEARTBEAT_MS sends
+ * `{"t":"ping"}`, and the peer answers at once with `{"t":"ping","re":true}` (never answered
+ * itself). Any message counts as a sign of life, so a busy connection sends no pings at all.
+ */
 export const HEARTBEAT_MS = 2_000;
-/** Silence after which a peer is declared dead. */
+/** Silence after which a peer is declared dead: a probe unanswered for the rest of it. */
 export const DEAD_AFTER_MS = 6_000;
+/**
+ * An agent's link with nothing open on it probes after this much silence instead: thousands
+ * of idle agents then cost a relay a few messages a second, not thousands. The relay's probe
+ * comes first (the agent waits IDLE_HEARTBEAT_MS + HEARTBEAT_MS); each side still notices a
+ * silently vanished peer within IDLE_HEARTBEAT_MS + DEAD_AFTER_MS, and within DEAD_AFTER_MS as
+ * soon as a stream is open (what a user is waiting on).
+ */
+export const IDLE_HEARTBEAT_MS = 20_000;
+/** How often an idle link not yet due is looked at (its buffers trimmed). */
+const IDLE_CHECK_MS = 4_000;
 /** A sender waits while more than this is queued in its WebSocket. */
 export const SEND_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -48,7 +62,9 @@ export interface ConnHandlers {
 }
 
 export interface ConnOptions {
+  /** Silence after which this side probes its peer (HEARTBEAT_MS). */
   heartbeatMs?: number;
+  /** Silence after which the peer is dead (DEAD_AFTER_MS); a probe waits the difference. */
   deadAfterMs?: number;
   /** Used in log lines and errors. */
   label?: string;
@@ -69,7 +85,8 @@ class Ticker {
   add(c: Conn): void {
     this.conns.add(c);
     this.timer ??= setInterval(() => {
-      for (const conn of this.conns) conn.tick();
+      const now = Date.now();
+      for (const conn of this.conns) conn.tick(now);
     }, this.periodMs);
   }
 
@@ -83,8 +100,9 @@ class Ticker {
 }
 
 const tickers = new Map<number, Ticker>();
-/** A ping, encoded once. */
+/** A probe and its answer, encoded once; matched as strings before any parsing. */
 const PING = JSON.stringify({ t: "ping" });
+const PONG = JSON.stringify({ t: "ping", re: true });
 
 function tickerFor(periodMs: number): Ticker {
   let t = tickers.get(periodMs);
@@ -103,11 +121,15 @@ export class Conn {
   readonly label: string;
   private handlers?: ConnHandlers;
   private lastRecv = Date.now();
+  /** When the unanswered probe went out, if one is out. */
+  private probeAt?: number;
+  /** Ticks before this time have nothing to do (an idle link not yet due). */
+  private checkAt = 0;
   private ended = false;
-  private ticks = 0;
   private readonly heartbeatMs: number;
   private readonly deadAfterMs: number;
   private readonly maxControl: number;
+  private idle?: { heartbeatMs: number; when: () => boolean };
 
   constructor(ws: WsLike, opts: ConnOptions = {}) {
     this.ws = ws;
@@ -115,6 +137,15 @@ export class Conn {
     this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
     this.deadAfterMs = opts.deadAfterMs ?? DEAD_AFTER_MS;
     this.maxControl = opts.maxControl ?? MAX_CONTROL_MESSAGE;
+  }
+
+  /**
+   * While `when()` holds (an agent's link with no stream on it), this side probes only after
+   * `heartbeatMs` of silence (IDLE_HEARTBEAT_MS). Both ends of a link decide for themselves:
+   * a probe is answered whenever it comes.
+   */
+  probeIdleAfter(heartbeatMs: number, when: () => boolean): void {
+    this.idle = { heartbeatMs, when };
   }
 
   get isOpen(): boolean {
@@ -131,7 +162,7 @@ export class Conn {
     this.lastRecv = Date.now();
     this.ws.onmessage = (ev) => this.receive(ev.data);
     this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
-    // Check for silence twice per heartbeat, so a dead peer is noticed soon after DEAD_AFTER_MS.
+    // Look twice per heartbeat, so a probe goes out soon after HEARTBEAT_MS of silence.
     tickerFor(this.heartbeatMs / 2).add(this);
   }
 
@@ -179,14 +210,36 @@ export class Conn {
     this.end(reason || "closed");
   }
 
-  /** Called by its Ticker twice per heartbeat. */
-  tick(): void {
+  /**
+   * Called by its Ticker twice per heartbeat. A link that is idle and not yet due is looked
+   * at again only every few seconds: a relay holds thousands of them.
+   */
+  tick(now = Date.now()): void {
+    if (now < this.checkAt) return;
     this.ws.trim();
-    if (Date.now() - this.lastRecv > this.deadAfterMs) {
-      this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${this.deadAfterMs / 1000}s`);
+    if (this.probeAt !== undefined) {
+      if (this.lastRecv >= this.probeAt) this.probeAt = undefined;
+      else if (now - this.probeAt >= this.deadAfterMs - this.heartbeatMs) {
+        const silent = Math.round((now - this.lastRecv) / 1000);
+        this.close(CLOSE_DEAD, `no heartbeat from ${this.label} for ${silent}s`);
+        return;
+      } else return;
+    }
+    const quiet = now - this.lastRecv;
+    if (quiet < this.heartbeatMs) return;
+    if (this.idle && quiet < this.idle.heartbeatMs && this.idle.when()) {
+      this.checkAt = Math.min(this.lastRecv + this.idle.heartbeatMs, now + IDLE_CHECK_MS);
       return;
     }
-    if (++this.ticks % 2 === 0 && this.ws.readyState === OPEN) this.ws.send(PING);
+    if (this.ws.readyState === OPEN) {
+      this.probeAt = now;
+      this.ws.send(PING);
+    }
+  }
+
+  /** A stream is opening on this link: the short heartbeat holds again from now. */
+  wake(): void {
+    this.checkAt = 0;
   }
 
   private end(reason: string): void {
@@ -199,6 +252,9 @@ export class Conn {
   private receive(data: string | Uint8Array): void {
     if (this.ended) return;
     this.lastRecv = Date.now();
+    // A probe is answered here, for every kind of peer; neither needs parsing.
+    if (data === PING) return this.ws.readyState === OPEN ? this.ws.send(PONG) : undefined;
+    if (data === PONG) return;
     const h = this.handlers!;
     this.guard(() => {
       if (typeof data === "string") {

@@ -171,12 +171,15 @@ export const Welcome = v.object({
   workspace: str(256),
   key_id: str(256),
   heartbeat_ms: int(100, 600_000),
+  /** For an agent: the silence after which the relay probes its link while nothing is open. */
+  idle_heartbeat_ms: opt(int(100, 3_600_000)),
   /** For an agent: its machine id, and the secret when it was just enrolled. */
   machine: opt(v.object({ id: str(64), secret: opt(str(256)) })),
   /** For a share link's page: what it may open. */
   share: opt(ShareGrant),
 });
-export const Ping = v.object({ t: v.literal("ping") });
+/** A probe; `re` marks the answer to one, which is not answered (see conn.ts). */
+export const Ping = v.object({ t: v.literal("ping"), re: opt(v.literal(true)) });
 export const Req = v.object({
   t: v.literal("req"),
   id: int(0, U32),

@@ -13,7 +13,7 @@
 import { errorBody, machineOffline, TetherError, usage } from "../common/errors.ts";
 import { TAG_BYTES } from "../protocol/e2e.ts";
 import type { Conn } from "../protocol/conn.ts";
-import { CLOSE_AUTH, CLOSE_REPLACED } from "../protocol/conn.ts";
+import { CLOSE_AUTH, CLOSE_REPLACED, IDLE_HEARTBEAT_MS } from "../protocol/conn.ts";
 import {
   CH_STDIN,
   CH_STDOUT,
@@ -248,6 +248,8 @@ export const DEFAULT_PRUNE_AFTER_MS = 7 * 86_400_000;
 export interface HubOptions {
   /** Forget machines offline longer than this; 0 keeps them for ever. */
   pruneAfterMs?: number;
+  /** Silence after which an agent's link with no stream is probed (IDLE_HEARTBEAT_MS). */
+  idleHeartbeatMs?: number;
 }
 
 export class Hub {
@@ -276,6 +278,11 @@ export class Hub {
     readonly opts: HubOptions = {},
   ) {}
 
+  /** What an agent's welcome says and its link uses: see IDLE_HEARTBEAT_MS. */
+  get idleHeartbeatMs(): number {
+    return this.opts.idleHeartbeatMs ?? IDLE_HEARTBEAT_MS;
+  }
+
   // ---- agents ----
 
   addAgent(link: AgentLink): void {
@@ -288,6 +295,7 @@ export class Hub {
       old.conn.close(CLOSE_REPLACED, "replaced by a new connection from the same machine");
     }
     this.agents.set(link.machineId, link);
+    link.conn.probeIdleAfter(this.idleHeartbeatMs, () => link.routes.size === 0);
     this.log(`agent online: ${link.info.name} (${link.machineId})`);
   }
 
@@ -706,6 +714,7 @@ export class Hub {
     };
     link.routes.set(msg.sid, route);
     up.routes.set(asid, route);
+    up.conn.wake();
     // The agent learns which key opened the stream from us, never from the client; the
     // relay holding the agent learns it, and the workspace, from us.
     const { machine, client_key: _forged, workspace: _ws, ...forward } = msg;

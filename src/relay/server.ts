@@ -55,6 +55,8 @@ export interface RelayOptions {
   tls?: { cert: string; key: string };
   /** Forget machines offline longer than this (default 7 days; 0 never). */
   pruneAfterMs?: number;
+  /** Silence after which an idle agent's link is probed (`--idle-heartbeat`, default 20 s). */
+  idleHeartbeatMs?: number;
   log?: (line: string) => void;
   /** The store to use; by default the SQLite database in dataDir. The relay closes it. */
   store?: Store;
@@ -94,6 +96,7 @@ export async function startRelay(opts: RelayOptions): Promise<Relay> {
   const metrics = new RelayMetrics();
   const hub = new Hub(timedStore(store, metrics.storeSeconds), log, {
     pruneAfterMs: opts.pruneAfterMs,
+    idleHeartbeatMs: opts.idleHeartbeatMs,
   });
   metrics.watch(hub);
   const tls = !!(opts.tlsCert && opts.tlsKey) || !!opts.tls;
@@ -636,7 +639,10 @@ async function hello(
     nextReq: 1,
     epoch,
   };
-  return { link, welcome: { ...welcome, machine } };
+  return {
+    link,
+    welcome: { ...welcome, idle_heartbeat_ms: hub.idleHeartbeatMs, machine },
+  };
 }
 
 /** Answers to /readyz are reused for a second: each one writes a probe file. */

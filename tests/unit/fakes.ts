@@ -26,6 +26,9 @@ export function fakeConn(): { conn: Conn; sent: Sent } {
       else sent.credits.push([f.channel, f.bytes]);
     },
     drain: () => Promise.resolve(),
+    // Heartbeats are Conn's own business (wire_test.ts).
+    probeIdleAfter() {},
+    wake() {},
     close(code = 1000, reason = "") {
       sent.closed.push([code, reason]);
     },

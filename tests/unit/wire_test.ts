@@ -117,24 +117,70 @@ function fakeSocket() {
   return { ws, sent };
 }
 
-Deno.test("conn: pings every heartbeat, and a silent peer is dead after deadAfterMs", async () => {
+const PING = '{"t":"ping"}';
+const PONG = '{"t":"ping","re":true}';
+const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test("conn: a probe is answered at once, an answer is not; the handlers see neither", () => {
   const { ws, sent } = fakeSocket();
-  const conn = new Conn(ws, { heartbeatMs: 20, deadAfterMs: 120, label: "peer" });
+  const conn = new Conn(ws, { heartbeatMs: 60_000 });
+  const seen: string[] = [];
+  conn.start({ onControl: (m) => seen.push(m.t), onFrame() {}, onClose() {} });
+  ws.onmessage!({ data: PING });
+  assert.deepEqual(sent, [PONG]);
+  ws.onmessage!({ data: PONG });
+  assert.deepEqual(sent, [PONG], "an answer is not answered");
+  // Another spelling of a ping is an ordinary message: counted as life, not answered.
+  ws.onmessage!({ data: '{ "t": "ping" }' });
+  assert.deepEqual(sent, [PONG]);
+  assert.deepEqual(seen, ["ping"]);
+  conn.close();
+});
+
+Deno.test("conn: a busy peer is never probed; a quiet one is; an unanswered probe ends it", async () => {
+  const { ws, sent } = fakeSocket();
+  const conn = new Conn(ws, { heartbeatMs: 40, deadAfterMs: 160, label: "peer" });
   const reason = new Promise<string>((resolve) =>
     conn.start({ onControl() {}, onFrame() {}, onClose: resolve })
   );
-  const t0 = Date.now();
-  // Keep talking for a while: alive, and pinging.
-  for (let i = 0; i < 8; i++) {
-    await new Promise((r) => setTimeout(r, 20));
-    ws.onmessage!({ data: '{"t":"ping"}' });
+  // Traffic more often than the heartbeat: no probe at all.
+  for (let i = 0; i < 10; i++) {
+    await tick(15);
+    ws.onmessage!({ data: '{"t":"exit","sid":1,"code":0}' });
+  }
+  assert.deepEqual(sent.filter((s) => s === PING), [], "no probe while the peer talks");
+  // Quiet, but answering: probed, and alive.
+  for (let i = 0; i < 4; i++) {
+    const n = sent.length;
+    while (sent.length === n) await tick(5);
+    assert.equal(sent.at(-1), PING);
+    ws.onmessage!({ data: PONG });
   }
   assert.ok(conn.isOpen);
-  assert.ok(sent.filter((s) => s === '{"t":"ping"}').length >= 3, sent.join());
-  // Then silence: closed as dead, with the reason.
-  assert.match(await reason, /no heartbeat from peer for 0\.12s/);
-  assert.ok(Date.now() - t0 >= 160 + 120 - 20);
+  // Then a probe nobody answers: closed as dead, with the reason.
+  const t0 = Date.now();
+  assert.match(await reason, /no heartbeat from peer for 0s/);
+  assert.ok(Date.now() - t0 >= 120 - 5, `closed after ${Date.now() - t0} ms`);
   assert.equal(ws.closed?.code, 4408);
+});
+
+Deno.test("conn: while idle, a link is probed only after the idle heartbeat", async () => {
+  const { ws, sent } = fakeSocket();
+  const conn = new Conn(ws, { heartbeatMs: 20, deadAfterMs: 80 });
+  let idle = true;
+  conn.probeIdleAfter(60_000, () => idle);
+  conn.start({ onControl() {}, onFrame() {}, onClose() {} });
+  await tick(150);
+  assert.deepEqual(sent, [], "no probe within the idle heartbeat");
+  assert.ok(conn.isOpen, "and no death either");
+  // A stream opens (the relay and the agent say so): the short heartbeat holds again at once.
+  idle = false;
+  conn.wake();
+  while (sent.length === 0) await tick(5);
+  assert.equal(sent[0], PING);
+  ws.onmessage!({ data: PONG });
+  assert.ok(conn.isOpen);
+  conn.close();
 });
 
 Deno.test("conn: a malformed message closes that connection with an error", async () => {
