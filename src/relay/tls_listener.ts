@@ -4,15 +4,19 @@
  * Deno's own `Deno.listenTls` accepts connections with Nagle's algorithm on and offers no
  * switch (`setNoDelay` is for TcpConn only), and a relay forwards many small frames: a
  * credit followed at once by data leaves the data waiting for the peer's delayed ACK, up to
- * 40 ms (issue 18 measured wss:// turns at p99 42.8 ms against 2.4 ms over ws://). Node's
- * `tls` module in Deno accepts on a TCP handle it can set the option on, so the relay's
- * wss:// listener is a node:tls server, and each socket is shown to the rest of the relay as
- * the small part of a Deno.Conn it uses (read, write, close, remoteAddr).
+ * 40 ms (issue 18 measured wss:// turns at p99 42.8 ms against 2.4 ms over ws://).
+ *
+ * On Linux, with FFI allowed, the option is set on Deno's listening socket, and every socket
+ * it accepts inherits it (tcp_nodelay.ts). Elsewhere the listener is a node:tls server, which
+ * can set it per socket, each shown to the rest of the relay as the small part of a Deno.Conn
+ * it uses (read, write, close, remoteAddr); it costs the relay more per connection (an idle
+ * agent's heartbeat ~25 µs of CPU per write against ~5 µs, and ~20 KiB more memory).
  */
 import { Buffer } from "node:buffer";
 import type tls from "node:tls";
 import type { ByteConn } from "../protocol/ws_socket.ts";
 import { NodeReader } from "../common/node_reader.ts";
+import { setListenerNoDelay } from "./tcp_nodelay.ts";
 
 /** How long a closed connection may take to flush what was written to it. */
 const CLOSE_GRACE_MS = 5_000;
@@ -91,10 +95,26 @@ export interface ListenerLike {
   close(): void;
 }
 
-/** Listens for TLS on hostname:port; rejects with Deno.errors.AddrInUse when taken. */
-export async function listenTlsNoDelay(
-  opts: { hostname: string; port: number; cert: string; key: string },
-): Promise<ListenerLike> {
+type TlsListenOptions = { hostname: string; port: number; cert: string; key: string };
+
+/**
+ * Listens for TLS on hostname:port, Deno's listener where TCP_NODELAY can be set on it and
+ * node:tls's otherwise; rejects with Deno.errors.AddrInUse when the port is taken.
+ */
+export async function listenTlsNoDelay(opts: TlsListenOptions): Promise<ListenerLike> {
+  return listenDenoTls(opts) ?? await listenNodeTls(opts);
+}
+
+/** Deno.listenTls with TCP_NODELAY on its socket, or undefined where that cannot be set. */
+export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined {
+  const l = Deno.listenTls(opts);
+  if (setListenerNoDelay(l.addr.port)) return l;
+  l.close();
+  return undefined;
+}
+
+/** A node:tls server, each socket with TCP_NODELAY. */
+export async function listenNodeTls(opts: TlsListenOptions): Promise<ListenerLike> {
   // Loaded here, not with the module: every command loads this bundle, few serve TLS.
   const { default: tls } = await import("node:tls");
   const waiting: ((c: ConnLike | Error) => void)[] = [];

@@ -1,19 +1,40 @@
 /**
- * The relay's wss:// listener (relay/tls_listener.ts): node:tls sockets seen as the part of
- * a Deno.Conn the relay uses. Bytes both ways in order under back-pressure, end of stream,
- * close, a taken port, and a client that never finishes its handshake hurting no one else.
+ * The relay's wss:// listener (relay/tls_listener.ts), both kinds: Deno's with TCP_NODELAY
+ * set on its socket (Linux), and node:tls sockets seen as the part of a Deno.Conn the relay
+ * uses. Bytes both ways in order under back-pressure, end of stream, close, a taken port, and
+ * (node:tls) a client that never finishes its handshake hurting no one else.
  */
 import assert from "node:assert/strict";
-import { listenTlsNoDelay } from "../../src/relay/tls_listener.ts";
+import {
+  listenDenoTls,
+  type ListenerLike,
+  listenNodeTls,
+  listenTlsNoDelay,
+} from "../../src/relay/tls_listener.ts";
+import { connectionNoDelay } from "../../src/relay/tcp_nodelay.ts";
 import { selfSignedTls } from "../../src/relay/tls_self_signed.ts";
 
+type Listen = (o: { hostname: string; port: number; cert: string; key: string }) => Promise<
+  ListenerLike
+>;
+const KINDS: [string, Listen][] = [
+  ["Deno.listenTls", async (o) => {
+    await Promise.resolve();
+    const l = listenDenoTls(o);
+    if (!l) throw new Error("TCP_NODELAY could not be set on Deno's TLS listener (Linux, FFI)");
+    return l;
+  }],
+  ["node:tls", listenNodeTls],
+];
+
 async function withListener(
-  fn: (l: Awaited<ReturnType<typeof listenTlsNoDelay>>, ca: string) => Promise<void>,
+  fn: (l: ListenerLike, ca: string) => Promise<void>,
+  listen: Listen = listenTlsNoDelay,
 ) {
   const dir = await Deno.makeTempDir();
   try {
     const tls = await selfSignedTls(dir, []);
-    const l = await listenTlsNoDelay({ hostname: "127.0.0.1", port: 0, ...tls });
+    const l = await listen({ hostname: "127.0.0.1", port: 0, ...tls });
     try {
       await fn(l, Deno.readTextFileSync(tls.caFile));
     } finally {
@@ -27,57 +48,90 @@ async function withListener(
 const dial = (port: number, ca: string) =>
   Deno.connectTls({ hostname: "127.0.0.1", port, caCerts: [ca] });
 
-Deno.test({
-  name: "tls listener: 8 MiB each way in order through small reads; the peer's close ends reading",
-  sanitizeResources: false,
-  sanitizeOps: false,
-  async fn() {
-    await withListener(async (l, ca) => {
-      const client = await dial(l.addr.port, ca);
-      const server = await l.accept();
-      assert.equal((server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.1");
-      const size = 8 * 1024 * 1024;
-      const data = crypto.getRandomValues(new Uint8Array(65536));
-      const pattern = (i: number) => data[i % data.length];
-      // Server echoes what it reads, with a small buffer (reads split chunks).
-      const echo = (async () => {
-        const buf = new Uint8Array(1000);
+for (const [kind, listen] of KINDS) {
+  Deno.test({
+    name:
+      `tls listener (${kind}): 8 MiB each way in order through small reads; the peer's close ends reading`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      await withListener(async (l, ca) => {
+        const client = await dial(l.addr.port, ca);
+        const server = await l.accept();
+        assert.equal((server.remoteAddr as Deno.NetAddr).hostname, "127.0.0.1");
+        const size = 8 * 1024 * 1024;
+        const data = crypto.getRandomValues(new Uint8Array(65536));
+        const pattern = (i: number) => data[i % data.length];
+        // Server echoes what it reads, with a small buffer (reads split chunks).
+        const echo = (async () => {
+          const buf = new Uint8Array(1000);
+          for (;;) {
+            const n = await server.read(buf);
+            if (n === null) return;
+            for (let off = 0; off < n;) off += await server.write(buf.subarray(off, n));
+          }
+        })();
+        const writer = (async () => {
+          for (let off = 0; off < size; off += data.length) {
+            for (let o = 0; o < data.length;) o += await client.write(data.subarray(o));
+          }
+        })();
+        let got = 0;
+        const buf = new Uint8Array(70_000);
         for (;;) {
-          const n = await server.read(buf);
-          if (n === null) return;
-          for (let off = 0; off < n;) off += await server.write(buf.subarray(off, n));
+          const n = await client.read(buf);
+          if (n === null) break;
+          for (let i = 0; i < n; i++) {
+            if (buf[i] !== pattern(got + i)) throw new Error(`byte ${got + i} differs`);
+          }
+          got += n;
+          if (got === size) break;
         }
-      })();
-      const writer = (async () => {
-        for (let off = 0; off < size; off += data.length) {
-          for (let o = 0; o < data.length;) o += await client.write(data.subarray(o));
-        }
-      })();
-      let got = 0;
-      const buf = new Uint8Array(70_000);
-      for (;;) {
-        const n = await client.read(buf);
-        if (n === null) break;
-        for (let i = 0; i < n; i++) {
-          if (buf[i] !== pattern(got + i)) throw new Error(`byte ${got + i} differs`);
-        }
-        got += n;
-        if (got === size) break;
-      }
-      assert.equal(got, size);
-      await writer;
-      // The client leaves: the server's reader sees the end.
-      client.close();
-      await echo;
-      server.close();
-      assert.throws(() => server.close(), Deno.errors.BadResource);
-      await assert.rejects(() => server.write(new Uint8Array(1)), Deno.errors.BrokenPipe);
-    });
-  },
-});
+        assert.equal(got, size);
+        await writer;
+        // The client leaves: the server's reader sees the end.
+        client.close();
+        await echo;
+        server.close();
+        assert.throws(() => server.close(), Deno.errors.BadResource);
+        await assert.rejects(
+          () => server.write(new Uint8Array(1)),
+          (e) => e instanceof Deno.errors.BrokenPipe || e instanceof Deno.errors.BadResource,
+        );
+      }, listen);
+    },
+  });
+
+  Deno.test({
+    name:
+      `tls listener (${kind}): accepted connections have TCP_NODELAY; a taken port is AddrInUse`,
+    sanitizeResources: false,
+    sanitizeOps: false,
+    async fn() {
+      await withListener(async (l, ca) => {
+        const client = await dial(l.addr.port, ca);
+        const server = await l.accept();
+        await client.write(new Uint8Array([1]));
+        assert.equal(await server.read(new Uint8Array(4)), 1);
+        const local = (client.localAddr as Deno.NetAddr).port;
+        assert.equal(connectionNoDelay(l.addr.port, local), true, "the relay's side");
+        const dir = await Deno.makeTempDir();
+        const tls = await selfSignedTls(dir, []);
+        await assert.rejects(
+          () => listen({ hostname: "127.0.0.1", port: l.addr.port, ...tls }),
+          Deno.errors.AddrInUse,
+        );
+        await Deno.remove(dir, { recursive: true });
+        client.close();
+        server.close();
+      }, listen);
+    },
+  });
+}
 
 Deno.test({
-  name: "tls listener: a taken port is AddrInUse; a stalled handshake does not hold up others",
+  name:
+    "tls listener (node:tls): a taken port is AddrInUse; a stalled handshake does not hold up others",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
@@ -85,7 +139,7 @@ Deno.test({
       const dir = await Deno.makeTempDir();
       const tls = await selfSignedTls(dir, []);
       await assert.rejects(
-        () => listenTlsNoDelay({ hostname: "127.0.0.1", port: l.addr.port, ...tls }),
+        () => listenNodeTls({ hostname: "127.0.0.1", port: l.addr.port, ...tls }),
         Deno.errors.AddrInUse,
       );
       await Deno.remove(dir, { recursive: true });
@@ -99,6 +153,6 @@ Deno.test({
       assert.equal(await server.read(buf), null);
       server.close();
       silent.close();
-    });
+    }, listenNodeTls);
   },
 });
