@@ -1,14 +1,19 @@
 /**
- * TCP_NODELAY for every connection a `Deno.listenTls` listener accepts, on Linux.
+ * What the relay needs of its TLS sockets that Deno does not offer, on Linux, through libc by
+ * FFI. The descriptor of a socket is found by its ports (getsockname, getpeername, and
+ * SO_ACCEPTCONN for a listener; Deno hides descriptors, and reading /proc/net would need every
+ * permission). Without FFI permission, on another system, or if any step fails, the functions
+ * say so and the caller uses its other listener (node:tls, which sets the option per socket and
+ * times out handshakes itself, but costs more CPU and memory per connection).
  *
- * Deno's TLS listener offers no switch for Nagle's algorithm (`setNoDelay` is for TcpConn
- * only), but Linux copies TCP_NODELAY from a listening socket to each socket accept() returns
- * (tests/unit/tls_listener_test.ts checks it on the accepted side). So the option is set once,
- * on the listener, through libc by FFI: its descriptor is the one of this process's that is a
- * listening socket bound to the port (getsockname, SO_ACCEPTCONN; Deno hides descriptors, and
- * reading /proc/net would need every permission). Without FFI permission, on another system,
- * or if any step fails, the caller gets `false` and uses its other listener (node:tls, which
- * sets the option per socket but costs more CPU and memory per connection).
+ * - TCP_NODELAY for every connection a `Deno.listenTls` listener accepts: Deno's TLS listener
+ *   offers no switch for Nagle's algorithm (`setNoDelay` is for TcpConn only), but Linux copies
+ *   TCP_NODELAY from a listening socket to each socket accept() returns
+ *   (tests/unit/tls_listener_test.ts checks it on the accepted side), so it is set once, on the
+ *   listener.
+ * - Ending a connection whose TLS handshake never finished: closing a Deno TlsConn waits for the
+ *   handshake (denoland/deno#14547), so a client that connects and says nothing would keep its
+ *   socket for ever; shutdown(2) on the socket ends the handshake, and Deno then lets it go.
  */
 
 const IPPROTO_TCP = 6;
@@ -17,8 +22,10 @@ const SOL_SOCKET = 1;
 const SO_ACCEPTCONN = 30;
 const AF_INET = 2;
 const AF_INET6 = 10;
-/** Descriptors looked at: a relay opens its listener among its first. */
-const MAX_FD = 4096;
+const SHUT_RDWR = 2;
+const F_GETFD = 1;
+/** Descriptors looked at (a relay holds one per agent; descriptors are numbered densely). */
+const MAX_FD = 1 << 20;
 const LIBC = ["libc.so.6", "libc.so"];
 
 const SYMBOLS = {
@@ -26,6 +33,8 @@ const SYMBOLS = {
   getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  fcntl: { parameters: ["i32", "i32"], result: "i32" },
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
@@ -33,14 +42,14 @@ type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
 /** Sets TCP_NODELAY on this process's socket listening on `port`; true once it is on. */
 export function setListenerNoDelay(port: number): boolean {
   return withLibc((lib) => {
-    const fds = sockets(
+    const fd = socket(
+      lib,
       (fd) =>
         portOf(lib, fd, "sock") === port && intOption(lib, fd, SOL_SOCKET, SO_ACCEPTCONN) === 1,
     );
-    return fds.length > 0 && fds.every((fd) => {
-      lib.symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, new Int32Array([1]), 4);
-      return intOption(lib, fd, IPPROTO_TCP, TCP_NODELAY) === 1;
-    });
+    if (fd === undefined) return false;
+    lib.symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, new Int32Array([1]), 4);
+    return intOption(lib, fd, IPPROTO_TCP, TCP_NODELAY) === 1;
   }) ?? false;
 }
 
@@ -50,11 +59,24 @@ export function setListenerNoDelay(port: number): boolean {
  */
 export function connectionNoDelay(localPort: number, remotePort: number): boolean | undefined {
   return withLibc((lib) => {
-    const fds = sockets(
-      (fd) => portOf(lib, fd, "sock") === localPort && portOf(lib, fd, "peer") === remotePort,
-    );
-    return fds.length === 1 ? intOption(lib, fds[0], IPPROTO_TCP, TCP_NODELAY) === 1 : undefined;
+    const fd = connection(lib, localPort, remotePort);
+    return fd === undefined ? undefined : intOption(lib, fd, IPPROTO_TCP, TCP_NODELAY) === 1;
   });
+}
+
+/** Shuts this process's connection from `localPort` to `remotePort` down; true if it did. */
+export function shutdownConnection(localPort: number, remotePort: number): boolean {
+  return withLibc((lib) => {
+    const fd = connection(lib, localPort, remotePort);
+    return fd !== undefined && lib.symbols.shutdown(fd, SHUT_RDWR) === 0;
+  }) ?? false;
+}
+
+function connection(lib: Libc, localPort: number, remotePort: number): number | undefined {
+  return socket(
+    lib,
+    (fd) => portOf(lib, fd, "sock") === localPort && portOf(lib, fd, "peer") === remotePort,
+  );
 }
 
 function withLibc<T>(fn: (lib: Libc) => T): T | undefined {
@@ -82,11 +104,17 @@ function withLibc<T>(fn: (lib: Libc) => T): T | undefined {
   return undefined;
 }
 
-/** This process's descriptors for which `match` holds. */
-function sockets(match: (fd: number) => boolean): number[] {
-  const fds: number[] = [];
-  for (let fd = 3; fd < MAX_FD; fd++) if (match(fd)) fds.push(fd);
-  return fds;
+/**
+ * The lowest of this process's descriptors for which `match` holds. Descriptors are handed
+ * out lowest first, so the search ends after a long run of closed ones.
+ */
+function socket(lib: Libc, match: (fd: number) => boolean): number | undefined {
+  for (let fd = 3, closed = 0; fd < MAX_FD && closed < 4096; fd++) {
+    if (lib.symbols.fcntl(fd, F_GETFD) === -1) closed++;
+    else if (match(fd)) return fd;
+    else closed = 0;
+  }
+  return undefined;
 }
 
 /** An int socket option, or undefined when `fd` is not a socket that has it. */

@@ -16,7 +16,7 @@ import { Buffer } from "node:buffer";
 import type tls from "node:tls";
 import type { ByteConn } from "../protocol/ws_socket.ts";
 import { NodeReader } from "../common/node_reader.ts";
-import { setListenerNoDelay } from "./tcp_nodelay.ts";
+import { setListenerNoDelay, shutdownConnection } from "./tcp_nodelay.ts";
 
 /** How long a closed connection may take to flush what was written to it. */
 const CLOSE_GRACE_MS = 5_000;
@@ -108,9 +108,45 @@ export async function listenTlsNoDelay(opts: TlsListenOptions): Promise<Listener
 /** Deno.listenTls with TCP_NODELAY on its socket, or undefined where that cannot be set. */
 export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined {
   const l = Deno.listenTls(opts);
-  if (setListenerNoDelay(l.addr.port)) return l;
-  l.close();
-  return undefined;
+  if (!setListenerNoDelay(l.addr.port)) {
+    l.close();
+    return undefined;
+  }
+  return {
+    addr: l.addr,
+    accept: async () => new DenoTlsConn(await l.accept(), l.addr.port),
+    close: () => l.close(),
+  };
+}
+
+/**
+ * A Deno TlsConn whose close also ends a handshake still under way: Deno's own close waits
+ * for it (tcp_nodelay.ts), so a client that connects and says nothing would keep its socket
+ * past the relay's head timeout, for as long as it likes.
+ */
+class DenoTlsConn implements ConnLike {
+  #handshaken = false;
+
+  constructor(readonly conn: Deno.TlsConn, readonly localPort: number) {
+    conn.handshake().then(() => this.#handshaken = true, () => {/* seen by read and write */});
+  }
+
+  get remoteAddr(): Deno.NetAddr {
+    return this.conn.remoteAddr;
+  }
+
+  read(p: Uint8Array): Promise<number | null> {
+    return this.conn.read(p);
+  }
+
+  write(p: Uint8Array): Promise<number> {
+    return this.conn.write(p);
+  }
+
+  close(): void {
+    this.conn.close();
+    if (!this.#handshaken) shutdownConnection(this.localPort, this.conn.remoteAddr.port);
+  }
 }
 
 /** A node:tls server, each socket with TCP_NODELAY. */

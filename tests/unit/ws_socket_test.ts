@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { connectWebSocket, UpgradeRefused } from "../../src/protocol/ws_client.ts";
 import type { WsSocket } from "../../src/protocol/ws_socket.ts";
 import { type HttpAnswer, type HttpRequest, serveHttp } from "../../src/relay/http.ts";
+import { selfSignedTls } from "../../src/relay/tls_self_signed.ts";
 
 interface Server {
   url: string;
@@ -389,5 +390,27 @@ Deno.test("ws: xorMask is the bytewise mask at every alignment and length", asyn
       xorMask(buf, shift + 4, shift + 4 + len, shift);
       assert.deepEqual(buf, want, `shift ${shift} len ${len}`);
     }
+  }
+});
+
+Deno.test("https: a connection that never starts its TLS handshake is dropped after the head timeout", async () => {
+  const dir = await Deno.makeTempDir();
+  const tls = await selfSignedTls(dir, []);
+  const srv = await serveHttp({
+    hostname: "127.0.0.1",
+    port: 0,
+    maxMessage: 1024,
+    headTimeoutMs: 300,
+    cert: tls.cert,
+    key: tls.key,
+    log: () => {},
+  }, () => ({ status: 404, body: "not found\n" }));
+  try {
+    const silent = await Deno.connect({ hostname: "127.0.0.1", port: srv.addr.port });
+    assert.equal((await readAll(silent)).length, 0, "closed, nothing said");
+    silent.close();
+  } finally {
+    await srv.shutdown();
+    await Deno.remove(dir, { recursive: true });
   }
 });
