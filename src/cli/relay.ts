@@ -40,7 +40,6 @@ function storeSpec(opts: { store?: string }): string | undefined {
   return opts.store || Deno.env.get("TETHER_STORE") || undefined;
 }
 
-/** The fleet secret from --fleet-secret-file, else TETHER_FLEET_SECRET; checked for length. */
 /** `--idle-heartbeat`: at least the heartbeat of a link in use, at most an hour. */
 function idleHeartbeat(text: string): number {
   const ms = parseDuration(text, "--idle-heartbeat");
@@ -50,6 +49,7 @@ function idleHeartbeat(text: string): number {
   return ms;
 }
 
+/** The fleet secret from --fleet-secret-file, else TETHER_FLEET_SECRET; checked for length. */
 function fleetSecret(file: string | undefined): string | undefined {
   let secret: string | undefined;
   if (file) {
@@ -91,8 +91,9 @@ export function registerRelay(program: Command, act: Act) {
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
     .option(
       "--idle-heartbeat <dur>",
-      "probe an agent with nothing open after this much silence (a silently vanished one is " +
-        "offline about 5 s later; with a stream open, 2 s)",
+      "probe an agent with nothing open after this much silence (one that vanished without " +
+        "closing its connection shows offline up to 6 s after that; with a stream open, " +
+        "within 6 s)",
       "20s",
     )
     .option(
