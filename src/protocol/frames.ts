@@ -42,17 +42,15 @@ export function encodeData(
   payload: Uint8Array,
 ): Uint8Array {
   const out = new Uint8Array(DATA_HEADER + payload.length);
-  const dv = new DataView(out.buffer);
-  dv.setUint8(0, FRAME_DATA);
-  dv.setUint8(1, channel);
-  dv.setUint32(4, sid, true);
-  dv.setUint32(8, Math.floor(offset / TWO32), true);
-  dv.setUint32(12, offset % TWO32, true);
+  writeDataHeader(out, 0, sid, channel, offset);
   out.set(payload, DATA_HEADER);
   return out;
 }
 
-/** Writes a DATA header into `out` at `at`, byte by byte (no view made). */
+/**
+ * Writes a DATA header into `out` at `at`, byte by byte (no view made): type, channel, two
+ * zero bytes, then sid, the offset's high and low 32 bits, each little-endian.
+ */
 export function writeDataHeader(
   out: Uint8Array,
   at: number,
@@ -92,13 +90,7 @@ export function dataFrameInPlace(
     payload.byteOffset - DATA_HEADER,
     DATA_HEADER + payload.length,
   );
-  const dv = new DataView(frame.buffer, frame.byteOffset, DATA_HEADER);
-  dv.setUint8(0, FRAME_DATA);
-  dv.setUint8(1, channel);
-  dv.setUint16(2, 0);
-  dv.setUint32(4, sid, true);
-  dv.setUint32(8, Math.floor(offset / TWO32), true);
-  dv.setUint32(12, offset % TWO32, true);
+  writeDataHeader(frame, 0, sid, channel, offset);
   return frame;
 }
 
