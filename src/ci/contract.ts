@@ -7,6 +7,12 @@
 
 /** Label every hold carries; `ci attach` waits only for machines that have it. */
 import { HOLD_LABEL, HOLD_LABEL_VALUE } from "../protocol/messages.ts";
+/**
+ * Default `if:` of the hold step `tether ci inject` adds; see inject.ts's module comment for
+ * why not `always()`.
+ */
+export const DEFAULT_HOLD_CONDITION = "${{ !cancelled() }}";
+
 export { HOLD_LABEL, HOLD_LABEL_VALUE };
 /** Label holding the continue file path, so `ci attach` can tell the user what to touch. */
 export const CONTINUE_FILE_LABEL = "continue_file";

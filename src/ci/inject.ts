@@ -51,12 +51,13 @@ import {
   type YAMLSeq,
 } from "yaml";
 import { TetherError } from "../common/errors.ts";
+import { DEFAULT_HOLD_CONDITION } from "./contract.ts";
+
+export { DEFAULT_HOLD_CONDITION };
 
 export const HOLD_STEP_NAME = "tether: hold for debugging";
 export const HOLD_STEP_RUN = "tether ci hold";
 export const HOLD_STEP_COMMENT = "added by tether ci inject; remove when done debugging";
-/** Default `if:` of the hold step; see the module comment for why not `always()`. */
-export const DEFAULT_HOLD_CONDITION = "${{ !cancelled() }}";
 /** The secrets the hold step passes to `tether ci hold`. */
 export const HOLD_STEP_ENV: Readonly<Record<string, string>> = {
   TETHER_RELAY: "${{ secrets.TETHER_RELAY }}",

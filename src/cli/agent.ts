@@ -1,7 +1,6 @@
 /** `tether agent run`: make this machine reachable through a relay. */
 import type { Command } from "@commander-js/extra-typings";
 import { resolve } from "node:path";
-import { Agent } from "../agent/agent.ts";
 import { parseAuthorizedKeys } from "../protocol/e2e_keys.ts";
 import { parseDuration } from "../common/duration.ts";
 import { usage } from "../common/errors.ts";
@@ -85,6 +84,8 @@ export function registerAgent(program: Command, act: Act) {
       const g = globals(cmd);
       const graceMs = parseDuration(opts.sessionGrace, "--session-grace");
       const relay = agentRelay(g, "agent", "pass --relay URL or set TETHER_RELAY");
+      // Imported here so that a client's start does not evaluate the agent (BENCHMARKS item 4).
+      const { Agent } = await import("../agent/agent.ts");
       const a = new Agent({
         insecure: g.insecure,
         relay,

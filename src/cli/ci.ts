@@ -8,7 +8,6 @@ import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { type Command, Option } from "@commander-js/extra-typings";
 import { ciIdentity } from "../ci/env.ts";
-import { runHold } from "../ci/hold.ts";
 import { processTerminal } from "../client/attach.ts";
 import {
   connectionInfo,
@@ -21,6 +20,7 @@ import {
   DEFAULT_ATTACH_WAIT,
   DEFAULT_CONNECT_TIMEOUT,
   DEFAULT_CONTINUE_FILE,
+  DEFAULT_HOLD_CONDITION,
   DEFAULT_SESSION_TTL,
   formatDuration,
   HOLD_ENDED_NOTICE,
@@ -28,12 +28,7 @@ import {
   type ReadyInfo,
   shellQuote,
 } from "../ci/contract.ts";
-import {
-  DEFAULT_HOLD_CONDITION,
-  injectHoldStep,
-  type InjectResult,
-  parseAfterStep,
-} from "../ci/inject.ts";
+import type { InjectResult } from "../ci/inject.ts";
 import { gone, waitForHold, type WaitProgress } from "../ci/wait.ts";
 import { type ClientConfig, dialTimeoutMs } from "../client/config.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
@@ -147,6 +142,8 @@ function registerHold(ci: Command, act: Act) {
       const id = ciIdentity((k) => Deno.env.get(k), hostname());
       const name = opts.name || id.name;
       const github = id.provider === "github";
+      // The hold (an agent) and inject (a YAML library) load only when used (BENCHMARKS item 4).
+      const { runHold } = await import("../ci/hold.ts");
       const outcome = await runHold({
         relay,
         enrollKey,
@@ -388,6 +385,7 @@ function registerInject(ci: Command, act: Act) {
     .addHelpText("after", INJECT_HELP)
     .action(act(async (workflow, opts, cmd) => {
       const g = globals(cmd);
+      const { injectHoldStep, parseAfterStep } = await import("../ci/inject.ts");
       const afterStep = parseAfterStep(opts.afterStep);
       let source: string;
       try {

@@ -4,15 +4,21 @@ import { join } from "node:path";
 import { formatAge, parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { defaultDataDir } from "../common/paths.ts";
-import { startRelay } from "../relay/server.ts";
 import type { Store } from "../relay/store.ts";
-import { openStore, storeLabel } from "../relay/open_store.ts";
 import { MIN_FLEET_SECRET } from "../relay/fleet.ts";
 import { relayBase } from "../protocol/dial.ts";
 import { HEARTBEAT_MS } from "../protocol/conn.ts";
 import { type Act, collect, globals, parseListen, untilSignal } from "./context.ts";
-import { selfSignedTls } from "../relay/tls_self_signed.ts";
 import { printJson, table } from "./output.ts";
+
+/**
+ * The relay's own modules (its server, its stores with their drivers, metrics, TLS) are
+ * imported when a relay command runs, so that a client's start does not evaluate them
+ * (docs/BENCHMARKS.md item 4). The specifiers are literals: `deno bundle` and
+ * `deno compile` still include the modules.
+ */
+const server = () => import("../relay/server.ts");
+const stores = () => import("../relay/open_store.ts");
 
 export const DEFAULT_LISTEN = "127.0.0.1:7420";
 
@@ -25,6 +31,7 @@ async function withStore<T>(
   opts: { dataDir?: string; store?: string },
   fn: (store: Store) => Promise<T>,
 ): Promise<T> {
+  const { openStore } = await stores();
   const store = await openStore(storeSpec(opts), opts.dataDir || defaultRelayDataDir());
   try {
     return await fn(store);
@@ -119,7 +126,7 @@ export function registerRelay(program: Command, act: Act) {
       const { hostname, port } = parseListen(opts.listen);
       const dataDir = opts.dataDir || defaultRelayDataDir();
       const self = opts.tlsSelfSigned
-        ? await selfSignedTls(dataDir, [
+        ? await (await import("../relay/tls_self_signed.ts")).selfSignedTls(dataDir, [
           ...(["0.0.0.0", "::", ""].includes(hostname) ? [] : [hostname]),
           ...opts.tlsName,
         ])
@@ -140,6 +147,7 @@ export function registerRelay(program: Command, act: Act) {
       if (opts.publicUrl && !/^(https?|wss?):\/\/[^/]+/.test(opts.publicUrl)) {
         throw usage(`invalid --public-url '${opts.publicUrl}'`, "e.g. https://relay.example.com");
       }
+      const [{ openStore, storeLabel }, { startRelay }] = await Promise.all([stores(), server()]);
       const store = await openStore(spec, dataDir);
       const r = await startRelay({
         hostname,

@@ -5,12 +5,10 @@
  */
 import type { Command } from "@commander-js/extra-typings";
 import { join } from "node:path";
-import { Agent } from "../agent/agent.ts";
 import { IDENTITY_FILE, loadIdentity } from "../agent/identity.ts";
 import { configDir, readStoredConfig, writeStoredConfig } from "../client/config.ts";
 import { defaultDataDir } from "../common/paths.ts";
 import { parseKey } from "../protocol/keys.ts";
-import { startRelay } from "../relay/server.ts";
 import type { Store } from "../relay/store.ts";
 import { type Act, globals, parseListen, untilSignal } from "./context.ts";
 import { DEFAULT_LISTEN } from "./relay.ts";
@@ -29,6 +27,10 @@ export function registerUp(program: Command, act: Act) {
       const dataDir = opts.dataDir || defaultDataDir();
       const stateDir = join(dataDir, "agent");
       const { hostname, port } = parseListen(opts.listen);
+      const [{ startRelay }, { Agent }] = await Promise.all([
+        import("../relay/server.ts"),
+        import("../agent/agent.ts"),
+      ]);
       const relay = await startRelay({ hostname, port, dataDir: join(dataDir, "relay") });
       await relay.store.ensureWorkspace(WORKSPACE);
 

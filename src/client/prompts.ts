@@ -1,7 +1,7 @@
 /**
  * Prompts (gated by prompt_gate.ts: only on a terminal): the machine picker, confirm,
  * password and text input. They render on stderr (stdout stays clean for
- * data) and read stdin, through @inquirer/core and @inquirer/prompts.
+ * data) and read stdin, through @inquirer/core and @inquirer/{confirm,input,password}.
  *
  * Every prompt passes the gate in prompt_gate.ts first (re-exported here): it
  * runs only when stdin and stderr are terminals and neither `--no-interactive`
@@ -17,11 +17,11 @@
 import process from "node:process";
 import { Writable } from "node:stream";
 import { createPrompt, type KeypressEvent, useKeypress, useState } from "@inquirer/core";
-import {
-  confirm as inquirerConfirm,
-  input as inquirerInput,
-  password as inquirerPassword,
-} from "@inquirer/prompts";
+// The three prompts by their own packages: @inquirer/prompts also brings the editor prompt,
+// whose encoding tables tripled the size of the bundle every command loads.
+import inquirerConfirm from "@inquirer/confirm";
+import inquirerInput from "@inquirer/input";
+import inquirerPassword from "@inquirer/password";
 import { TetherError } from "../common/errors.ts";
 import { candidates } from "./resolve.ts";
 import type { MachineView } from "./relay_client.ts";
