@@ -31,6 +31,33 @@ Deno.test("exit codes: the remote code, 128+n for a signal, separate stdout and 
   assert.match(missing.stderr, /no-such-command-xyz/);
 });
 
+Deno.test("the command leads its own session and process group, under its own argv[0]", async () => {
+  await using w = await worldWithAgent();
+  // /proc/PID/stat: pid (comm) state ppid pgrp session …; exec replaces sh, so $$ is the
+  // pid the agent spawned.
+  const r = await w.tether(["exec", "box", "--", "sh", "-c", "exec cat /proc/$$/stat"]);
+  assert.equal(r.code, 0, r.stderr);
+  const [pid, comm, , , pgrp, session] = r.stdout.split(" ");
+  assert.equal(comm, "(cat)");
+  assert.equal(pgrp, pid, "leads its process group");
+  assert.equal(session, pid, "leads its session");
+  const argv0 = await w.tether(["exec", "box", "--", "sh", "-c", 'echo "$0"']);
+  assert.equal(argv0.stdout, "sh\n");
+  // A file that is there but cannot be executed: 126, as a shell says.
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(`${dir}/script`, "#!/bin/sh\necho no\n", { mode: 0o644 });
+    const denied = await w.tether(["exec", "box", "--cwd", dir, "--", "./script"]);
+    assert.equal(denied.code, 126);
+    assert.match(denied.stderr, /\.\/script: Permission denied/);
+    await Deno.chmod(`${dir}/script`, 0o755);
+    const ok = await w.tether(["exec", "box", "--cwd", dir, "--", "./script"]);
+    assert.equal(ok.stdout, "no\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("stdin is forwarded; EOF half-closes while output continues; -n gives /dev/null", async () => {
   await using w = await worldWithAgent();
   const r = await w.tether(["exec", "box", "--", "sh", "-c", "cat; echo after-eof"], {

@@ -34,7 +34,7 @@ import type { Control, Open, SessionInfo, WireError } from "../protocol/messages
 import { isSignalName } from "../common/signals.ts";
 import { writePrivate } from "../common/files.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
-import { endGroup, killGroup } from "./process_group.ts";
+import { endGroup, killGroup, NotRunnable, spawnInSession } from "./process_group.ts";
 import { findByPrefix, newShortId } from "./short_id.ts";
 
 /** Default of `agent run --exec-retention`. */
@@ -333,16 +333,16 @@ export class Exec {
     const problem = cwdProblem(open.cwd);
     if (problem) return this.failStart(problem.message, problem.code);
     try {
-      this.child = new Deno.Command(this.argv[0], {
-        args: this.argv.slice(1),
+      // Its own session and process group: one signal reaches all of it.
+      this.child = spawnInSession(this.argv, {
         cwd: open.cwd,
         env: open.env,
         stdin: open.stdin ? "piped" : "null",
         stdout: "piped",
         stderr: "piped",
-        detached: true, // its own session and process group: one signal reaches all of it
-      }).spawn();
+      });
     } catch (e) {
+      if (e instanceof NotRunnable) return this.failStart(e.message, e.code);
       const denied = e instanceof Deno.errors.PermissionDenied;
       return this.failStart(`${this.argv[0]}: ${(e as Error).message}`, denied ? 126 : 127);
     }
