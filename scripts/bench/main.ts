@@ -12,7 +12,7 @@
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { attachReady, execTrue, turnLatency } from "./interactive.ts";
+import { attachReady, execTrue, keystrokeEcho, turnLatency } from "./interactive.ts";
 import { idleAgents } from "./idle.ts";
 import { awkArgv, initClock, log, ROOT, stopAll } from "./lib.ts";
 import { INSTALL_HINT, Sshd } from "./openssh.ts";
@@ -38,6 +38,7 @@ const ITEMS: { n: number; name: string; fn: (ctx: Ctx) => Promise<ItemResult> }[
   { n: 5, name: "connect attach-to-ready", fn: attachReady },
   { n: 6, name: "relay memory with idle agents", fn: idleAgents },
   { n: 7, name: "slow reader", fn: slowReader },
+  { n: 8, name: "keystroke to echo", fn: keystrokeEcho },
 ];
 
 const USAGE = `usage: deno task bench [--quick] [--only 1,2,…] [--out FILE | --no-write] [--no-ssh]
@@ -77,11 +78,13 @@ async function main(): Promise<number> {
   const loadAtStart = await loadAverage();
   const tmp = await Deno.makeTempDir({ prefix: "tether-bench-" });
   let world: TetherWorld | undefined;
+  let tlsWorld: TetherWorld | undefined;
   let sshd: Sshd | undefined;
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
     cleaning ??= (async () => {
       await world?.dispose().catch(() => {});
+      await tlsWorld?.dispose().catch(() => {});
       await sshd?.stop().catch(() => {});
       await stopAll();
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
@@ -120,9 +123,19 @@ async function main(): Promise<number> {
       info.sshAlgorithms = "—";
     }
 
-    log("starting a relay and an agent");
+    log("starting a relay and an agent, and another pair over wss://");
     world = await TetherWorld.create(bundle, tmp, true);
-    const ctx: Ctx = { quick, tmp, bundle, world, sshd, sshSkipped, awk: await awkArgv() };
+    tlsWorld = await TetherWorld.create(bundle, tmp, true, [], {}, true);
+    const ctx: Ctx = {
+      quick,
+      tmp,
+      bundle,
+      world,
+      tlsWorld,
+      sshd,
+      sshSkipped,
+      awk: await awkArgv(),
+    };
 
     const results: ItemResult[] = [];
     for (const item of ITEMS) {

@@ -9,8 +9,10 @@ export interface Ctx {
   tmp: string;
   /** The CLI bundle under test. */
   bundle: string;
-  /** A relay and an agent `bench`, shared by items 1–5. */
+  /** A relay and an agent `bench`, shared by items 1–5 and 8. */
   world: TetherWorld;
+  /** The same over wss:// (`relay serve --tls-self-signed`), for items 1–3 and 8. */
+  tlsWorld?: TetherWorld;
   sshd?: Sshd;
   /** Why there is no OpenSSH comparison, when there is none. */
   sshSkipped?: string;

@@ -13,19 +13,15 @@
  */
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { type Turns, turns } from "./interactive.ts";
 import {
-  awkArgv,
-  descendants,
-  fmtMs,
-  log,
-  median,
-  output,
-  percentile,
-  Proc,
-  ROOT,
-  stopAll,
-} from "./lib.ts";
+  Chain,
+  interleavedTurns,
+  sshPath,
+  tetherPath,
+  type TurnPath,
+  type Turns,
+} from "./interactive.ts";
+import { awkArgv, fmtMs, log, median, output, percentile, ROOT, stopAll } from "./lib.ts";
 import { Sshd } from "./openssh.ts";
 import { bundleUnderTest, TetherWorld } from "./tether.ts";
 import { withSection } from "./report.ts";
@@ -62,7 +58,7 @@ async function main(): Promise<number> {
   const load0 = (await output(["cat", "/proc/loadavg"]))?.split(" ").slice(0, 3).join(" ");
   const worlds: TetherWorld[] = [];
   let sshd: Sshd | undefined;
-  let chain: { relay: Proc; agent: Proc; port: number } | undefined;
+  let chain: Chain | undefined;
   try {
     const bundle = await bundleUnderTest(values.bundle, tmp);
     const make = async (tls: boolean) => {
@@ -71,89 +67,25 @@ async function main(): Promise<number> {
       await w.startAgent(flags("agent"));
       return w;
     };
-    const ws = only.has("ws") ? await make(false) : undefined;
-    const wss = only.has("wss") ? await make(true) : undefined;
+    const paths: TurnPath[] = [];
+    if (only.has("ws")) {
+      paths.push(tetherPath("tether ws://", await make(false), awk, flags("client")));
+    }
+    if (only.has("wss")) {
+      paths.push(tetherPath("tether wss://", await make(true), awk, flags("client")));
+    }
     if (only.has("chain")) {
-      const script = join(ROOT, "scripts", "bench", "chain.ts");
-      const deno = (
-        role: string,
-      ) => [Deno.execPath(), "run", "-A", ...flags("chain"), script, role];
-      const relay = new Proc(deno("relay"));
-      const port = Number((await relay.waitFor(/listening (\d+)/, "stdout", 30_000))[1]);
-      const agent = new Proc([...deno("agent"), String(port), "--", ...awk]);
-      chain = { relay, agent, port };
+      chain = await Chain.start(awk, flags("chain"));
+      paths.push(chain.path());
     }
     if (only.has("ssh")) {
       const s = await Sshd.start(tmp);
       if (!(s instanceof Sshd)) throw new Error(s.skipped);
       sshd = s;
+      paths.push(sshPath(s, awk));
     }
-    const variants: Variant[] = [];
-    const add = (name: string) => {
-      const v = { name, runs: [] as Turns[] };
-      variants.push(v);
-      return v;
-    };
-    const steps: { v: Variant; once: () => Promise<Turns> }[] = [];
-    for (const [name, w] of [["tether ws://", ws], ["tether wss://", wss]] as const) {
-      if (!w) continue;
-      const v = add(name);
-      steps.push({
-        v,
-        once: () =>
-          turns(w.exec(awk, ["--stream"], flags("client")), w.env(), n, warm, async (c) => [
-            { label: "client", pids: [c] },
-            { label: "relay", pids: [w.relay!.pid] },
-            { label: "agent", pids: [w.agent!.pid] },
-            { label: "awk", pids: await descendants(w.agent!.pid, "awk") },
-          ]),
-      });
-    }
-    if (chain) {
-      const c = chain;
-      const v = add("Deno chain (TCP)");
-      const script = join(ROOT, "scripts", "bench", "chain.ts");
-      steps.push({
-        v,
-        once: () =>
-          turns(
-            [Deno.execPath(), "run", "-A", ...flags("chain"), script, "client", String(c.port)],
-            undefined,
-            n,
-            warm,
-            async (client) => [
-              { label: "client", pids: [client] },
-              { label: "relay", pids: [c.relay.pid] },
-              { label: "agent", pids: [c.agent.pid] },
-              { label: "awk", pids: await descendants(c.agent.pid, "awk") },
-            ],
-          ),
-      });
-    }
-    if (sshd) {
-      const s = sshd;
-      const v = add("OpenSSH");
-      steps.push({
-        v,
-        once: () =>
-          turns(s.argv(awk), undefined, n, warm, async (client) => [
-            { label: "ssh", pids: [client] },
-            { label: "sshd", pids: await s.sessionPids("sshd") },
-            { label: "awk", pids: await s.sessionPids("awk") },
-          ]),
-      });
-    }
-    for (let r = 1; r <= runs; r++) {
-      for (const step of steps) {
-        const t = await step.once();
-        step.v.runs.push(t);
-        log(
-          `run ${r}/${runs} ${step.v.name}: p50 ${fmtMs(percentile(t.times, 50))}, p99 ${
-            fmtMs(percentile(t.times, 99))
-          }`,
-        );
-      }
-    }
+    const byPath = await interleavedTurns(paths, runs, n, warm);
+    const variants: Variant[] = paths.map((p) => ({ name: p.name, runs: byPath.get(p.name)! }));
     const table = report(variants, { n, runs, st: [...st] });
     console.log(table);
     if (values.write) {
@@ -180,6 +112,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     for (const w of worlds) await w.dispose().catch(() => {});
+    await chain?.stop().catch(() => {});
     await sshd?.stop().catch(() => {});
     await stopAll();
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
