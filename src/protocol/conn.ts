@@ -24,7 +24,6 @@ export const DEAD_AFTER_MS = 6_000;
  */
 export const IDLE_HEARTBEAT_MS = 20_000;
 /** How often an idle link not yet due is looked at (its buffers trimmed). */
-const IDLE_CHECK_MS = 4_000;
 /** A sender waits while more than this is queued in its WebSocket. */
 export const SEND_HIGH_WATER = 4 * 1024 * 1024;
 
@@ -75,27 +74,71 @@ export interface ConnOptions {
 /**
  * One timer for all the connections of a process that share a period: a relay holds
  * thousands of idle agents, and a timer each cost more than the heartbeat work itself.
+ * A connection with nothing to do for a while (an idle agent's link between probes) sleeps
+ * in the bucket of the tick it is due at, so each tick looks only at the connections that
+ * are awake and the one bucket that falls due.
  */
 class Ticker {
-  private readonly conns = new Set<Conn>();
+  private readonly awake = new Set<Conn>();
+  private readonly sleeping = new Map<number, Set<Conn>>();
+  /** The bucket each sleeping connection is in. */
+  private readonly slotOf = new Map<Conn, number>();
+  private tickNo = 0;
   private timer?: ReturnType<typeof setInterval>;
 
   constructor(private readonly periodMs: number) {}
 
   add(c: Conn): void {
-    this.conns.add(c);
-    this.timer ??= setInterval(() => {
-      const now = Date.now();
-      for (const conn of this.conns) conn.tick(now);
-    }, this.periodMs);
+    this.awake.add(c);
+    this.timer ??= setInterval(() => this.tick(), this.periodMs);
   }
 
   delete(c: Conn): void {
-    this.conns.delete(c);
-    if (this.conns.size === 0 && this.timer !== undefined) {
+    this.awake.delete(c);
+    this.wakeOnly(c);
+    if (this.awake.size === 0 && this.slotOf.size === 0 && this.timer !== undefined) {
       clearInterval(this.timer);
       this.timer = undefined;
     }
+  }
+
+  /** `c` has nothing to do before `until` (ms since the epoch): not ticked till then. */
+  sleep(c: Conn, until: number, now: number): void {
+    const slot = this.tickNo + Math.max(1, Math.floor((until - now) / this.periodMs));
+    this.wakeOnly(c);
+    this.awake.delete(c);
+    let bucket = this.sleeping.get(slot);
+    if (!bucket) this.sleeping.set(slot, bucket = new Set());
+    bucket.add(c);
+    this.slotOf.set(c, slot);
+  }
+
+  /** `c` is ticked again from the next tick on. */
+  wake(c: Conn): void {
+    if (this.wakeOnly(c)) this.awake.add(c);
+  }
+
+  private wakeOnly(c: Conn): boolean {
+    const slot = this.slotOf.get(c);
+    if (slot === undefined) return false;
+    this.slotOf.delete(c);
+    const bucket = this.sleeping.get(slot)!;
+    bucket.delete(c);
+    if (bucket.size === 0) this.sleeping.delete(slot);
+    return true;
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    const due = this.sleeping.get(++this.tickNo);
+    if (due) {
+      this.sleeping.delete(this.tickNo);
+      for (const c of due) {
+        this.slotOf.delete(c);
+        this.awake.add(c);
+      }
+    }
+    for (const conn of this.awake) conn.tick(now);
   }
 }
 
@@ -123,13 +166,12 @@ export class Conn {
   private lastRecv = Date.now();
   /** When the unanswered probe went out, if one is out. */
   private probeAt?: number;
-  /** Ticks before this time have nothing to do (an idle link not yet due). */
-  private checkAt = 0;
   private ended = false;
   private readonly heartbeatMs: number;
   private readonly deadAfterMs: number;
   private readonly maxControl: number;
   private idle?: { heartbeatMs: number; when: () => boolean };
+  private readonly ticker: Ticker;
 
   constructor(ws: WsLike, opts: ConnOptions = {}) {
     this.ws = ws;
@@ -137,6 +179,8 @@ export class Conn {
     this.heartbeatMs = opts.heartbeatMs ?? HEARTBEAT_MS;
     this.deadAfterMs = opts.deadAfterMs ?? DEAD_AFTER_MS;
     this.maxControl = opts.maxControl ?? MAX_CONTROL_MESSAGE;
+    // Looked at twice per heartbeat, so a probe goes out soon after HEARTBEAT_MS of silence.
+    this.ticker = tickerFor(this.heartbeatMs / 2);
   }
 
   /**
@@ -162,8 +206,7 @@ export class Conn {
     this.lastRecv = Date.now();
     this.ws.onmessage = (ev) => this.receive(ev.data);
     this.ws.onclose = (ev) => this.end(ev.reason || `closed (${ev.code})`);
-    // Look twice per heartbeat, so a probe goes out soon after HEARTBEAT_MS of silence.
-    tickerFor(this.heartbeatMs / 2).add(this);
+    this.ticker.add(this);
   }
 
   send(msg: Control): void {
@@ -211,11 +254,10 @@ export class Conn {
   }
 
   /**
-   * Called by its Ticker twice per heartbeat. A link that is idle and not yet due is looked
-   * at again only every few seconds: a relay holds thousands of them.
+   * Called by its Ticker twice per heartbeat. A link that is idle and not yet due sleeps in
+   * its Ticker until its probe is due: a relay holds thousands of them.
    */
   tick(now = Date.now()): void {
-    if (now < this.checkAt) return;
     this.ws.trim();
     if (this.probeAt !== undefined) {
       if (this.lastRecv >= this.probeAt) this.probeAt = undefined;
@@ -228,8 +270,7 @@ export class Conn {
     const quiet = now - this.lastRecv;
     if (quiet < this.heartbeatMs) return;
     if (this.idle && quiet < this.idle.heartbeatMs && this.idle.when()) {
-      this.checkAt = Math.min(this.lastRecv + this.idle.heartbeatMs, now + IDLE_CHECK_MS);
-      return;
+      return this.ticker.sleep(this, this.lastRecv + this.idle.heartbeatMs, now);
     }
     if (this.ws.readyState === OPEN) {
       this.probeAt = now;
@@ -239,13 +280,13 @@ export class Conn {
 
   /** A stream is opening on this link: the short heartbeat holds again from now. */
   wake(): void {
-    this.checkAt = 0;
+    this.ticker.wake(this);
   }
 
   private end(reason: string): void {
     if (this.ended) return;
     this.ended = true;
-    tickerFor(this.heartbeatMs / 2).delete(this);
+    this.ticker.delete(this);
     this.handlers?.onClose(reason);
   }
 

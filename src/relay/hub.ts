@@ -1034,22 +1034,24 @@ export class Hub {
     const pruneAfter = this.opts.pruneAfterMs ?? DEFAULT_PRUNE_AFTER_MS;
     const every = pruneAfter > 0 ? Math.min(PRUNE_EVERY_MS, pruneAfter) : PRUNE_EVERY_MS;
     if (Date.now() - this.lastPrune >= every) await this.prune();
-    const links: { conn: Conn; principal: Principal }[] = [
-      ...this.agents.values(),
-      ...[...this.clients].filter((c) => !c.peer),
-    ];
-    const resumable = [...this.shareResumes.values()].map((r) => SHARE_KEY_PREFIX + r.id);
+    // One pass over the links, no arrays of them: a relay at rest holds tens of thousands of
+    // agents, most enrolled by the same few keys, and sweeps every 2 s.
+    const keyIds = new Set<string>();
+    for (const a of this.agents.values()) keyIds.add(a.principal.keyId);
+    for (const c of this.clients) if (!c.peer) keyIds.add(c.principal.keyId);
+    for (const r of this.shareResumes.values()) keyIds.add(SHARE_KEY_PREFIX + r.id);
     let revoked: Set<string>;
     try {
-      revoked = new Set(
-        await this.store.revokedAmong([
-          ...new Set([...links.map((l) => l.principal.keyId), ...resumable]),
-        ]),
-      );
+      revoked = new Set(await this.store.revokedAmong([...keyIds]));
     } catch (e) {
       return this.log(`cannot check revoked keys: ${(e as Error).message}`);
     }
     this.forgetShareResumes((id) => revoked.has(SHARE_KEY_PREFIX + id));
+    if (revoked.size === 0) return;
+    const links: { conn: Conn; principal: Principal }[] = [
+      ...this.agents.values(),
+      ...[...this.clients].filter((c) => !c.peer),
+    ];
     for (const l of links) {
       if (!revoked.has(l.principal.keyId)) continue;
       l.conn.fail(

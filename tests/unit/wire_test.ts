@@ -183,6 +183,28 @@ Deno.test("conn: while idle, a link is probed only after the idle heartbeat", as
   conn.close();
 });
 
+Deno.test("conn: an idle link sleeps in its ticker until its probe is due, then is probed", async () => {
+  const { ws, sent } = fakeSocket();
+  let ticks = 0;
+  ws.trim = () => void ticks++; // called once per tick of the connection
+  const conn = new Conn(ws, { heartbeatMs: 20, deadAfterMs: 80 });
+  conn.probeIdleAfter(300, () => true);
+  const t0 = Date.now();
+  const reason = new Promise<string>((resolve) =>
+    conn.start({ onControl() {}, onFrame() {}, onClose: resolve })
+  );
+  await tick(200);
+  // Ticked every 10 ms until 20 ms of silence, then asleep until the idle heartbeat is due.
+  assert.ok(ticks <= 5, `ticked ${ticks} times while idle`);
+  assert.deepEqual(sent, []);
+  while (sent.length === 0) await tick(5);
+  assert.equal(sent[0], PING);
+  assert.ok(Date.now() - t0 >= 290, `probed after ${Date.now() - t0} ms`);
+  // Unanswered: dead after the rest of the dead time, as a busy link would be.
+  assert.match(await reason, /no heartbeat from peer/);
+  assert.equal(ws.closed?.code, 4408);
+});
+
 Deno.test("conn: a malformed message closes that connection with an error", async () => {
   const { ws, sent } = fakeSocket();
   const conn = new Conn(ws, { heartbeatMs: 1000 });
