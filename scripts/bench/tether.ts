@@ -91,6 +91,8 @@ export class TetherWorld {
     serverEnv: Record<string, string> = {},
     /** Serve wss:// with a private CA made for the run (clients and agents get its file). */
     tls = false,
+    /** More `relay serve` options (e.g. --idle-heartbeat). */
+    relayArgs: string[] = [],
   ): Promise<TetherWorld> {
     const w = new TetherWorld(bundle, await Deno.makeTempDir({ dir: parent, prefix: "tether-" }));
     w.serverFlags = serverFlags;
@@ -111,6 +113,7 @@ export class TetherWorld {
             "--data-dir",
             w.relayDir,
             ...(tls ? ["--tls-self-signed"] : []),
+            ...relayArgs,
           ],
           serverFlags,
         ),
