@@ -20,7 +20,7 @@ import {
 } from "./lib.ts";
 import { join } from "node:path";
 import type { Sshd } from "./openssh.ts";
-import { type Ctx, type ItemResult, ratio, type Row, verdict } from "./report.ts";
+import { type Ctx, type ItemResult, pairedRatio, ratio, type Row, verdict } from "./report.ts";
 import type { TetherWorld } from "./tether.ts";
 
 const dec = () => new TextDecoder();
@@ -233,25 +233,26 @@ export async function turnLatency(ctx: Ctx): Promise<ItemResult> {
     rs.map((r) => `${fmtMs(percentile(r.times, 50))} / ${fmtMs(percentile(r.times, 99))}`).join(
       ", ",
     );
-  const s50 = med(ssh, 50), s99 = med(ssh, 99);
   const row = (
     key: string,
     figure: string,
     rs: Turns[],
     p: number,
-    base: number | undefined,
+    baseRuns: Turns[],
     limit: number,
     against = "OpenSSH",
   ): Row => {
-    const t = med(rs, p);
+    const t = med(rs, p), base = med(baseRuns, p);
+    const at = (xs: Turns[]) => xs.map((r) => percentile(r.times, p));
+    const r = pairedRatio(at(rs), at(baseRuns));
     return {
       key,
       figure,
       tether: t === undefined ? "skipped" : fmtMs(t),
       ssh: base !== undefined ? fmtMs(base) : "skipped",
-      ratio: ratio(t, base),
+      ratio: ratio(r, 1),
       target: `≤ ${limit}× ${against} (issue 18)`,
-      verdict: t === undefined || base === undefined ? "skipped" : verdict(t <= limit * base),
+      verdict: r === undefined ? "skipped" : verdict(r <= limit),
       raw: rs.length ? { runs: rs.map((r) => summary(r.times)), cpu_us: cpuOf(rs) } : undefined,
     };
   };
@@ -268,18 +269,18 @@ export async function turnLatency(ctx: Ctx): Promise<ItemResult> {
         `turn latency p50: ${n} line round trips, \`exec --stream\` to awk`,
         ws,
         50,
-        s50,
+        ssh,
         1.5,
       ),
-      row("3 p99", "turn latency p99", ws, 99, s99, 3),
-      row("3 wss p50", "turn latency p50 over wss://", wss, 50, s50, 1.8),
-      row("3 wss p99", "turn latency p99 over wss://", wss, 99, s99, 3),
+      row("3 p99", "turn latency p99", ws, 99, ssh, 3),
+      row("3 wss p50", "turn latency p50 over wss://", wss, 50, ssh, 1.8),
+      row("3 wss p99", "turn latency p99 over wss://", wss, 99, ssh, 3),
       row(
         "3 chain",
         "turn latency p50 against the minimal Deno chain (its p50 in the OpenSSH column)",
         ws,
         50,
-        med(deno, 50),
+        deno,
         1,
         "the chain",
       ),
@@ -296,7 +297,7 @@ export async function turnLatency(ctx: Ctx): Promise<ItemResult> {
       `stdin and times until that line is back on its stdout; ${n} turns after ${warm} ` +
       `unrecorded ones per run, ${runs} run${runs > 1 ? "s" : ""} of each path, interleaved, ` +
       "each in a new client process; the table gives the median over runs of each run's " +
-      "percentile. CPU per turn: utime+stime of every thread, from /proc/PID/stat over the " +
+      "percentile, and the ratio is the median of each run's ratio to the run beside it. CPU per turn: utime+stime of every thread, from /proc/PID/stat over the " +
       `recorded turns, median over runs (10 ms clock ticks, so ±${(10_000 / n).toFixed(0)} µs).`,
       pathLine("tether ws://", ws),
       pathLine("tether wss://", wss),
@@ -378,16 +379,16 @@ export async function execTrue(ctx: Ctx): Promise<ItemResult> {
       figure: "whole-command time of `exec -- true` (process start to exit)",
       tether: fmtMs(tm),
       ssh: sm === undefined ? "skipped" : fmtMs(sm),
-      ratio: ratio(tm, sm),
+      ratio: ratio(pairedRatio(t, s), 1),
       target: "≤ 0.5× OpenSSH (issue 18)",
-      verdict: sm === undefined ? "skipped" : verdict(tm <= 0.5 * sm),
+      verdict: sm === undefined ? "skipped" : verdict(pairedRatio(t, s)! <= 0.5),
       raw: { tether_ms: t, floor_ms: f, ssh_ms: s },
     }, {
       key: "4 floor",
       figure: "the runtime's floor: a bundle that loads only commander and node:crypto, then exits",
       tether: fmtMs(fm),
       ssh: sm === undefined ? "skipped" : fmtMs(sm),
-      ratio: ratio(fm, sm),
+      ratio: ratio(pairedRatio(f, s), 1),
       target: "",
       verdict: "n/a",
     }],
@@ -411,6 +412,15 @@ export async function execTrue(ctx: Ctx): Promise<ItemResult> {
   };
 }
 
+/** `cmdline` on a PTY of util-linux `script`, as in a person's terminal; its stdin piped. */
+function onPty(cmdline: string, env: Record<string, string>): Proc {
+  return new Proc(["script", "-qfc", cmdline, "/dev/null"], {
+    env: { ...env, TERM: "xterm", SHELL: "/bin/sh" },
+    stdin: "piped",
+    stdout: "raw",
+  });
+}
+
 /**
  * Runs `cmdline` on a PTY (util-linux `script`) and returns milliseconds from
  * spawn to the first output byte after the line matching `after` (or to the
@@ -422,11 +432,7 @@ async function attachTime(
   after: RegExp | undefined,
   leave: string,
 ): Promise<number> {
-  const p = new Proc(["script", "-qfc", cmdline, "/dev/null"], {
-    env: { ...env, TERM: "xterm", SHELL: "/bin/sh" },
-    stdin: "piped",
-    stdout: "raw",
-  });
+  const p = onPty(cmdline, env);
   const reader = p.child.stdout.getReader();
   const d = dec();
   let buf = "";
@@ -535,11 +541,7 @@ async function echoTimes(
   keys: number,
   warm: number,
 ): Promise<number[]> {
-  const p = new Proc(["script", "-qfc", cmdline, "/dev/null"], {
-    env: { ...env, TERM: "xterm", SHELL: "/bin/sh" },
-    stdin: "piped",
-    stdout: "raw",
-  });
+  const p = onPty(cmdline, env);
   const reader = p.child.stdout.getReader();
   const d = dec();
   try {
@@ -610,6 +612,8 @@ export async function keystrokeEcho(ctx: Ctx): Promise<ItemResult> {
   const med = (rs: number[][], p: number) =>
     rs.length ? median(rs.map((xs) => percentile(xs, p))) : undefined;
   const s50 = med(s, 50), s99 = med(s, 99);
+  const p50s = (rs: number[][]) => rs.map((xs) => percentile(xs, 50));
+  const p99s = (rs: number[][]) => rs.map((xs) => percentile(xs, 99));
   const rows: Row[] = worlds.flatMap((w, k) => {
     const tls = scheme(w) === "wss";
     const t50 = med(t[k], 50)!, t99 = med(t[k], 99)!;
@@ -620,16 +624,16 @@ export async function keystrokeEcho(ctx: Ctx): Promise<ItemResult> {
       } (\`connect\` / \`ssh -tt\`)`,
       tether: fmtMs(t50),
       ssh: s50 === undefined ? "skipped" : fmtMs(s50),
-      ratio: ratio(t50, s50),
+      ratio: ratio(pairedRatio(p50s(t[k]), p50s(s)), 1),
       target: "≤ 1.5× OpenSSH (issue 18)",
-      verdict: s50 === undefined ? "skipped" : verdict(t50 <= 1.5 * s50),
+      verdict: s50 === undefined ? "skipped" : verdict(pairedRatio(p50s(t[k]), p50s(s))! <= 1.5),
       raw: { tether: t[k].map((xs) => summary(xs)), ssh: s.map((xs) => summary(xs)) },
     }, {
       key: tls ? "8 wss p99" : "8 p99",
       figure: `keystroke to echo p99${tls ? " over wss://" : ""}`,
       tether: fmtMs(t99),
       ssh: s99 === undefined ? "skipped" : fmtMs(s99),
-      ratio: ratio(t99, s99),
+      ratio: ratio(pairedRatio(p99s(t[k]), p99s(s)), 1),
       target: "",
       verdict: "n/a",
     }];

@@ -51,6 +51,18 @@ export function ratio(t: number | undefined, s: number | undefined): string {
   return `${r >= 10 ? r.toFixed(1) : r.toFixed(2)}×`;
 }
 
+/**
+ * The median of per-run ratios t[i] / s[i], for runs taken in pairs (interleaved, each pair
+ * back to back): on this VM the machine's speed drifts by tens of percent within minutes,
+ * which the ratio of two medians takes for a difference between the two.
+ */
+export function pairedRatio(t: number[], s: number[]): number | undefined {
+  const n = Math.min(t.length, s.length);
+  if (n === 0) return undefined;
+  const rs = Array.from({ length: n }, (_, i) => t[i] / s[i]).sort((a, b) => a - b);
+  return n % 2 ? rs[(n - 1) / 2] : (rs[n / 2 - 1] + rs[n / 2]) / 2;
+}
+
 export function verdict(ok: boolean | undefined): Verdict {
   return ok === undefined ? "n/a" : ok ? "met" : "missed";
 }
@@ -160,7 +172,7 @@ ${m.command}
 | tether | commit ${m.commit}, run as \`deno run -q -P --config deno.json tether.js\` (a bundle of the current source), ${m.deno} |
 | OpenSSH | ${m.ssh} |
 | OpenSSH algorithms | ${m.sshAlgorithms} |
-| transport | tether: relay and agent on 127.0.0.1, \`ws://\` (no TLS on loopback); OpenSSH: \`sshd\` on 127.0.0.1 with a throwaway host key, key authentication, default ciphers |
+| transport | tether: relay and agent on 127.0.0.1, \`ws://\`, and for the rows marked wss:// a second relay and agent over \`wss://\` (\`relay serve --tls-self-signed\`, its CA given to client and agent); OpenSSH: \`sshd\` on 127.0.0.1 with a throwaway host key, key authentication, default ciphers |
 | run time | ${
     m.durationS.toFixed(0)
   } s; 1-minute load average ${m.load} (before the first item it should be near 0; more means other work shared the machine and perturbed the figures) |
@@ -168,7 +180,10 @@ ${m.command}
 ## Results
 
 Medians over the runs listed below. The ratio is always tether divided by OpenSSH: for
-throughput higher is better, for times and memory lower is better.
+throughput higher is better, for times and memory lower is better. Where runs alternate
+(items 1–4 and 8) it is the median of each run's ratio to the OpenSSH run beside it, and the
+target is judged on it: this VM's speed drifts by tens of percent within minutes, so two
+medians taken over different minutes would compare the minutes, not the programs.
 
 ${table(rows)}
 Targets met: ${met}; missed: ${missed.length}${
@@ -220,6 +235,38 @@ during a slow read.
   Private memory grows by a few MiB while the first back-pressured stream warms up and then
   stays flat. The remaining RSS growth is file pages of the \`deno\` executable (code run for
   the first time), shared and reclaimable.
+
+- **Starting a command (item 4).** A trace of one \`exec bench -- true\` (marks in the client,
+  December 3): the runtime is ready after ~45 ms, evaluating the bundle takes ~90 ms (~35 ms of
+  it Deno's Node compatibility layer, which commander and node:crypto need), building the
+  command line ~10 ms, dialing and the hello ~11 ms, the end-to-end handshake ~7 ms of CPU
+  and one round trip, the agent's start of the command and the exit the rest. The floor row
+  is a bundle that does nothing but load commander and node:crypto: 0.48× OpenSSH by itself,
+  so 0.5× cannot be reached by a program written this way. Done: the relay's and the agent's
+  modules (prom-client, postgres, the YAML library) load only when their commands run, and the
+  prompts come from their own packages (the bundle was 2.2 MiB, ~130 ms to evaluate); the agent
+  starts a command through \`setsid(1)\` (Deno's \`detached\` spawn forks the whole agent, ~11 ms
+  against ~3 ms); the relay's SQLite no longer flushes the disk for each audit row (two per
+  command, ~3 ms each, on the relay's event loop). \`--v8-flags=--single-threaded\` made no
+  difference to the client's start (12 interleaved runs each).
+- **Keystroke to echo (item 8).** Back to back, a key's echo takes ~0.55 ms through tether; with
+  5 ms between keys, as when typing, ~1.1–1.4 ms, and the CPU each process spends per key
+  doubles (client ~400 µs, relay and agent ~430 µs, against ~150–200 µs back to back): every
+  process on the way wakes from sleep for each key, and on this VM a wake-up is expensive.
+  tether has three event loops on the way and, on a terminal, Deno's blocking threads for
+  stdin and stdout (a terminal cannot be read from the event loop: node:net refuses a TTY and
+  node:tty reads through the same thread); OpenSSH has two processes. A synchronous stdout write
+  for short output was tried and made no measurable difference.
+- **The relay at rest (item 6).** A CPU profile of the relay with 19,900 idle wss:// agents
+  (\`--cpu-prof\`, 42 s at rest): 39% of its busy time is the TLS write of each probe (~25 µs in
+  Deno's TLS op, one per agent per 20 s), 14% the read of each answer (~8.5 µs), 9% garbage
+  collection, the rest the timers and the 2 s sweep. Done: an idle link sleeps in its ticker
+  until its probe is due, and the sweep makes no arrays of every link. The probes themselves
+  are what remains; the row with \`--idle-heartbeat 40s\` shows what halving them gives. The
+  default stays 20 s: a vanished idle agent is already noticed only after 26 s, and DESIGN.md
+  asks for seconds. \`--v8-flags=--single-threaded\` on the relay cut its CPU at rest by ~2
+  points of a core (8.1% and 7.7% against 9.7% and 11.1%, interleaved) but grew its RSS by
+  ~230 MiB at 19,900 agents (~39 KiB per agent, over the 32 KiB target): not adopted.
 
 ## How each figure is taken
 

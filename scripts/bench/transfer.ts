@@ -17,7 +17,7 @@ import {
   Sampler,
   sleep,
 } from "./lib.ts";
-import { type Ctx, type ItemResult, ratio, verdict } from "./report.ts";
+import { type Ctx, type ItemResult, pairedRatio, ratio, verdict } from "./report.ts";
 import { TetherWorld } from "./tether.ts";
 
 /** One transfer: wall time and the CPU seconds each side spent on it. */
@@ -166,9 +166,12 @@ async function throughput(ctx: Ctx, dir: "stdout" | "stdin"): Promise<ItemResult
       figure: tls ? `${dir} throughput over wss://` : figure,
       tether: fmtRate(t),
       ssh: s === undefined ? "skipped" : fmtRate(s),
-      ratio: ratio(t, s),
+      // Throughput: each run's rate against the ssh run beside it (ssh's time over ours).
+      ratio: ratio(pairedRatio(sRuns.map((x) => x.ms), tRuns[k].map((x) => x.ms)), 1),
       target: `≥ ${min.toFixed(1)}× OpenSSH (issue 18)`,
-      verdict: s === undefined ? "skipped" as const : verdict(t >= min * s),
+      verdict: s === undefined
+        ? "skipped" as const
+        : verdict(pairedRatio(sRuns.map((x) => x.ms), tRuns[k].map((x) => x.ms))! >= min),
       raw: { size, tether: tRuns[k], ssh: sRuns },
     };
   });
