@@ -3,8 +3,8 @@
  * against OpenSSH (an sshd this script starts on a free loopback port), each
  * figure taken in the same run for both.
  *
- *   ./scripts/deno task bench            full run (~10 min), writes docs/BENCHMARKS.md
- *   ./scripts/deno task bench --quick    small sizes, under a minute, writes nothing
+ *   ./scripts/deno task bench            full run (~17 min), writes docs/BENCHMARKS.md
+ *   ./scripts/deno task bench --quick    small sizes, about a minute, writes nothing
  *
  * Options: --quick, --only 1,3,6 (items), --out FILE (write the report there;
  * `--out -` or --no-write for none), --no-ssh, --bundle FILE (a prebuilt

@@ -158,7 +158,7 @@ ${
       ? "\n**This is a `--quick` run (small sizes, few repeats); its figures are indicative only.**\n"
       : ""
   }
-To reproduce (the full run takes about ten minutes; \`--quick\` is under a minute and writes
+To reproduce (the full run takes about seventeen minutes; \`--quick\` about one, and writes
 nothing unless given \`--out FILE\`):
 
 \`\`\`sh
