@@ -3,6 +3,8 @@
  * leads its own process group (and session), so one signal reaches all of it.
  */
 
+import { DEFAULT_PATH, executableByMode, resolveCommand } from "./command_path.ts";
+
 /** Time between SIGTERM and SIGKILL when a process group is ended. */
 export const KILL_GRACE_MS = 2_000;
 
@@ -54,34 +56,6 @@ function findSetsid(): string | null {
   return setsidProgram;
 }
 
-/** Why `argv0` cannot run, as a shell says it (126 or 127), or undefined when it can. */
-export function notRunnable(
-  argv0: string,
-  path: string | undefined,
-  cwd: string | undefined,
-): { message: string; code: 126 | 127 } | undefined {
-  const candidates = argv0.includes("/")
-    ? [argv0.startsWith("/") || !cwd ? argv0 : `${cwd}/${argv0}`]
-    : (path ?? "/usr/local/bin:/usr/bin:/bin").split(":").map((d) =>
-      `${d === "" ? cwd ?? "." : d}/${argv0}`
-    );
-  let denied = false;
-  for (const c of candidates) {
-    try {
-      const st = Deno.statSync(c);
-      if (st.isFile && st.mode !== null && (st.mode & 0o111) !== 0) return undefined;
-      denied = true;
-    } catch (e) {
-      if (!(e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory)) {
-        denied = true;
-      }
-    }
-  }
-  return denied
-    ? { message: `${argv0}: Permission denied`, code: 126 }
-    : { message: `${argv0}: command not found`, code: 127 };
-}
-
 /**
  * Starts `argv` as the leader of a new session (and process group), so one signal
  * reaches everything it starts.
@@ -108,8 +82,13 @@ export function spawnInSession(
   }
   const cwd = opts.cwd instanceof URL ? opts.cwd.pathname : opts.cwd;
   const path = opts.env?.PATH ?? (opts.clearEnv ? undefined : Deno.env.get("PATH"));
-  const problem = notRunnable(argv[0], path, cwd);
-  if (problem) throw new NotRunnable(problem.message, problem.code);
+  try {
+    resolveCommand(argv[0], path ?? DEFAULT_PATH, cwd, executableByMode);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new NotRunnable(e.message, 127);
+    if (e instanceof Deno.errors.PermissionDenied) throw new NotRunnable(e.message, 126);
+    throw e;
+  }
   return new Deno.Command(setsid, { ...opts, args: argv }).spawn();
 }
 

@@ -40,6 +40,7 @@
  * ```
  */
 
+import { DEFAULT_PATH, resolveCommand } from "./command_path.ts";
 import { signalName } from "../common/signals.ts";
 import { killGroup } from "./process_group.ts";
 
@@ -78,9 +79,6 @@ export const DEFAULT_TERM = "xterm-256color";
 
 /** Time `terminate()` waits after SIGHUP/SIGTERM before SIGKILL. */
 export const PTY_KILL_GRACE_MS = 2_000;
-
-/** PATH used to find `argv[0]` when the child's environment has none (as the shells do). */
-const DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin";
 
 // Linux values, the same on x86_64 and aarch64 (asm-generic).
 const O_RDONLY = 0x0;
@@ -281,10 +279,6 @@ function cStringArray(items: string[], what: string) {
   return { table, arena };
 }
 
-function absolute(path: string, cwd: string | undefined): string {
-  return path.startsWith("/") ? path : `${cwd ?? Deno.cwd()}/${path}`;
-}
-
 /** Whether `path` is an executable regular file for us, as execve would see it. */
 function executable(lib: Libc, path: string): "ok" | "missing" | "denied" {
   let info: Deno.FileInfo;
@@ -295,30 +289,6 @@ function executable(lib: Libc, path: string): "ok" | "missing" | "denied" {
   }
   if (!info.isFile) return "denied";
   return lib.access(cString(path, "path"), X_OK) === 0 ? "ok" : "denied";
-}
-
-/**
- * Finds the file `posix_spawn` should run, as `execvp` would but with the
- * child's own PATH. Throws `Deno.errors.NotFound` or `PermissionDenied`.
- */
-function resolveCommand(lib: Libc, name: string, path: string, cwd?: string): string {
-  if (name === "") throw new Deno.errors.NotFound("empty command name");
-  if (name.includes("/")) {
-    const file = absolute(name, cwd);
-    const state = executable(lib, file);
-    if (state === "missing") throw new Deno.errors.NotFound(`${name}: no such file`);
-    if (state === "denied") throw new Deno.errors.PermissionDenied(`${name}: not executable`);
-    return file;
-  }
-  let denied = false;
-  for (const dir of path.split(":")) {
-    const file = `${absolute(dir === "" ? "." : dir, cwd)}/${name}`;
-    const state = executable(lib, file);
-    if (state === "ok") return file;
-    if (state === "denied") denied = true;
-  }
-  if (denied) throw new Deno.errors.PermissionDenied(`${name}: permission denied`);
-  throw new Deno.errors.NotFound(`${name}: command not found`);
 }
 
 function childEnv(opts: PtyOptions): Record<string, string> {
@@ -623,7 +593,12 @@ export class Pty {
       const info = Deno.statSync(cwd); // NotFound with the path in the message
       if (!info.isDirectory) throw new Deno.errors.NotADirectory(`cwd ${cwd}: not a directory`);
     }
-    const file = resolveCommand(lib, opts.argv[0], env.PATH ?? DEFAULT_PATH, cwd);
+    const file = resolveCommand(
+      opts.argv[0],
+      env.PATH ?? DEFAULT_PATH,
+      cwd,
+      (f) => executable(lib, f),
+    );
 
     const fd = check("posix_openpt", lib.posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC));
     let wake = -1;
