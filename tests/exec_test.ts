@@ -145,16 +145,18 @@ Deno.test("exec --stream drives a process turn by turn (200 round trips)", async
   assert.equal(p.stdout.trim().split("\n").length, 200);
 });
 
-Deno.test("exec --stream leaves a shared stdin pipe blocking for the next command", async () => {
-  // --stream reads a piped stdin from the event loop (non-blocking). The pipe's flags are
-  // shared: a script's next command must not find it non-blocking (a read would fail EAGAIN
-  // instead of waiting). The flags are read from /proc, as the next command sees them.
+Deno.test("exec --stream leaves shared stdin and stdout pipes blocking for the next command", async () => {
+  // --stream reads a piped stdin and writes a piped stdout from the event loop
+  // (non-blocking). A pipe's flags are shared: a script's next command must not find it
+  // non-blocking (a read or write would fail EAGAIN instead of waiting). The flags are read
+  // from /proc, as the next command sees them.
   await using w = await worldWithAgent();
   const p = new Proc(
     [
       "sh",
       "-c",
-      '"$@"; echo "tether exited $?"; grep flags /proc/self/fdinfo/0; cat; echo "cat exited $?"',
+      '"$@"; echo "tether exited $?"; grep -H flags /proc/self/fdinfo/0 /proc/self/fdinfo/1; ' +
+      'cat; echo "cat exited $?"',
       "sh",
       ...tetherArgv(["exec", "box", "--stream", "--", "head", "-n", "1"]),
     ],
@@ -165,13 +167,33 @@ Deno.test("exec --stream leaves a shared stdin pipe blocking for the next comman
   await p.write("second\n");
   await p.closeStdin();
   assert.equal((await p.status).code, 0, p.stderr);
-  const flags = /flags:\s+([0-7]+)/.exec(p.stdout);
-  assert.ok(flags, p.stdout);
-  assert.equal(parseInt(flags[1], 8) & 0o4000, 0, "O_NONBLOCK is left set on stdin");
+  for (const fd of [0, 1]) {
+    const flags = new RegExp(`fdinfo/${fd}:flags:\\s+([0-7]+)`).exec(p.stdout);
+    assert.ok(flags, p.stdout);
+    assert.equal(parseInt(flags[1], 8) & 0o4000, 0, `O_NONBLOCK is left set on fd ${fd}`);
+  }
   assert.equal(
-    p.stdout.replace(/flags:.*\n/, ""),
+    p.stdout.replace(/.*flags:.*\n/g, ""),
     "first\ntether exited 0\nsecond\ncat exited 0\n",
   );
+});
+
+Deno.test("exec whose stdout reader goes away ends the command and exits 141, as SIGPIPE would", async () => {
+  // `tether exec m -- yes | head -n 1`: once head exits, our writes fail EPIPE; the remote
+  // command must not run on for ever, and the exit status says why (128 + SIGPIPE).
+  // With and without --stream (stdout through the event loop, or through Deno's write).
+  await using w = await worldWithAgent();
+  for (const mode of [["--stream"], []]) {
+    const p = new Proc([
+      "bash",
+      "-c",
+      '"$@" | head -n 1; echo "tether exited ${PIPESTATUS[0]}"',
+      "bash",
+      ...tetherArgv(["exec", "box", ...mode, "--", "yes"]),
+    ], { env: w.env() });
+    assert.equal((await p.status).code, 0, p.stderr);
+    assert.equal(p.stdout, "y\ntether exited 141\n", `${mode}: ${p.stderr}`);
+  }
 });
 
 Deno.test("--stream with -t is a usage error; a missing command is a usage error", async () => {

@@ -1,5 +1,6 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
 import { openStreamStdin } from "../client/stdin.ts";
+import { type Output, processOutput } from "../client/stdout.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { runExec } from "../client/exec.ts";
@@ -98,6 +99,8 @@ export function registerExec(program: Command, act: Act) {
         return outcome.code;
       }
       const events = opts.events ? new EventPrinter() : undefined;
+      // A turn's answer goes out through the event loop, as its question came in (stdout.ts).
+      const stdout: Output = opts.stream && !events ? processOutput(1) : Deno.stdout;
       let brokenPipe = false;
       const run = runExec(client, () => RelayClient.connect(cfg), {
         machineId: target.id,
@@ -137,7 +140,7 @@ export function registerExec(program: Command, act: Act) {
             if (events) events.data(ch, chunk);
             else if (ch === CH_STDERR) await writeAll(Deno.stderr, chunk);
             else {
-              await writeAll(Deno.stdout, chunk);
+              await writeAll(stdout, chunk);
               wroteStdout(chunk);
             }
           } catch (e) {
@@ -199,6 +202,7 @@ export function registerExec(program: Command, act: Act) {
       } finally {
         for (const off of handlers) off();
         client.close();
+        stdout.release?.();
       }
     }, { failure: 255 }));
 }

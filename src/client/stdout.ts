@@ -1,18 +1,23 @@
 /**
- * Standard output and error for `tether ssh`, written through the event loop (node:net)
- * when they are a pipe or a socket, as ssh writes them with poll(): its callers may hand it
- * a non-blocking descriptor — rsync does ("ssh prefers non-blocking I/O", rsync(1)
+ * Standard output and error written through the event loop (node:net) when they are a pipe
+ * or a socket, as ssh writes them with poll(). For `tether ssh`: its callers may hand it a
+ * non-blocking descriptor — rsync does ("ssh prefers non-blocking I/O", rsync(1)
  * --blocking-io) — and Deno's own write gives up on EAGAIN with no way to know how much of
- * the buffer went out. Files and terminals keep Deno's writes.
+ * the buffer went out. For `exec --stream`'s stdout: Deno's asynchronous write to a pipe is a
+ * hand-off to its blocking thread pool and back, on the path of every turn (~35 µs of the
+ * client's CPU per turn, docs/BENCHMARKS.md). Files and terminals keep Deno's writes.
  *
- * node:net makes the descriptor non-blocking; it is put back in blocking mode when the
- * process ends (`unload` runs on Deno.exit too), for whoever shares it next.
+ * node:net makes the descriptor non-blocking; `release()` puts it back in blocking mode, and
+ * so does the end of the process (`unload` runs on Deno.exit too), for whoever shares it next
+ * and for this process's own last words (a JSON error on stdout).
  */
 import fs from "node:fs";
 import net from "node:net";
 
 export interface Output {
   write(p: Uint8Array): Promise<number>;
+  /** Puts the descriptor back in blocking mode, once nothing more is written through here. */
+  release?(): void;
 }
 
 class SocketOutput implements Output {
@@ -26,6 +31,10 @@ class SocketOutput implements Output {
   constructor(readonly socket: net.Socket) {
     globalThis.addEventListener("unload", this.#restore);
     socket.on("error", () => {/* reported by the write's callback */});
+  }
+
+  release(): void {
+    this.#restore();
   }
 
   async write(p: Uint8Array): Promise<number> {
