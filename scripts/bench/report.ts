@@ -218,11 +218,18 @@ during a slow read.
   \`exec --stream\` reads a piped stdin on the event loop (node:net, non-blocking) instead of
   Deno's blocking stdin thread, which cost four futex hand-offs plus a dup and a close per
   read (\`src/client/stdin.ts\`; ~10% off the median turn). The agent already reads and writes
-  the command's pipes through epoll. The client's stdout write goes through Deno's blocking
-  thread as well, but there the write itself runs on that thread, so only the wake-up before
-  it is on the turn's path: a synchronous write whenever the pipe has room (checked through
-  libc's FIONREAD) made no measurable difference over 4 alternating runs of 2000 turns, and
-  was not kept. Small chunks (a turn's line) are kept for a resume as exact copies, not in the
+  the command's pipes through epoll. The client's stdout write went through Deno's blocking
+  thread as well: a synchronous write whenever the pipe had room (checked through libc's
+  FIONREAD) made no measurable difference over 4 alternating runs of 2000 turns and was not
+  kept, but writing a piped stdout through node:net, on the event loop, as \`tether ssh\`
+  does (\`src/client/stdout.ts\`), took ~14 µs of client CPU off each turn (140–153 against
+  160–167 µs, 3 alternating runs of \`bench:turns --runs 3 --turns 1500 --only ws,chain\`,
+  December 3) and the p50 against the chain from 1.14–1.17× to 1.03–1.17×; it is used for
+  \`exec --stream\` only, since the copy node:net needs cost bulk output ~10% (item 1,
+  \`--quick\`, 2 alternations). \`--v8-flags=--single-threaded\` on every process (client,
+  relay, agent, and the chain's) gave no gain: tether's ws:// p50 0.233–0.279 ms against
+  0.234–0.323 ms without it, 3 alternating runs of \`bench:turns --runs 3 --turns 1500
+  --single-threaded client,relay,agent,chain\`; only the chain's p99 fell, by ~20%. Small chunks (a turn's line) are kept for a resume as exact copies, not in the
   client's pooled 256 KiB buffers: credit comes back in batches, so a pooled buffer per line
   made the client allocate and zero 256 KiB per turn (median 1.04 ms against 0.25 ms, same
   machine, same hour; \`BufferPool\` in \`src/common/bytes.ts\`).
@@ -272,6 +279,12 @@ during a slow read.
   asks for seconds. \`--v8-flags=--single-threaded\` on the relay cut its CPU at rest by ~2
   points of a core (8.1% and 7.7% against 9.7% and 11.1%, interleaved) but grew its RSS by
   ~230 MiB at 19,900 agents (~39 KiB per agent, over the 32 KiB target): not adopted.
+  \`perf record\` of the relay at rest (19,900 wss:// agents, default heartbeat, 30 s,
+  December 3) puts 61% of its samples in the \`deno\` executable itself (V8's builtins and
+  collector, tokio, rustls), 18% in the kernel, 13% in libc (malloc and free alone ~8%), 1% in
+  the vDSO and 7.5% in JIT-compiled JavaScript (the ticker ~2.5%, the 2 s sweep ~1.4%, the
+  WebSocket read loop ~1%): what a probe costs is the runtime's work per I/O operation, not
+  tether's code.
 
 ## How each figure is taken
 
