@@ -2,7 +2,23 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createHash } from "node:crypto";
-import { awkEchoArgv, eventually, pgrep, Proc, rss, tetherArgv, World } from "./helpers.ts";
+import {
+  awkEchoArgv,
+  eventually,
+  hasCommand,
+  pgrep,
+  Proc,
+  requirement,
+  rss,
+  tetherArgv,
+  World,
+} from "./helpers.ts";
+
+const needPerl = requirement(
+  hasCommand("perl", ["-e", "1"])
+    ? undefined
+    : "these tests need perl (Debian package `perl-base`)",
+);
 
 async function worldWithAgent(name = "box"): Promise<World> {
   const w = await World.create();
@@ -194,6 +210,45 @@ Deno.test("exec whose stdout reader goes away ends the command and exits 141, as
     assert.equal((await p.status).code, 0, p.stderr);
     assert.equal(p.stdout, "y\ntether exited 141\n", `${mode}: ${p.stderr}`);
   }
+});
+
+Deno.test({
+  name: "exec writes all of its output to a stdout made non-blocking by its parent, once it fills",
+  ignore: needPerl.ignore,
+  fn: async () => {
+    // A parent may hand tether a non-blocking pipe (rsync does, and so does any program that
+    // set O_NONBLOCK on a pipe it shares): a full pipe then refuses a write (EAGAIN) where a
+    // blocking one would wait. perl sets the flag and runs tether; the reader starts only
+    // once the command has written everything (1,000,000 bytes, inside tether's 1 MiB
+    // window), so the 64 KiB pipe is sure to fill. Plain, --stream, and stderr through 2>&1.
+    needPerl.check();
+    await using w = await worldWithAgent();
+    const done = join(w.home, "written");
+    const nonBlocking =
+      "use Fcntl; fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK) " +
+      "or die $!; exec @ARGV or die $!";
+    for (const [mode, redirect] of [["", ""], ["--stream", ""], ["", ">&2"]]) {
+      await Deno.remove(done).catch(() => {});
+      const p = new Proc([
+        "sh",
+        "-c",
+        'perl -e "$0" -- "$@" 2>&1 | { while [ ! -e "$D" ]; do sleep 0.01; done; wc -c; }',
+        nonBlocking,
+        ...tetherArgv([
+          "exec",
+          "box",
+          ...(mode ? [mode] : []),
+          "--",
+          "sh",
+          "-c",
+          `head -c 1000000 /dev/zero ${redirect}; touch '${done}'`,
+        ]),
+      ], { env: { ...w.env(), D: done } });
+      const st = await p.status;
+      assert.equal(st.code, 0, p.stderr);
+      assert.equal(p.stdout.trim(), "1000000", `${mode} ${redirect}: ${p.stdout}${p.stderr}`);
+    }
+  },
 });
 
 Deno.test("--stream with -t is a usage error; a missing command is a usage error", async () => {

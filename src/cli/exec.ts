@@ -99,8 +99,11 @@ export function registerExec(program: Command, act: Act) {
         return outcome.code;
       }
       const events = opts.events ? new EventPrinter() : undefined;
-      // A turn's answer goes out through the event loop, as its question came in (stdout.ts).
-      const stdout: Output = opts.stream && !events ? processOutput(1) : Deno.stdout;
+      // The command's output through the event loop where that is a pipe or socket, as
+      // tether ssh and OpenSSH write it (client/stdout.ts).
+      const out: Record<number, Output> = events || opts.detach
+        ? { [CH_STDOUT]: Deno.stdout, [CH_STDERR]: Deno.stderr }
+        : { [CH_STDOUT]: processOutput(1), [CH_STDERR]: processOutput(2) };
       let brokenPipe = false;
       const run = runExec(client, () => RelayClient.connect(cfg), {
         machineId: target.id,
@@ -138,9 +141,9 @@ export function registerExec(program: Command, act: Act) {
           if (brokenPipe) return;
           try {
             if (events) events.data(ch, chunk);
-            else if (ch === CH_STDERR) await writeAll(Deno.stderr, chunk);
+            else if (ch === CH_STDERR) await writeAll(out[CH_STDERR], chunk);
             else {
-              await writeAll(stdout, chunk);
+              await writeAll(out[CH_STDOUT], chunk);
               wroteStdout(chunk);
             }
           } catch (e) {
@@ -202,7 +205,7 @@ export function registerExec(program: Command, act: Act) {
       } finally {
         for (const off of handlers) off();
         client.close();
-        stdout.release?.();
+        for (const o of Object.values(out)) o.release?.();
       }
     }, { failure: 255 }));
 }

@@ -13,7 +13,27 @@ const enc = new TextEncoder();
  * Each line is passed through visible(): status lines quote names others chose.
  */
 export function say(text: string, end = "\n"): void {
-  Deno.stderr.writeSync(enc.encode(text.split("\n").map(visible).join("\n") + end));
+  writeAllSync(Deno.stderr, enc.encode(text.split("\n").map(visible).join("\n") + end));
+}
+
+/** Something to wait on for a millisecond, synchronously. */
+const nap = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Writes all of `bytes` now. A descriptor may be non-blocking (made so by whoever gave it to
+ * us, or by our own writer of a command's output, client/stdout.ts): a full pipe then
+ * refuses the write (WouldBlock) where a blocking one would wait, so wait here, a
+ * millisecond at a time, as a blocking write would.
+ */
+export function writeAllSync(file: { writeSync(p: Uint8Array): number }, bytes: Uint8Array): void {
+  for (let off = 0; off < bytes.length;) {
+    try {
+      off += file.writeSync(bytes.subarray(off));
+    } catch (e) {
+      if (!(e instanceof Deno.errors.WouldBlock)) throw e;
+      Atomics.wait(nap, 0, 0, 1);
+    }
+  }
 }
 
 /**
@@ -29,7 +49,7 @@ export function wroteStdout(chunk: Uint8Array): void {
 }
 
 export function printJson(value: unknown): void {
-  console.log(JSON.stringify(value));
+  writeAllSync(Deno.stdout, enc.encode(JSON.stringify(value) + "\n"));
 }
 
 /** Renders rows as aligned columns with a header line. */
@@ -66,7 +86,8 @@ export function asTetherError(e: unknown): TetherError {
 
 export function printError(err: TetherError, json: boolean): void {
   if (json) {
-    console.log((stdoutMidLine ? "\n" : "") + JSON.stringify({ error: err.toJSON() }));
+    const line = (stdoutMidLine ? "\n" : "") + JSON.stringify({ error: err.toJSON() }) + "\n";
+    writeAllSync(Deno.stdout, enc.encode(line));
     return;
   }
   // Messages may quote what others chose (a machine's name, an agent's words).
@@ -77,6 +98,6 @@ export function printError(err: TetherError, json: boolean): void {
     }
   }
   if (err.hint) lines.push(`  hint: ${visible(err.hint)}`);
-  Deno.stderr.writeSync(enc.encode(lines.join("\n") + "\n"));
+  writeAllSync(Deno.stderr, enc.encode(lines.join("\n") + "\n"));
   if (Deno.env.get("TETHER_DEBUG") && err.cause) console.error(err.cause);
 }

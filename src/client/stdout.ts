@@ -1,15 +1,19 @@
 /**
  * Standard output and error written through the event loop (node:net) when they are a pipe
- * or a socket, as ssh writes them with poll(). For `tether ssh`: its callers may hand it a
- * non-blocking descriptor — rsync does ("ssh prefers non-blocking I/O", rsync(1)
- * --blocking-io) — and Deno's own write gives up on EAGAIN with no way to know how much of
- * the buffer went out. For `exec --stream`'s stdout: Deno's asynchronous write to a pipe is a
- * hand-off to its blocking thread pool and back, on the path of every turn (~35 µs of the
- * client's CPU per turn, docs/BENCHMARKS.md). Files and terminals keep Deno's writes.
+ * or a socket, as ssh writes them with poll() (OpenSSH makes a non-terminal stdio descriptor
+ * non-blocking too).
+ * - A caller may hand us a non-blocking descriptor — rsync does ("ssh prefers non-blocking
+ *   I/O", rsync(1) --blocking-io), and so may any program that set O_NONBLOCK on a pipe it
+ *   shares — and Deno's own write fails with EAGAIN (WouldBlock) once the pipe is full.
+ * - Deno's asynchronous write to a pipe is a hand-off to its blocking thread pool and back
+ *   for every chunk: through node:net, 1 GiB of `exec` output went ~25% faster, and an
+ *   `exec --stream` turn cost the client ~14 µs less CPU (docs/BENCHMARKS.md).
+ * Files and terminals keep Deno's writes.
  *
- * node:net makes the descriptor non-blocking; `release()` puts it back in blocking mode, and
- * so does the end of the process (`unload` runs on Deno.exit too), for whoever shares it next
- * and for this process's own last words (a JSON error on stdout).
+ * node:net makes the descriptor non-blocking, for every process that shares it; `release()`
+ * puts it back in blocking mode, and so does the end of the process (`unload` runs on
+ * Deno.exit too). Meanwhile tether's own lines on the same descriptors go through
+ * `writeAllSync` (cli/output.ts), which waits out a full pipe instead of failing.
  */
 import fs from "node:fs";
 import net from "node:net";
@@ -37,11 +41,13 @@ class SocketOutput implements Output {
     this.#restore();
   }
 
+  /**
+   * Resolves once every byte of `p` is written to the descriptor (node's write callback
+   * comes after its last write(2)), so `p` is not copied: the caller may reuse it then.
+   */
   async write(p: Uint8Array): Promise<number> {
-    // A copy: the caller reuses `p` once this resolves, and node:net may still hold it.
-    const copy = p.slice();
     await new Promise<void>((resolve, reject) =>
-      this.socket.write(copy, (err) => err ? reject(brokenPipe(err)) : resolve())
+      this.socket.write(p, (err) => err ? reject(brokenPipe(err)) : resolve())
     );
     return p.length;
   }
