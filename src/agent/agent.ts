@@ -57,6 +57,7 @@ import { Attachment, DEFAULT_RING_BYTES, SessionManager, type SessionOptions } f
 
 /** What the agent routes a stream's messages to: an exec process or a session attachment. */
 interface AgentStream {
+  /** `payload` is a view of the link's read buffer: valid only during the call. */
   onStdin(payload: Uint8Array, offset: number): void;
   onCredit(bytes: number): void;
   onEof(): void;

@@ -34,6 +34,7 @@ import type { Control, Open, SessionInfo, WireError } from "../protocol/messages
 import { isSignalName } from "../common/signals.ts";
 import { writePrivate } from "../common/files.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
+import { inputPool } from "./input_pool.ts";
 import { endGroup, killGroup, NotRunnable, spawnInSession } from "./process_group.ts";
 import { findByPrefix, newShortId } from "./short_id.ts";
 
@@ -504,7 +505,10 @@ export class Exec {
     this.closeStdin();
   }
 
-  /** Bytes for stdin starting at `offset`; `done` runs once they are in the pipe (or dropped). */
+  /**
+   * Bytes for stdin starting at `offset` (borrowed: what is kept is copied); `done` runs once
+   * they are in the pipe (or dropped).
+   */
   writeStdin(offset: number, data: Uint8Array, done: () => void): void {
     // A resuming client may resend what we already took; a gap cannot be filled.
     const skip = Math.max(0, this.stdinOffset - offset);
@@ -512,9 +516,15 @@ export class Exec {
       done();
       return;
     }
-    const fresh = skip > 0 ? data.subarray(skip) : data;
+    const fresh = inputPool.copy(skip > 0 ? data.subarray(skip) : data);
     this.stdinOffset += fresh.length;
-    this.stdinQueue.push({ data: fresh, done });
+    this.stdinQueue.push({
+      data: fresh,
+      done: () => {
+        inputPool.give(fresh);
+        done();
+      },
+    });
     this.drainStdin();
   }
 

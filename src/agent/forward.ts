@@ -22,6 +22,7 @@ import {
 } from "../protocol/frames.ts";
 import type { Open, WireError } from "../protocol/messages.ts";
 import { parseTarget } from "../protocol/target.ts";
+import { inputPool } from "./input_pool.ts";
 
 /** Largest read from the socket: the largest DATA frame (MAX_DATA_PAYLOAD). */
 const READ_SIZE = 256 * 1024;
@@ -118,12 +119,12 @@ export class TcpStream {
   }
 
   onStdin(payload: Uint8Array, _offset: number): void {
-    const data = payload.slice(); // a view of the read buffer, valid only now
+    const data = inputPool.copy(payload); // a view of the read buffer, valid only now
     this.writes = this.writes.then(async () => {
       if (this.ended || !this.tcp) return;
       await writeAll(this.tcp, data);
       this.grant.consumed(data.length);
-    }).catch((e) => this.broken(e));
+    }).catch((e) => this.broken(e)).finally(() => inputPool.give(data));
   }
 
   onEof(): void {

@@ -23,6 +23,7 @@ import {
   type WireError,
 } from "../protocol/messages.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
+import { inputPool } from "./input_pool.ts";
 import { Pty, type PtyExit } from "./pty.ts";
 import { isSignalName } from "../common/signals.ts";
 import { findByPrefix, newShortId } from "./short_id.ts";
@@ -86,7 +87,11 @@ export class Attachment {
   }
 
   onStdin(payload: Uint8Array): void {
-    this.session.input(this, payload).finally(() => this.grant.consumed(payload.length));
+    const data = inputPool.copy(payload); // the payload is borrowed: valid only now
+    this.session.input(this, data).finally(() => {
+      inputPool.give(data);
+      this.grant.consumed(data.length);
+    });
   }
 
   onEof(): void {}

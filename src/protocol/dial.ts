@@ -168,10 +168,9 @@ async function dialOne(
       headers: { Authorization: opts.authorization ?? `Bearer ${opts.key}` },
       caCerts: caCerts(opts.caFile),
       timeoutMs,
-      // A client takes each output frame as a view into the read buffer and copies what
-      // it keeps into buffers it reuses, a relay forwards it at once; an agent queues stdin
-      // as it comes (a copy each).
-      borrowBinary: opts.role !== "agent",
+      // Each frame is a view into the read buffer: a client copies the output it keeps,
+      // and an agent the input it keeps, into buffers they reuse (agent/input_pool.ts).
+      borrowBinary: true,
       address,
     });
   } catch (e) {

@@ -16,8 +16,8 @@
  * - Borrowed payloads. A receiver that handles each binary message at once
  *   (the relay forwards it into another socket's write buffer) can take it
  *   as a view into the read buffer, valid only during `onmessage`
- *   (`borrowBinary`); agents and clients, which keep stdin chunks queued,
- *   get a copy they own.
+ *   (`borrowBinary`); so do agents and clients, which copy what they keep
+ *   (queued stdin, output waiting to be written) into buffers they reuse.
  *
  * A client masks each frame with its own unpredictable key, as RFC 6455
  * §5.3 requires (the keys come from crypto.getRandomValues, 4 KiB at a
