@@ -204,8 +204,18 @@ during a slow read.
   the relay forwards a frame as a view into its read buffer, with the stream id rewritten in
   place, copied once into the other connection's write buffer (Deno's \`WebSocket\` server made
   a new ArrayBuffer, a \`MessageEvent\` and another copy per frame: ~1.9 CPU-s per GiB in the
-  relay, now ~1.4); the agent reads the command's output with BYOB reads into one buffer. What
-  remains is the syscalls themselves and one memcpy per hop; a Linux pipe gives at most 64 KiB
+  relay, now ~1.4); the agent reads the command's output with BYOB reads into one buffer.
+  The client writes the output to a piped stdout through node:net, on the event loop, with no
+  copy (\`src/client/stdout.ts\`), where Deno's own write handed each 64 KiB chunk to its
+  blocking thread pool and back: 1 GiB went 290–312 → 349–375 MiB/s in 3 alternating runs
+  (December 3). The agent takes frames from its link as views of the read buffer and copies
+  the stdin it keeps into reused 64 KiB buffers (\`src/agent/input_pool.ts\`): a new buffer per
+  frame cost ~30 µs a frame in allocation and page faults, plus collections (~8% of stdin
+  throughput). Tried and not kept: a 4 MiB output window instead of 1 MiB (slower over
+  wss://, 207 against 231–242 MiB/s: the transfer is not window-bound), \`F_SETPIPE_SZ\` 1 MiB on
+  the client's stdin and stdout pipes (no gain in 3 alternations), and node:net for a bulk
+  stdin (slower: node's stream machinery and a copy per read). What remains is the syscalls
+  themselves and one memcpy per hop, and over wss:// the TLS records at both ends of each hop; a Linux pipe gives at most 64 KiB
   per read, so the agent cannot make fewer, larger frames without enlarging the child's pipe
   (\`F_SETPIPE_SZ\`, which \`Deno.Command\` does not expose).
 - **Turn latency.** Each turn crosses the relay: two TCP hops and three event loops on each way
@@ -224,9 +234,7 @@ during a slow read.
   kept, but writing a piped stdout through node:net, on the event loop, as \`tether ssh\`
   does (\`src/client/stdout.ts\`), took ~14 µs of client CPU off each turn (140–153 against
   160–167 µs, 3 alternating runs of \`bench:turns --runs 3 --turns 1500 --only ws,chain\`,
-  December 3) and the p50 against the chain from 1.14–1.17× to 1.03–1.17×; it is used for
-  \`exec --stream\` only, since the copy node:net needs cost bulk output ~10% (item 1,
-  \`--quick\`, 2 alternations). \`--v8-flags=--single-threaded\` on every process (client,
+  December 3) and the p50 against the chain from 1.14–1.17× to 1.03–1.17×. \`--v8-flags=--single-threaded\` on every process (client,
   relay, agent, and the chain's) gave no gain: tether's ws:// p50 0.233–0.279 ms against
   0.234–0.323 ms without it, 3 alternating runs of \`bench:turns --runs 3 --turns 1500
   --single-threaded client,relay,agent,chain\`; only the chain's p99 fell, by ~20%. Small chunks (a turn's line) are kept for a resume as exact copies, not in the
