@@ -251,6 +251,42 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "exec --stream with one socket as stdin and stdout (socketpair, as inetd or socat give)",
+  ignore: needPerl.ignore,
+  fn: async () => {
+    // Both directions go through the event loop on the same socket, whose O_NONBLOCK is
+    // shared: the end of stdin must not put it back in blocking mode while output still
+    // flows. perl makes the socketpair, gives one end to tether as fd 0 and 1, sends a line,
+    // shuts its writing side, and counts what comes back.
+    needPerl.check();
+    await using w = await worldWithAgent();
+    const perl = "use Socket; socketpair(my $p, my $c, AF_UNIX, SOCK_STREAM, PF_UNSPEC) or die; " +
+      "my $pid = fork() // die; if (!$pid) { close $p; open(STDIN, '<&', $c) or die; " +
+      "open(STDOUT, '>&', $c) or die; close $c; exec @ARGV or die } close $c; " +
+      'syswrite($p, "hello\\n"); shutdown($p, 1); my $n = 0; my $head = ""; ' +
+      "while (my $r = sysread($p, my $buf, 65536)) { $head .= $buf if $n < 6; $n += $r } " +
+      'waitpid($pid, 0); print substr($head, 0, 6), " $n ", $? >> 8, "\\n"';
+    const p = new Proc([
+      "perl",
+      "-e",
+      perl,
+      "--",
+      ...tetherArgv([
+        "exec",
+        "box",
+        "--stream",
+        "--",
+        "sh",
+        "-c",
+        "cat; head -c 2000000 /dev/zero",
+      ]),
+    ], { env: w.env() });
+    assert.equal((await p.status).code, 0, p.stderr);
+    assert.equal(p.stdout, "hello\n 2000006 0\n", p.stderr);
+  },
+});
+
 Deno.test("--stream with -t is a usage error; a missing command is a usage error", async () => {
   await using w = await World.create();
   const r = await w.tether(["exec", "box", "--stream", "-t", "--", "true"]);

@@ -1,6 +1,6 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
 import { openStreamStdin } from "../client/stdin.ts";
-import { type Output, processOutput } from "../client/stdout.ts";
+import { lazyOutput, type Output } from "../client/stdout.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
 import { runExec } from "../client/exec.ts";
@@ -103,7 +103,7 @@ export function registerExec(program: Command, act: Act) {
       // tether ssh and OpenSSH write it (client/stdout.ts).
       const out: Record<number, Output> = events || opts.detach
         ? { [CH_STDOUT]: Deno.stdout, [CH_STDERR]: Deno.stderr }
-        : { [CH_STDOUT]: processOutput(1), [CH_STDERR]: processOutput(2) };
+        : { [CH_STDOUT]: lazyOutput(1), [CH_STDERR]: lazyOutput(2) };
       let brokenPipe = false;
       const run = runExec(client, () => RelayClient.connect(cfg), {
         machineId: target.id,

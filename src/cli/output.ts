@@ -20,10 +20,13 @@ export function say(text: string, end = "\n"): void {
 const nap = new Int32Array(new SharedArrayBuffer(4));
 
 /**
- * Writes all of `bytes` now. A descriptor may be non-blocking (made so by whoever gave it to
- * us, or by our own writer of a command's output, client/stdout.ts): a full pipe then
- * refuses the write (WouldBlock) where a blocking one would wait, so wait here, a
- * millisecond at a time, as a blocking write would.
+ * Writes all of `bytes` to stderr (or an unbuffered file like it) now. A descriptor may be
+ * non-blocking (made so by whoever gave it to us, or by our own writer of a command's output,
+ * client/stdout.ts): a full pipe then refuses the write (WouldBlock) where a blocking one
+ * would wait, so wait here, a millisecond at a time, as a blocking write would. Not for
+ * stdout: Deno writes it through a line buffer whose flush can refuse after part of the
+ * write went out, and a retry would repeat that part (stdout is back in blocking mode
+ * before anything is printed there after a command's output: exec's release()).
  */
 export function writeAllSync(file: { writeSync(p: Uint8Array): number }, bytes: Uint8Array): void {
   for (let off = 0; off < bytes.length;) {
@@ -49,7 +52,7 @@ export function wroteStdout(chunk: Uint8Array): void {
 }
 
 export function printJson(value: unknown): void {
-  writeAllSync(Deno.stdout, enc.encode(JSON.stringify(value) + "\n"));
+  console.log(JSON.stringify(value));
 }
 
 /** Renders rows as aligned columns with a header line. */
@@ -86,8 +89,7 @@ export function asTetherError(e: unknown): TetherError {
 
 export function printError(err: TetherError, json: boolean): void {
   if (json) {
-    const line = (stdoutMidLine ? "\n" : "") + JSON.stringify({ error: err.toJSON() }) + "\n";
-    writeAllSync(Deno.stdout, enc.encode(line));
+    console.log((stdoutMidLine ? "\n" : "") + JSON.stringify({ error: err.toJSON() }));
     return;
   }
   // Messages may quote what others chose (a machine's name, an agent's words).

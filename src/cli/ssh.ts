@@ -16,7 +16,7 @@ import { parseSshArgs, sendEnv, type SshArgs } from "../client/ssh_args.ts";
 import { writeAll } from "../common/bytes.ts";
 import { machineOffline } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
-import { processOutput } from "../client/stdout.ts";
+import { lazyOutput } from "../client/stdout.ts";
 import type { RemoteSpec } from "../protocol/messages.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import { type Act, clientConfig, type Globals, globals } from "./context.ts";
@@ -114,7 +114,7 @@ async function ssh(g: Globals, a: SshArgs): Promise<number> {
       return outcome.code;
     }
     let brokenPipe = false;
-    const out = { [CH_STDOUT]: processOutput(1), [CH_STDERR]: processOutput(2) };
+    const out = { [CH_STDOUT]: lazyOutput(1), [CH_STDERR]: lazyOutput(2) };
     const run = runExec(client, () => RelayClient.connect(cfg), {
       machineId: target.id,
       machineName: target.name,

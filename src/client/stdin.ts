@@ -35,9 +35,20 @@ export function openStreamStdin(): StdinReader {
   }
   if (!st.isFIFO() && !st.isSocket()) return Deno.stdin;
   try {
-    return new SocketStdin(new net.Socket({ fd: 0, readable: true, writable: false }));
+    const socket = new net.Socket({ fd: 0, readable: true, writable: false });
+    return new SocketStdin(socket, !sameFile(st, 1) && !sameFile(st, 2));
   } catch {
     return Deno.stdin;
+  }
+}
+
+/** Whether descriptor `fd` is the file `st` describes (one socket as stdin and stdout). */
+function sameFile(st: fs.Stats, fd: number): boolean {
+  try {
+    const o = fs.fstatSync(fd);
+    return o.dev === st.dev && o.ino === st.ino;
+  } catch {
+    return false;
   }
 }
 
@@ -45,9 +56,16 @@ class SocketStdin implements StdinReader {
   readonly #restore = () => this.#setBlocking();
   readonly #reader: NodeReader;
 
-  constructor(readonly socket: net.Socket) {
+  /**
+   * `restoreAtEnd`: put fd 0 back in blocking mode as soon as input ends. Not when it is also
+   * our stdout or stderr (one socket for both), still written through the event loop: the
+   * flag is the socket's, and a blocking write would stall everything; the process's end
+   * restores it then.
+   */
+  constructor(readonly socket: net.Socket, restoreAtEnd: boolean) {
     globalThis.addEventListener("unload", this.#restore);
     this.#reader = new NodeReader(socket, HIGH_WATER, () => {
+      if (!restoreAtEnd) return;
       this.#setBlocking();
       globalThis.removeEventListener("unload", this.#restore);
     });

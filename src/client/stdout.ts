@@ -60,6 +60,18 @@ function brokenPipe(err: Error): Error {
     : err;
 }
 
+/**
+ * processOutput(fd), made at the first write: the descriptor stays as it was (blocking, for
+ * whoever shares it) until there is something to write to it, and if there never is.
+ */
+export function lazyOutput(fd: 1 | 2): Output {
+  let out: Output | undefined;
+  return {
+    write: (p) => (out ??= processOutput(fd)).write(p),
+    release: () => out?.release?.(),
+  };
+}
+
 /** The process's stdout (1) or stderr (2): through the event loop when a pipe or socket. */
 export function processOutput(fd: 1 | 2): Output {
   const file = fd === 1 ? Deno.stdout : Deno.stderr;
