@@ -224,9 +224,14 @@ Deno.test({
     needPerl.check();
     await using w = await worldWithAgent();
     const done = join(w.home, "written");
+    // perl also writes down whether the pipe is still non-blocking once tether has exited:
+    // tether must leave it as its parent set it.
+    const flagsFile = join(w.home, "flags");
     const nonBlocking =
-      "use Fcntl; fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK) " +
-      "or die $!; exec @ARGV or die $!";
+      "use Fcntl; fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK) or die $!; " +
+      "system(@ARGV); my $st = $?; open(my $f, '>', $ENV{FLAGS}) or die $!; " +
+      "print $f ((fcntl(STDOUT, F_GETFL, 0) & O_NONBLOCK) ? 'non-blocking' : 'blocking'); " +
+      "close $f; exit($st >> 8)";
     for (const [mode, redirect] of [["", ""], ["--stream", ""], ["", ">&2"]]) {
       await Deno.remove(done).catch(() => {});
       const p = new Proc([
@@ -243,10 +248,11 @@ Deno.test({
           "-c",
           `head -c 1000000 /dev/zero ${redirect}; touch '${done}'`,
         ]),
-      ], { env: { ...w.env(), D: done } });
+      ], { env: { ...w.env(), D: done, FLAGS: flagsFile } });
       const st = await p.status;
       assert.equal(st.code, 0, p.stderr);
       assert.equal(p.stdout.trim(), "1000000", `${mode} ${redirect}: ${p.stdout}${p.stderr}`);
+      assert.equal(await Deno.readTextFile(flagsFile), "non-blocking", `${mode} ${redirect}`);
     }
   },
 });

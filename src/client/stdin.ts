@@ -12,11 +12,14 @@
  * Reading that way sets O_NONBLOCK on the pipe, a flag shared with every
  * process holding the same pipe: a shell script's next command would read
  * EAGAIN. So the flag is cleared again at end of input and when the process
- * exits (`unload` runs on Deno.exit too); only a SIGKILL can leave it set.
+ * exits (`unload` runs on Deno.exit too); only a SIGKILL can leave it set. A
+ * descriptor that was non-blocking before us is left so (as OpenSSH does).
  */
 import fs from "node:fs";
 import net from "node:net";
 import { NodeReader } from "../common/node_reader.ts";
+import { isNonBlocking } from "../common/libc.ts";
+import { setBlocking } from "./stdout.ts";
 
 export interface StdinReader {
   read(buf: Uint8Array): Promise<number | null>;
@@ -35,8 +38,12 @@ export function openStreamStdin(): StdinReader {
   }
   if (!st.isFIFO() && !st.isSocket()) return Deno.stdin;
   try {
-    const socket = new net.Socket({ fd: 0, readable: true, writable: false });
-    return new SocketStdin(socket, !sameFile(st, 1) && !sameFile(st, 2));
+    const restore = isNonBlocking(0) === true
+      ? "never"
+      : sameFile(st, 1) || sameFile(st, 2)
+      ? "exit"
+      : "end";
+    return new SocketStdin(new net.Socket({ fd: 0, readable: true, writable: false }), restore);
   } catch {
     return Deno.stdin;
   }
@@ -53,30 +60,22 @@ function sameFile(st: fs.Stats, fd: number): boolean {
 }
 
 class SocketStdin implements StdinReader {
-  readonly #restore = () => this.#setBlocking();
+  readonly #restore = () => setBlocking(this.socket);
   readonly #reader: NodeReader;
 
   /**
-   * `restoreAtEnd`: put fd 0 back in blocking mode as soon as input ends. Not when it is also
-   * our stdout or stderr (one socket for both), still written through the event loop: the
-   * flag is the socket's, and a blocking write would stall everything; the process's end
-   * restores it then.
+   * `restore`: when fd 0 goes back in blocking mode. "end": as soon as input ends (and at
+   * exit if it has not). "exit": only at exit, when it is also our stdout or stderr (one
+   * socket for both), still written through the event loop: the flag is the socket's, and a
+   * blocking write would stall everything. "never": it was non-blocking before us.
    */
-  constructor(readonly socket: net.Socket, restoreAtEnd: boolean) {
-    globalThis.addEventListener("unload", this.#restore);
+  constructor(readonly socket: net.Socket, restore: "end" | "exit" | "never") {
+    if (restore !== "never") globalThis.addEventListener("unload", this.#restore);
     this.#reader = new NodeReader(socket, HIGH_WATER, () => {
-      if (!restoreAtEnd) return;
-      this.#setBlocking();
+      if (restore !== "end") return;
+      this.#restore();
       globalThis.removeEventListener("unload", this.#restore);
     });
-  }
-
-  /** Puts fd 0 back in blocking mode (a no-op once the handle is gone). */
-  #setBlocking(): void {
-    try {
-      // deno-lint-ignore no-explicit-any
-      (this.socket as any)._handle?.setBlocking?.(true);
-    } catch { /* the handle is already closed */ }
   }
 
   read(buf: Uint8Array): Promise<number | null> {

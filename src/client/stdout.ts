@@ -12,11 +12,12 @@
  *
  * node:net makes the descriptor non-blocking, for every process that shares it; `release()`
  * puts it back in blocking mode, and so does the end of the process (`unload` runs on
- * Deno.exit too). Meanwhile tether's own lines on the same descriptors go through
+ * Deno.exit too), unless it was non-blocking before us (then it is left so, as OpenSSH does). Meanwhile tether's own lines on the same descriptors go through
  * `writeAllSync` (cli/output.ts), which waits out a full pipe instead of failing.
  */
 import fs from "node:fs";
 import net from "node:net";
+import { isNonBlocking } from "../common/libc.ts";
 
 export interface Output {
   write(p: Uint8Array): Promise<number>;
@@ -25,15 +26,11 @@ export interface Output {
 }
 
 class SocketOutput implements Output {
-  readonly #restore = () => {
-    try {
-      // deno-lint-ignore no-explicit-any
-      (this.socket as any)._handle?.setBlocking?.(true);
-    } catch { /* the handle is already closed */ }
-  };
+  readonly #restore = () => setBlocking(this.socket);
 
-  constructor(readonly socket: net.Socket) {
-    globalThis.addEventListener("unload", this.#restore);
+  constructor(readonly socket: net.Socket, restore: boolean) {
+    if (restore) globalThis.addEventListener("unload", this.#restore);
+    else this.#restore = () => {};
     socket.on("error", () => {/* reported by the write's callback */});
   }
 
@@ -51,6 +48,14 @@ class SocketOutput implements Output {
     );
     return p.length;
   }
+}
+
+/** Puts a node socket's descriptor back in blocking mode (a no-op once it is closed). */
+export function setBlocking(socket: net.Socket): void {
+  try {
+    // deno-lint-ignore no-explicit-any
+    (socket as any)._handle?.setBlocking?.(true);
+  } catch { /* the handle is already closed */ }
 }
 
 /** EPIPE as Deno reports it, so callers handle one error whichever way was used. */
@@ -78,7 +83,9 @@ export function processOutput(fd: 1 | 2): Output {
   try {
     const st = fs.fstatSync(fd);
     if (!st.isFIFO() && !st.isSocket()) return file;
-    return new SocketOutput(new net.Socket({ fd, readable: false, writable: true }));
+    // A descriptor that was non-blocking already is left so (as OpenSSH leaves it).
+    const restore = isNonBlocking(fd) !== true;
+    return new SocketOutput(new net.Socket({ fd, readable: false, writable: true }), restore);
   } catch {
     return file;
   }

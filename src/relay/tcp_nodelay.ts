@@ -16,6 +16,8 @@
  *   socket for ever; shutdown(2) on the socket ends the handshake, and Deno then lets it go.
  */
 
+import { withLibc as withSymbols } from "../common/libc.ts";
+
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
 const SOL_SOCKET = 1;
@@ -26,7 +28,6 @@ const SHUT_RDWR = 2;
 const F_GETFD = 1;
 /** Descriptors looked at (a relay holds one per agent; descriptors are numbered densely). */
 const MAX_FD = 1 << 20;
-const LIBC = ["libc.so.6", "libc.so"];
 
 const SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
@@ -38,6 +39,8 @@ const SYMBOLS = {
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
+
+const withLibc = <T>(fn: (lib: Libc) => T): T | undefined => withSymbols(SYMBOLS, fn);
 
 /** Sets TCP_NODELAY on this process's socket listening on `port`; true once it is on. */
 export function setListenerNoDelay(port: number): boolean {
@@ -77,31 +80,6 @@ function connection(lib: Libc, localPort: number, remotePort: number): number | 
     lib,
     (fd) => portOf(lib, fd, "sock") === localPort && portOf(lib, fd, "peer") === remotePort,
   );
-}
-
-function withLibc<T>(fn: (lib: Libc) => T): T | undefined {
-  if (Deno.build.os !== "linux") return undefined;
-  try {
-    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return undefined;
-  } catch {
-    return undefined;
-  }
-  for (const name of LIBC) {
-    let lib: Libc;
-    try {
-      lib = Deno.dlopen(name, SYMBOLS);
-    } catch {
-      continue;
-    }
-    try {
-      return fn(lib);
-    } catch {
-      return undefined;
-    } finally {
-      lib.close();
-    }
-  }
-  return undefined;
 }
 
 /**
