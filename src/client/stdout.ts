@@ -6,14 +6,15 @@
  *   I/O", rsync(1) --blocking-io), and so may any program that set O_NONBLOCK on a pipe it
  *   shares — and Deno's own write fails with EAGAIN (WouldBlock) once the pipe is full.
  * - Deno's asynchronous write to a pipe is a hand-off to its blocking thread pool and back
- *   for every chunk: through node:net, 1 GiB of `exec` output went ~25% faster, and an
+ *   for every chunk: through node:net, 1 GiB of `exec` output went ~20% faster, and an
  *   `exec --stream` turn cost the client ~14 µs less CPU (docs/BENCHMARKS.md).
  * Files and terminals keep Deno's writes.
  *
  * node:net makes the descriptor non-blocking, for every process that shares it; `release()`
  * puts it back in blocking mode, and so does the end of the process (`unload` runs on
- * Deno.exit too), unless it was non-blocking before us (then it is left so, as OpenSSH does). Meanwhile tether's own lines on the same descriptors go through
- * `writeAllSync` (cli/output.ts), which waits out a full pipe instead of failing.
+ * Deno.exit too), unless it was non-blocking before us (then it is left so, as OpenSSH
+ * does). Meanwhile tether's own lines on stderr go through `writeAllSync` (cli/output.ts),
+ * which waits out a full pipe instead of failing.
  */
 import fs from "node:fs";
 import net from "node:net";
@@ -28,14 +29,14 @@ export interface Output {
 class SocketOutput implements Output {
   readonly #restore = () => setBlocking(this.socket);
 
-  constructor(readonly socket: net.Socket, restore: boolean) {
+  /** `restore`: put the descriptor back in blocking mode at the end (not if it was not). */
+  constructor(readonly socket: net.Socket, private readonly restore: boolean) {
     if (restore) globalThis.addEventListener("unload", this.#restore);
-    else this.#restore = () => {};
     socket.on("error", () => {/* reported by the write's callback */});
   }
 
   release(): void {
-    this.#restore();
+    if (this.restore) this.#restore();
   }
 
   /**
