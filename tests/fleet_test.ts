@@ -320,7 +320,9 @@ fleetTest(
     await turn.write("during\n");
     await turn.waitFor(/during/, "stdout");
     const refused = await w.tether(["c"], ["machines", "--json"]);
-    assert.equal(code(refused), "relay_unavailable");
+    // The whole answer on failure: a relay_unreachable here was seen once in a loaded suite
+    // (December 3) and could not be reproduced; its message says which path gave it.
+    assert.equal(code(refused), "relay_unavailable", `${refused.stdout}${refused.stderr}`);
     const ready = await eventually(async () => {
       const r = await fetch(`${w.relay("c").url.replace(/^ws/, "http")}/readyz`);
       const body = await r.text();
