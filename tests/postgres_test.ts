@@ -10,6 +10,8 @@ import { LEASE_TTL_MS } from "../src/relay/store.ts";
 import { storeCases } from "./store_suite.ts";
 import { type Cluster, needPostgres, startCluster } from "./postgres.ts";
 import { baseEnv, eventually, Proc, run } from "./helpers.ts";
+import { parseKey } from "../src/protocol/keys.ts";
+import { DEFAULT_DIAL_TIMEOUT_MS } from "../src/protocol/dial.ts";
 
 const SECRET = "a-fleet-secret-of-enough-length";
 
@@ -100,6 +102,43 @@ pgTest(
       assert.doesNotMatch(e.message, /hunter2/);
       return true;
     });
+  },
+);
+
+pgTest(
+  "a silent database: a key check is relay_unavailable within half a client's dial timeout",
+  async (_t, pg) => {
+    // A connecting client waits for the key check at most its dial timeout; it must hear
+    // "unavailable, retry" (HTTP 503), not give up as if the relay were unreachable. The
+    // server and every backend are stopped (SIGSTOP): connections stay open, nothing answers.
+    const store = await PostgresStore.connect(await pg.database());
+    const pids: number[] = [];
+    try {
+      await store.ensureWorkspace("w");
+      const key = parseKey((await store.createKey("w", "client")).key)!;
+      assert.ok(await store.authenticate(key));
+      const main = Number(
+        (await Deno.readTextFile(join(pg.dataDir, "postmaster.pid"))).split("\n")[0],
+      );
+      const children = new TextDecoder().decode(
+        (await new Deno.Command("pgrep", { args: ["-P", String(main)], stdout: "piped" }).output())
+          .stdout,
+      ).split("\n").filter(Boolean).map(Number);
+      for (const pid of [main, ...children]) {
+        Deno.kill(pid, "SIGSTOP");
+        pids.push(pid);
+      }
+      const t0 = Date.now();
+      await assert.rejects(() => store.authenticate(key), (e: Error & { code?: string }) => {
+        assert.equal(e.code, "relay_unavailable");
+        return true;
+      });
+      const took = Date.now() - t0;
+      assert.ok(took < DEFAULT_DIAL_TIMEOUT_MS - 2_000, `the key check took ${took} ms`);
+    } finally {
+      for (const pid of pids) Deno.kill(pid, "SIGCONT");
+      await store.close().catch(() => {});
+    }
   },
 );
 

@@ -7,6 +7,7 @@ import { parseDuration } from "../common/duration.ts";
 import { TetherError, usage } from "../common/errors.ts";
 import { writePrivate } from "../common/files.ts";
 import { defaultConfigDir } from "../common/paths.ts";
+import { DEFAULT_DIAL_TIMEOUT_MS } from "../protocol/dial.ts";
 
 export const CONFIG_FILE = "config.json";
 /** The relay's CA, kept by `login --fingerprint`. */
@@ -43,9 +44,6 @@ export interface ClientConfig {
   /** Told when a machine's end-to-end key is pinned for the first time. */
   onPinned?: (name: string, fingerprint: string) => void;
 }
-
-/** Default of `--dial-timeout` / TETHER_DIAL_TIMEOUT. */
-export const DEFAULT_DIAL_TIMEOUT_MS = 10_000;
 
 /** `--dial-timeout`, else TETHER_DIAL_TIMEOUT, else 10 s. */
 export function dialTimeoutMs(flags: Pick<GlobalFlags, "dialTimeout">): number {

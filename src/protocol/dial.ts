@@ -18,6 +18,13 @@ import { tlsProblem } from "./tls_pin.ts";
 import type { WsSocket } from "./ws_socket.ts";
 import { PROTOCOL_VERSION, VERSION } from "./version.ts";
 
+/**
+ * How long a client waits, by default, to reach a relay and hear its answer
+ * (`--dial-timeout` / TETHER_DIAL_TIMEOUT). A relay answers a connection's key check well
+ * within it, even when its store does not answer (relay/store_postgres.ts).
+ */
+export const DEFAULT_DIAL_TIMEOUT_MS = 10_000;
+
 export interface DialOptions extends ConnOptions {
   relay: string;
   key: string;
@@ -160,7 +167,7 @@ async function dialOne(
 ): Promise<Omit<Dialed, "relay">> {
   checkTransport(opts.relay, opts.insecure);
   const url = endpointUrl(opts.relay, opts.role);
-  const timeoutMs = opts.timeoutMs ?? 10_000;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_DIAL_TIMEOUT_MS;
   const deadline = Date.now() + timeoutMs;
   let ws: WsSocket;
   try {

@@ -42,6 +42,7 @@ import {
   type Store,
 } from "./store.ts";
 import { SHARE_KEY_PREFIX } from "../protocol/share.ts";
+import { DEFAULT_DIAL_TIMEOUT_MS } from "../protocol/dial.ts";
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE workspaces (
@@ -142,6 +143,13 @@ const CONNECT_TIMEOUT_S = 5;
 
 /** How long one store operation may take before it fails as relay_unavailable. */
 const QUERY_TIMEOUT_MS = 10_000;
+
+/**
+ * How long a key check may take: a connecting client waits for its answer at most its dial
+ * timeout, and must hear "relay_unavailable" (retry shortly), not give up on a relay that
+ * seems unreachable, when the database is slow or silent.
+ */
+const KEY_CHECK_TIMEOUT_MS = DEFAULT_DIAL_TIMEOUT_MS / 2;
 
 /** Connections one relay holds open at most. */
 const POOL_SIZE = 8;
@@ -253,7 +261,11 @@ export class PostgresStore implements Store, FleetStore {
    * Runs a statement. A failure (the database down, full, read-only) is remembered
    * for health() and becomes `relay_unavailable`; the next success clears it.
    */
-  private async run<T>(what: string, fn: (sql: Sql) => Promise<T>): Promise<T> {
+  private async run<T>(
+    what: string,
+    fn: (sql: Sql) => Promise<T>,
+    timeoutMs = QUERY_TIMEOUT_MS,
+  ): Promise<T> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       // A database that went silent (a cut network, no reset) fails the operation after a
@@ -262,8 +274,8 @@ export class PostgresStore implements Store, FleetStore {
         fn(this.sql),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
-            () => reject(new Error(`no answer within ${QUERY_TIMEOUT_MS / 1000} s`)),
-            QUERY_TIMEOUT_MS,
+            () => reject(new Error(`no answer within ${timeoutMs / 1000} s`)),
+            timeoutMs,
           );
         }),
       ]);
@@ -473,6 +485,7 @@ export class PostgresStore implements Store, FleetStore {
           SELECT m.secret_hash AS hash, m.workspace, m.enrolled_by, k.revoked_at
             FROM machines m JOIN keys k ON k.id = m.enrolled_by
            WHERE m.id = ${k.id} AND m.retired_at IS NULL`,
+        KEY_CHECK_TIMEOUT_MS,
       );
       const ok = secretMatches(k.secret, m?.hash);
       if (!ok || !m || m.revoked_at !== null) return null;
@@ -483,6 +496,7 @@ export class PostgresStore implements Store, FleetStore {
       (sql) =>
         sql<{ hash: string; workspace: string; role: KeyRole; revoked_at: number | null }[]>`
         SELECT hash, workspace, role, revoked_at FROM keys WHERE id = ${k.id}`,
+      KEY_CHECK_TIMEOUT_MS,
     );
     const ok = secretMatches(k.secret, row?.hash);
     if (!ok || !row || row.revoked_at !== null || row.role !== k.kind) return null;
