@@ -146,6 +146,51 @@ Deno.test("32 MiB of random bytes through cat arrive identical", async () => {
   assert.equal(sha(r.stdoutBytes), sha(data));
 });
 
+Deno.test({
+  name: "exec's stdin arrives identical from a file, a non-blocking pipe and a socket",
+  ignore: needPerl.ignore,
+  fn: async () => {
+    // A bulk stdin is read at once where bytes are waiting (FIONREAD, then read(2)) and
+    // waited for through Deno otherwise, one chunk ahead: a file, and a pipe or socket fed
+    // in bursts with pauses between them (so both ways are taken), made non-blocking by
+    // its parent (rsync's way), must all arrive whole and in order.
+    needPerl.check();
+    await using w = await worldWithAgent();
+    const data = new Uint8Array(6 * 1024 * 1024 + 12345);
+    for (let i = 0; i < data.length; i += 65536) {
+      crypto.getRandomValues(data.subarray(i, i + 65536));
+    }
+    const file = join(w.home, "input");
+    await Deno.writeFile(file, data);
+    const sha = createHash("sha256").update(data).digest("hex");
+    const remote = ["exec", "box", "--", "sha256sum"];
+    const fromFile = new Proc(["sh", "-c", '"$@" < "$F"', "sh", ...tetherArgv(remote)], {
+      env: { ...w.env(), F: file },
+    });
+    assert.equal((await fromFile.status).code, 0, fromFile.stderr);
+    assert.equal(fromFile.stdout.split(" ")[0], sha, "from a file");
+    // perl feeds the file in bursts of 100,000 bytes, a pause after every fourth.
+    const feeder = (kind: "pipe" | "socket") =>
+      "use Fcntl; use Socket; " +
+      (kind === "pipe"
+        ? "pipe(my $r, my $w) or die; fcntl($r, F_SETFL, fcntl($r, F_GETFL, 0) | O_NONBLOCK) or die; "
+        : "socketpair(my $w, my $r, AF_UNIX, SOCK_STREAM, PF_UNSPEC) or die; ") +
+      "my $pid = fork() // die; if (!$pid) { close $w; open(STDIN, '<&', $r) or die; " +
+      "close $r; exec @ARGV or die } close $r; open(my $in, '<', $ENV{F}) or die; my $i = 0; " +
+      "while (my $n = sysread($in, my $buf, 100000)) { my $o = 0; " +
+      "while ($o < $n) { $o += syswrite($w, $buf, $n - $o, $o) // die } " +
+      "select(undef, undef, undef, 0.005) if ++$i % 4 == 0 } close $w; waitpid($pid, 0); " +
+      "exit($? >> 8)";
+    for (const kind of ["pipe", "socket"] as const) {
+      const p = new Proc(["perl", "-e", feeder(kind), "--", ...tetherArgv(remote)], {
+        env: { ...w.env(), F: file },
+      });
+      assert.equal((await p.status).code, 0, `${kind}: ${p.stderr}`);
+      assert.equal(p.stdout.split(" ")[0], sha, `from a ${kind}`);
+    }
+  },
+});
+
 Deno.test("exec --stream drives a process turn by turn (200 round trips)", async () => {
   await using w = await worldWithAgent();
   const p = w.spawn(["exec", "box", "--stream", "--", ...await awkEchoArgv()], { stdin: true });

@@ -1,5 +1,5 @@
 /** `tether exec MACHINE [options] -- CMD [ARG…]`: run one command, no PTY. */
-import { openStreamStdin } from "../client/stdin.ts";
+import { openBulkStdin, openStreamStdin } from "../client/stdin.ts";
 import { lazyOutput, type Output } from "../client/stdout.ts";
 import type { Command } from "@commander-js/extra-typings";
 import { attach, processTerminal } from "../client/attach.ts";
@@ -124,7 +124,7 @@ export function registerExec(program: Command, act: Act) {
             : undefined,
         },
       }, {
-        stdin: opts.stream && opts.stdin !== false ? openStreamStdin() : Deno.stdin,
+        stdin: opts.stream && opts.stdin !== false ? openStreamStdin() : openBulkStdin(),
         warn: (line) => say(`tether: ${line}`),
         started: ({ pid, id }) => events?.emit({ type: "started", pid: pid ?? null, exec: id }),
         dropped(ch, bytes) {

@@ -8,6 +8,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { forwardStream, type LocalEnd } from "../client/forward.ts";
 import { type MachineView, RelayClient } from "../client/relay_client.ts";
 import { processOutput } from "../client/stdout.ts";
+import { openBulkStdin } from "../client/stdin.ts";
 import { machineOffline, TetherError, usage } from "../common/errors.ts";
 import { parseTarget } from "../protocol/target.ts";
 import { MAX_STREAMS_PER_CONN } from "../protocol/messages.ts";
@@ -200,8 +201,9 @@ others. With --json, one line {"forwards":[{"bind","port","target"}…]} once li
         // cannot close its own stdout, and the program reading it (ssh) waits for its end.
         let farEnded!: () => void;
         const ended = new Promise<void>((resolve) => (farEnded = resolve));
+        const stdin = openBulkStdin();
         const local: LocalEnd = {
-          read: (buf) => Deno.stdin.read(buf),
+          read: (buf) => stdin.read(buf),
           write: (p) => out.write(p),
           closeWrite: () => Promise.resolve(farEnded()),
         };

@@ -17,6 +17,7 @@ import { writeAll } from "../common/bytes.ts";
 import { machineOffline } from "../common/errors.ts";
 import { CH_STDERR, CH_STDOUT } from "../protocol/frames.ts";
 import { lazyOutput } from "../client/stdout.ts";
+import { openBulkStdin } from "../client/stdin.ts";
 import type { RemoteSpec } from "../protocol/messages.ts";
 import { attachWithBanner } from "./attach_banner.ts";
 import { type Act, clientConfig, type Globals, globals } from "./context.ts";
@@ -125,9 +126,10 @@ async function ssh(g: Globals, a: SshArgs): Promise<number> {
       auth,
       remote,
     }, {
-      // Deno's own stdin, not the event-loop reader of exec --stream: scp and sftp give
-      // one socket as stdin and stdout, and that reader's O_NONBLOCK would be stdout's too.
-      stdin: Deno.stdin,
+      // Not the event-loop reader of exec --stream: scp and sftp give one socket as stdin
+      // and stdout, and that reader's O_NONBLOCK would be stdout's too. The bulk reader
+      // leaves the flags alone.
+      stdin: openBulkStdin(),
       warn: (w) => {
         if (!a.quiet) say(`tether ssh: ${w}`);
       },

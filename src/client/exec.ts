@@ -26,6 +26,7 @@ import {
 import type { Open, RemoteSpec, WireError } from "../protocol/messages.ts";
 import { reconnectWindowMs } from "./attach.ts";
 import type { RelayClient, StreamAuth } from "./relay_client.ts";
+import { ReadAhead } from "./stdin.ts";
 
 export interface ExecRequest {
   machineId: string;
@@ -116,6 +117,8 @@ export function runExec(
   const unacked: { offset: number; data: Uint8Array }[] = [];
   let eofSent = false;
   let pumping = false;
+  /** A bulk stdin's reader, kept across a resume: it may hold a read in flight. */
+  let stdinAhead: ReadAhead | undefined;
   let resolveDone!: (r: ExecResult) => void;
   let rejectDone!: (e: TetherError) => void;
   const done = new Promise<ExecResult>((res, rej) => {
@@ -298,18 +301,21 @@ export function runExec(
     pumping = true;
     // A pipe or terminal gives at most 64 KiB a read; a socket (rsync, scp) may give more.
     const size = req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD;
-    // One buffer, with room for the DATA header before what is read; the socket copies
-    // each frame, so the buffer takes the next read at once.
-    const buf = new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + size), DATA_FRAME_PREFIX, size);
+    // Buffers with room for the DATA header before what is read; the socket copies each
+    // frame. A bulk stdin is read one chunk ahead, so its next read overlaps this send.
+    const reader = req.stream
+      ? new ReadAhead(io.stdin, size, DATA_FRAME_PREFIX, false)
+      : (stdinAhead ??= new ReadAhead(io.stdin, size, DATA_FRAME_PREFIX));
     try {
       for (;;) {
-        const n = await io.stdin.read(buf);
+        const buf = await reader.next();
         if (finished) return;
-        if (n === null) {
+        if (buf === null) {
           eofSent = true;
           client.send({ t: "eof", sid });
           return;
         }
+        const n = buf.length;
         let off = 0;
         while (off < n) {
           const c = credit;

@@ -1,16 +1,16 @@
 /**
- * The C library through FFI, for what Deno does not offer (socket options, descriptor flags),
- * loaded for one call and closed again. Linux only (glibc's names); elsewhere, without FFI
+ * The C library through FFI, for what Deno does not offer (socket options, descriptor flags,
+ * a read that need not leave the event loop), loaded for one call and closed again or kept
+ * by its caller. Linux only (glibc's names); elsewhere, without FFI
  * permission, or when the call throws, the answer is undefined and the caller does without.
  */
 
 const LIBC = ["libc.so.6", "libc.so"];
 
-/** `fn` run with libc's `symbols`; undefined where that cannot be done here. */
-export function withLibc<S extends Deno.ForeignLibraryInterface, T>(
+/** libc with `symbols`, open until the caller closes it; undefined where it cannot be had. */
+export function openLibc<S extends Deno.ForeignLibraryInterface>(
   symbols: S,
-  fn: (lib: Deno.DynamicLibrary<S>) => T,
-): T | undefined {
+): Deno.DynamicLibrary<S> | undefined {
   if (Deno.build.os !== "linux") return undefined;
   try {
     if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return undefined;
@@ -18,21 +18,29 @@ export function withLibc<S extends Deno.ForeignLibraryInterface, T>(
     return undefined;
   }
   for (const name of LIBC) {
-    let lib: Deno.DynamicLibrary<S>;
     try {
-      lib = Deno.dlopen(name, symbols);
+      return Deno.dlopen(name, symbols);
     } catch {
       continue;
     }
-    try {
-      return fn(lib);
-    } catch {
-      return undefined;
-    } finally {
-      lib.close();
-    }
   }
   return undefined;
+}
+
+/** `fn` run with libc's `symbols`; undefined where that cannot be done here. */
+export function withLibc<S extends Deno.ForeignLibraryInterface, T>(
+  symbols: S,
+  fn: (lib: Deno.DynamicLibrary<S>) => T,
+): T | undefined {
+  const lib = openLibc(symbols);
+  if (!lib) return undefined;
+  try {
+    return fn(lib);
+  } catch {
+    return undefined;
+  } finally {
+    lib.close();
+  }
 }
 
 const FCNTL = { fcntl: { parameters: ["i32", "i32"], result: "i32" } } as const;
