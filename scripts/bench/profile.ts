@@ -4,12 +4,13 @@
  * the functions with the most self time in each, and their CPU totals.
  *
  *   deno run -P scripts/bench/profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR]
- *        [--bundle F] [--e2e off]
+ *        [--bundle F] [--e2e off] [--tls]
  *
  * --no-profile runs the scenario without the profiler and prints only the
  * time and the relay's and agent's CPU during it. --bundle runs a prebuilt
  * tether.js instead of bundling the current source; --e2e off runs the client
- * with TETHER_E2E=off (its streams in the clear).
+ * with TETHER_E2E=off (its streams in the clear); --tls serves wss:// (a private CA made for
+ * the run, as the benchmark's wss:// rows).
  *
  * The .cpuprofile files open in Chrome DevTools (Performance → Load profile);
  * pass --keep DIR to keep them.
@@ -75,13 +76,14 @@ async function main() {
       "no-profile": { type: "boolean", default: false },
       bundle: { type: "string" },
       e2e: { type: "string", default: "on" },
+      tls: { type: "boolean", default: false },
     },
   });
   const scenario = positionals[0] ?? "turns";
   if (!["turns", "stdout", "stdin", "slow"].includes(scenario)) {
     console.error(
       "usage: profile.ts turns|stdout|stdin|slow [--size MiB] [--keep DIR] [--bundle F] " +
-        "[--e2e off]",
+        "[--e2e off] [--tls]",
     );
     Deno.exit(2);
   }
@@ -94,7 +96,13 @@ async function main() {
   let w: TetherWorld | undefined;
   try {
     const bundle = await bundleUnderTest(values.bundle, tmp);
-    w = await createProfiled(bundle, tmp, flag("relay.cpuprofile"), flag("agent.cpuprofile"));
+    w = await createProfiled(
+      bundle,
+      tmp,
+      flag("relay.cpuprofile"),
+      flag("agent.cpuprofile"),
+      values.tls,
+    );
     const clientFlags = flag("client.cpuprofile");
     const env = values.e2e === "off" ? { ...w.env(), TETHER_E2E: "off" } : w.env();
     const size = Number(values.size ?? (scenario === "slow" ? 64 : 512)) * MiB;
@@ -198,9 +206,10 @@ async function createProfiled(
   tmp: string,
   relayFlags: string[],
   agentFlags: string[],
+  tls: boolean,
 ): Promise<TetherWorld> {
   // The relay gets relayFlags through TetherWorld; the agent is started with its own.
-  const w = await TetherWorld.create(bundle, tmp, false, relayFlags);
+  const w = await TetherWorld.create(bundle, tmp, false, relayFlags, {}, tls);
   await w.startAgent(agentFlags);
   return w;
 }

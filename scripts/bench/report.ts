@@ -211,9 +211,20 @@ during a slow read.
   (December 3). The agent takes frames from its link as views of the read buffer and copies
   the stdin it keeps into reused 64 KiB buffers (\`src/agent/input_pool.ts\`): a new buffer per
   frame cost ~30 µs a frame in allocation and page faults, plus collections (~8% of stdin
-  throughput). Tried and not kept: a 4 MiB output window instead of 1 MiB (slower over
+  throughput). The client reads a bulk stdin at once when bytes are waiting (FIONREAD, then
+  read(2) through FFI) and through Deno's blocking thread only when the pipe is empty, one
+  chunk ahead of what it seals and sends (\`openBulkStdin\`, \`ReadAhead\` in
+  \`src/client/stdin.ts\`): each of Deno's reads was a hand-off to its thread and back, ~55 µs
+  of the event loop per 64 KiB in a CPU profile; 1 GiB of stdin went ~1.2× faster (median of
+  6 alternating runs, December 3; read-ahead alone ~1.06×, the direct read alone ~1.12×).
+  Over wss:// this does not show: a CPU profile of 512 MiB of stdin (\`profile.ts stdin
+  --tls\`) has the relay's TLS reads and writes at 0.8 s of its 1.1 s, the agent's TLS reads
+  at 0.23 s: two TLS hops, each end decrypting and encrypting every byte, besides the
+  end-to-end seal, where OpenSSH encrypts once; Deno offers no choice of cipher.
+  Tried and not kept: a 4 MiB output window instead of 1 MiB (slower over
   wss://, 207 against 231–242 MiB/s: the transfer is not window-bound), \`F_SETPIPE_SZ\` 1 MiB on
-  the client's stdin and stdout pipes (no gain in 3 alternations), and node:net for a bulk
+  the client's stdin and stdout pipes (no gain in 3 alternations; again with the direct
+  read, which could then take 256 KiB at a time: 0.88–1.26×, median 1.04×, in 5), and node:net for a bulk
   stdin (slower: node's stream machinery and a copy per read). What remains is the syscalls
   themselves and one memcpy per hop, and over wss:// the TLS records at both ends of each hop; a Linux pipe gives at most 64 KiB
   per read, so the agent cannot make fewer, larger frames without enlarging the child's pipe
@@ -263,7 +274,16 @@ during a slow read.
   starts a command through \`setsid(1)\` (Deno's \`detached\` spawn forks the whole agent, ~11 ms
   against ~3 ms); the relay's SQLite no longer flushes the disk for each audit row (two per
   command, ~3 ms each, on the relay's event loop). \`--v8-flags=--single-threaded\` made no
-  difference to the client's start (12 interleaved runs each).
+  difference to the client's start (12 interleaved runs each). What is left of the bundle's
+  cost is its size, not what runs: with \`performance.now()\` at the top of the module and
+  at \`main\`, a 1.5 MB bundle starts evaluating ~85 ms after an empty script does, its own
+  top-level code then takes ~7 ms, and 1.5 MB of code that never runs (one uncalled
+  function) costs ~40 ms by itself, even from V8's code cache; the node: modules the bundle
+  imports cost ~7 ms together, and its 187 KB of page assets (strings) nothing measurable.
+  \`deno bundle --code-splitting\` (the client's part 290 KB, the relay and agent in chunks
+  loaded on use) took ~30 ms off \`exec -- true\` (216 → ~182 ms, 2 × 9 runs) but makes the
+  bundle a directory of ~25 files where README's CI recipe downloads one file; not adopted
+  (a binary from \`deno compile\`, built from the sources, keeps their dynamic imports, which load on use; not measurable here, where compile cannot fetch its runtime). \`--minify\` saved ~9 ms.
 - **Keystroke to echo (item 8).** Back to back, a key's echo takes ~0.55 ms through tether; with
   5 ms between keys, as when typing, ~1.1–1.4 ms, and the CPU each process spends per key
   doubles (client ~400 µs, relay and agent ~430 µs, against ~150–200 µs back to back): every
