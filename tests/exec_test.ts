@@ -191,6 +191,39 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name: "a bulk output's pipe is enlarged on the agent; a trickle's is not; both arrive whole",
+  ignore: needPerl.ignore,
+  fn: async () => {
+    // The command writes, then tells on stderr how large its stdout pipe is (F_GETPIPE_SZ):
+    // 256 KiB once the agent saw a full 64 KiB read, 64 KiB for a line.
+    needPerl.check();
+    await using w = await worldWithAgent();
+    const perl = (bytes: number) =>
+      `my $b = join("", map { chr(($_ * 7) % 251) } 0 .. 65535); my $left = ${bytes}; ` +
+      "while ($left > 0) { my $n = $left < 65536 ? $left : 65536; " +
+      "syswrite(STDOUT, $b, $n) == $n or die; $left -= $n } " +
+      'printf STDERR "pipe %d\\n", fcntl(STDOUT, 1032, 0)';
+    const expected = (bytes: number) => {
+      const b = new Uint8Array(65536).map((_, i) => (i * 7) % 251);
+      const h = createHash("sha256");
+      for (let left = bytes; left > 0; left -= 65536) {
+        h.update(b.subarray(0, Math.min(65536, left)));
+      }
+      return h.digest("hex");
+    };
+    for (const [bytes, pipe] of [[8 * 1024 * 1024 + 5, 262144], [100, 65536]]) {
+      const r = await w.tether(["exec", "box", "--", "perl", "-e", perl(bytes)], {
+        timeoutMs: 60_000,
+      });
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr, `pipe ${pipe}\n`, `${bytes} bytes`);
+      assert.equal(r.stdoutBytes.length, bytes);
+      assert.equal(createHash("sha256").update(r.stdoutBytes).digest("hex"), expected(bytes));
+    }
+  },
+});
+
 Deno.test("exec --stream drives a process turn by turn (200 round trips)", async () => {
   await using w = await worldWithAgent();
   const p = w.spawn(["exec", "box", "--stream", "--", ...await awkEchoArgv()], { stdin: true });

@@ -226,9 +226,15 @@ during a slow read.
   the client's stdin and stdout pipes (no gain in 3 alternations; again with the direct
   read, which could then take 256 KiB at a time: 0.88–1.26×, median 1.04×, in 5), and node:net for a bulk
   stdin (slower: node's stream machinery and a copy per read). What remains is the syscalls
-  themselves and one memcpy per hop, and over wss:// the TLS records at both ends of each hop; a Linux pipe gives at most 64 KiB
-  per read, so the agent cannot make fewer, larger frames without enlarging the child's pipe
-  (\`F_SETPIPE_SZ\`, which \`Deno.Command\` does not expose).
+  themselves and one memcpy per hop, and over wss:// the TLS records at both ends of each hop.
+  A Linux pipe gives at most 64 KiB per read, and each read became a frame with its own seal
+  and a write at every hop: once a command's output fills a whole 64 KiB read, the agent now
+  gives its pipe 256 KiB (\`F_SETPIPE_SZ\` through the child's \`/proc/PID/fd\`, as
+  \`Deno.Command\` does not give the descriptor; at most 16 pipes at a time, for the per-user
+  pipe quota; \`src/agent/pipe_size.ts\`) and reads and frames up to 256 KiB at a time:
+  1 GiB of stdout went 265–312 → 390–400 MiB/s over ws:// in 4 alternating runs, ~1.1×
+  over wss:// (December 3), and the slow reader's growth fell (fewer, larger frames in
+  flight). The child's stdin pipe enlarged the same way gave nothing (0.92–1.08×).
 - **Turn latency.** Each turn crosses the relay: two TCP hops and three event loops on each way
   where OpenSSH has one hop and two. On this VM every wake-up of a sleeping process costs tens
   of microseconds of CPU even for a trivial echo server (measured the same for Deno's WebSocket

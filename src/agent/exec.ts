@@ -35,6 +35,7 @@ import { isSignalName } from "../common/signals.ts";
 import { writePrivate } from "../common/files.ts";
 import { Fanout, type Watcher } from "./fanout.ts";
 import { inputPool } from "./input_pool.ts";
+import { enlargePipe } from "./pipe_size.ts";
 import { endGroup, killGroup, NotRunnable, spawnInSession } from "./process_group.ts";
 import { findByPrefix, newShortId } from "./short_id.ts";
 
@@ -380,13 +381,25 @@ export class Exec {
   private async pump(stream: ReadableStream<Uint8Array>, i: number): Promise<void> {
     const reader = stream.getReader({ mode: "byob" });
     this.readers.push(reader);
+    // A bulk output's pipe is enlarged (stdout or stderr: the child's descriptor i + 1),
+    // reached through the child's pid while it lives (once reaped, the pid may be reused).
+    let release: (() => void) | undefined;
+    const grow = () =>
+      !this.leaderExited && (release = enlargePipe(this.pid!, i + 1)) !== undefined;
     try {
-      await this.output.pipe(i, async (into) => {
-        const { value, done } = await reader.read(into);
-        return done || !value ? null : value;
-      }, () => this.forced);
+      await this.output.pipe(
+        i,
+        async (into) => {
+          const { value, done } = await reader.read(into);
+          return done || !value ? null : value;
+        },
+        () => this.forced,
+        this.pid === undefined ? undefined : grow,
+      );
     } catch {
       // The reader was cancelled (kill, timeout) or the pipe failed: nothing more to read.
+    } finally {
+      release?.();
     }
   }
 

@@ -25,6 +25,8 @@ import { RingBuffer } from "./ring.ts";
 
 /** Bytes per read of the process's output (a Linux pipe holds 64 KiB). */
 export const READ_CHUNK = 64 * 1024;
+/** Bytes per read once the source was made to hold more (pipe() `grow`): one frame's worth. */
+export const BULK_READ_CHUNK = MAX_DATA_PAYLOAD;
 
 /** Where pump() builds each frame from a ring; sendBinary copies it out at once. */
 const SCRATCH = new Uint8Array(DATA_FRAME_PREFIX + MAX_DATA_PAYLOAD);
@@ -147,13 +149,13 @@ export class Fanout {
   }
 
   /** Bytes channel `i` may be read for without overwriting what a watcher still needs. */
-  room(i: number): number {
+  room(i: number, most = READ_CHUNK): number {
     const ring = this.rings[i];
     let min = Infinity;
     for (const w of this.watchers) min = Math.min(min, Math.max(ring.start, w.acked(i)));
     for (const g of this.ghosts.values()) min = Math.min(min, g.cursors[i]);
-    if (min === Infinity) return READ_CHUNK;
-    return Math.min(READ_CHUNK, ring.capacity - (ring.end - min));
+    if (min === Infinity) return most;
+    return Math.min(most, ring.capacity - (ring.end - min));
   }
 
   /**
@@ -163,27 +165,40 @@ export class Fanout {
    * the view it is given (which has DATA_FRAME_PREFIX bytes of room in front,
    * for frames built in place) and returns the filled part, possibly in a new
    * buffer (a BYOB read transfers it).
+   *
+   * `grow`, when given, is asked once, after a read filled a whole READ_CHUNK (a source
+   * writing faster than it is read), to make the source hold more (pipe_size.ts); if it
+   * says it did, reads take up to BULK_READ_CHUNK from then on: fewer, larger frames.
    */
   async pipe(
     i: number,
     read: (into: Uint8Array) => Promise<Uint8Array | null>,
     force: () => boolean = () => false,
+    grow?: () => boolean,
   ): Promise<void> {
-    let buf: Uint8Array = new Uint8Array(
-      new ArrayBuffer(DATA_FRAME_PREFIX + READ_CHUNK),
-      DATA_FRAME_PREFIX,
-    );
+    let chunk = READ_CHUNK;
+    const buffer = () =>
+      new Uint8Array(new ArrayBuffer(DATA_FRAME_PREFIX + chunk), DATA_FRAME_PREFIX);
+    let buf: Uint8Array = buffer();
     for (;;) {
-      let room = this.room(i);
+      let room = this.room(i, chunk);
       while (room <= 0 && !force()) {
         await new Promise<void>((r) => this.waiters.push(r));
-        room = this.room(i);
+        room = this.room(i, chunk);
       }
       for (const w of this.watchers) await w.conn.drain();
-      const got = await read(buf.subarray(0, force() ? READ_CHUNK : Math.max(1, room)));
+      const got = await read(buf.subarray(0, force() ? chunk : Math.max(1, room)));
       if (got === null) return;
-      buf = new Uint8Array(got.buffer, got.byteOffset, READ_CHUNK);
+      buf = new Uint8Array(got.buffer, got.byteOffset, chunk);
       this.append(i, got);
+      if (grow && got.length === READ_CHUNK && chunk === READ_CHUNK) {
+        const grown = grow();
+        grow = undefined;
+        if (grown) {
+          chunk = BULK_READ_CHUNK;
+          buf = buffer();
+        }
+      }
     }
   }
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Fanout, READ_CHUNK } from "../../src/agent/fanout.ts";
+import { BULK_READ_CHUNK, Fanout, READ_CHUNK } from "../../src/agent/fanout.ts";
 import { CH_STDERR, CH_STDOUT } from "../../src/protocol/frames.ts";
 import { fakeConn, framed } from "./fakes.ts";
 
@@ -93,4 +93,36 @@ Deno.test("fanout: what nobody watched is dropped, and a watcher's next offset s
   f.discard();
   f.append(0, framed("zz"));
   assert.deepEqual(sent.data.at(-1), [CH_STDOUT, 16, "zz"]);
+});
+
+Deno.test("fanout: a read that fills READ_CHUNK asks once to grow; reads are larger only if it did", async () => {
+  for (const grows of [true, false]) {
+    const f = new Fanout([CH_STDOUT], 4 * 1024 * 1024, { ghostMs: 1000 });
+    const asked: number[] = [];
+    let asks = 0;
+    // The source fills whatever it is given: three reads, then its end.
+    await f.pipe(
+      0,
+      (into) => {
+        asked.push(into.length);
+        if (asked.length > 3) return Promise.resolve(null);
+        into.fill(asked.length);
+        return Promise.resolve(into);
+      },
+      undefined,
+      () => {
+        asks++;
+        return grows;
+      },
+    );
+    assert.equal(asks, 1, "asked once");
+    assert.deepEqual(
+      asked,
+      grows
+        ? [READ_CHUNK, BULK_READ_CHUNK, BULK_READ_CHUNK, BULK_READ_CHUNK]
+        : [READ_CHUNK, READ_CHUNK, READ_CHUNK, READ_CHUNK],
+    );
+    const kept = grows ? READ_CHUNK + 2 * BULK_READ_CHUNK : 3 * READ_CHUNK;
+    assert.equal(f.rings[0].end, kept, "every byte read is kept");
+  }
 });

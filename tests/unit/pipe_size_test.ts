@@ -1,0 +1,63 @@
+/** pipe_size.ts: a child's output pipe enlarged through /proc, at most MAX_ENLARGED at once. */
+import assert from "node:assert/strict";
+import { BULK_PIPE, enlargePipe, MAX_ENLARGED } from "../../src/agent/pipe_size.ts";
+
+/** The size of the pipe on `fd` of `pid`, read as the test's own check (F_GETPIPE_SZ). */
+function pipeSize(pid: number, fd: number): number {
+  const lib = Deno.dlopen("libc.so.6", {
+    open: { parameters: ["buffer", "i32"], result: "i32" },
+    fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+    close: { parameters: ["i32"], result: "i32" },
+  });
+  try {
+    const f = lib.symbols.open(new TextEncoder().encode(`/proc/${pid}/fd/${fd}\0`), 0o4000);
+    assert.ok(f >= 0, "the test opens the pipe");
+    const size = lib.symbols.fcntl(f, 1032, 0);
+    lib.symbols.close(f);
+    return size;
+  } finally {
+    lib.close();
+  }
+}
+
+function sleeper(stdout: "piped" | "null"): Deno.ChildProcess {
+  return new Deno.Command("sleep", { args: ["60"], stdout, stderr: "null", stdin: "null" })
+    .spawn();
+}
+
+Deno.test({
+  name: "enlargePipe: a pipe grows to BULK_PIPE; MAX_ENLARGED at once; not a pipe: left alone",
+  ignore: Deno.build.os !== "linux",
+  fn: async () => {
+    const kids = Array.from({ length: MAX_ENLARGED + 1 }, () => sleeper("piped"));
+    const other = sleeper("null");
+    const releases: (() => void)[] = [];
+    try {
+      assert.equal(pipeSize(kids[0].pid, 1), 65536, "a new pipe holds 64 KiB");
+      assert.equal(enlargePipe(other.pid, 1), undefined, "/dev/null is not resized");
+      for (const k of kids.slice(0, MAX_ENLARGED)) {
+        const r = enlargePipe(k.pid, 1);
+        assert.ok(r, "enlarged");
+        releases.push(r);
+        assert.equal(pipeSize(k.pid, 1), BULK_PIPE);
+      }
+      const last = kids[MAX_ENLARGED];
+      assert.equal(enlargePipe(last.pid, 1), undefined, "one more than MAX_ENLARGED waits");
+      assert.equal(pipeSize(last.pid, 1), 65536);
+      releases[0]();
+      releases[0](); // given back twice: counted once
+      const r = enlargePipe(last.pid, 1);
+      assert.ok(r, "a place was given back");
+      releases.push(r);
+      assert.equal(enlargePipe(last.pid, 1), undefined, "already large: no second place taken");
+      assert.equal(enlargePipe(999_999_999, 1), undefined, "no such process");
+    } finally {
+      for (const r of releases) r();
+      for (const k of [...kids, other]) {
+        k.kill("SIGKILL");
+        await k.status;
+      }
+      for (const k of kids) await k.stdout.cancel();
+    }
+  },
+});
