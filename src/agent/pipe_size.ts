@@ -7,14 +7,16 @@
  * often: 1 GiB of `exec` output went ~1.25× faster over ws:// and ~1.1× over wss:// in
  * alternating runs (docs/BENCHMARKS.md).
  *
- * `Deno.Command` does not give the descriptor, so the pipe is reached through the child's
- * `/proc/PID/fd/N`: only when that link names a pipe (`pipe:[…]`) is it opened (read-only,
- * non-blocking: a pipe, so the open cannot wait or have effects), resized and closed again.
+ * `Deno.Command` does not give the descriptor, so it is found through /proc: the child's
+ * `/proc/PID/fd/N` names the pipe (`pipe:[inode]`), and the agent's own descriptor of that
+ * pipe (the one in `/proc/self/fd` naming the same inode) is resized. Nothing of the child's
+ * is opened, and a descriptor the command pointed elsewhere (`exec >file`, a pipe of its
+ * own) is left alone: only a pipe the agent itself holds an end of is resized.
  * It is done for output that fills a whole 64 KiB read, not for every command: pipe pages
  * count against a per-user quota (/proc/sys/fs/pipe-user-pages-soft, 64 MiB by default),
- * past which the kernel gives that user's new pipes a single page, so at most
- * MAX_ENLARGED pipes are enlarged at a time (4 MiB). Where FFI or /proc is not to be had,
- * or the kernel refuses, the pipe stays as it is and nothing else changes.
+ * past which the kernel refuses to grow that user's pipes and makes their new ones two
+ * pages, so at most MAX_ENLARGED pipes are enlarged at a time (4 MiB). Where FFI or /proc
+ * is not to be had, or the kernel refuses, the pipe stays as it is and nothing else changes.
  */
 import { withLibc } from "../common/libc.ts";
 
@@ -25,42 +27,60 @@ export const MAX_ENLARGED = 16;
 
 const SYMBOLS = {
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
-  open: { parameters: ["buffer", "i32"], result: "i32" },
+  opendir: { parameters: ["buffer"], result: "pointer" },
+  readdir: { parameters: ["pointer"], result: "pointer" },
+  closedir: { parameters: ["pointer"], result: "i32" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
-  close: { parameters: ["i32"], result: "i32" },
 } as const;
 
-const O_RDONLY = 0;
-const O_NOCTTY = 0o400;
-const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
+type Lib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+
 const F_SETPIPE_SZ = 1031;
 const F_GETPIPE_SZ = 1032;
 
 let enlarged = 0;
 
+const cPath = (path: string) => new TextEncoder().encode(`${path}\0`);
+
+/** Where the symbolic link at `path` points, or undefined. */
+function readLink(lib: Lib, path: string): string | undefined {
+  const buf = new Uint8Array(256);
+  const n = Number(lib.readlink(cPath(path), buf, BigInt(buf.length)));
+  return n > 0 ? new TextDecoder().decode(buf.subarray(0, n)) : undefined;
+}
+
+/** This process's descriptor whose link is `target` (e.g. `pipe:[123]`), or undefined. */
+function ownDescriptor(lib: Lib, target: string): number | undefined {
+  const dir = lib.opendir(cPath("/proc/self/fd"));
+  if (dir === null) return undefined;
+  try {
+    for (let ent = lib.readdir(dir); ent !== null; ent = lib.readdir(dir)) {
+      // struct dirent on 64-bit glibc: d_ino, d_off (8 bytes each), d_reclen (2), d_type (1), d_name.
+      const name = new Deno.UnsafePointerView(ent).getCString(19);
+      if (/^\d+$/.test(name) && readLink(lib, `/proc/self/fd/${name}`) === target) {
+        return Number(name);
+      }
+    }
+  } finally {
+    lib.closedir(dir);
+  }
+  return undefined;
+}
+
 /**
- * Gives the pipe on descriptor `fd` of process `pid` BULK_PIPE bytes. Returns a function
- * that gives its place back (call it once the pipe is done with), or undefined when the
- * pipe was not enlarged.
+ * Gives the pipe on descriptor `fd` of process `pid` BULK_PIPE bytes, through this
+ * process's own end of it. Returns a function that gives its place back (call it once the
+ * pipe is done with), or undefined when the pipe was not enlarged.
  */
 export function enlargePipe(pid: number, fd: number): (() => void) | undefined {
   if (enlarged >= MAX_ENLARGED) return undefined;
-  const done = withLibc(SYMBOLS, (lib) => {
-    const path = new TextEncoder().encode(`/proc/${pid}/fd/${fd}\0`);
-    const link = new Uint8Array(64);
-    const n = Number(lib.symbols.readlink(path, link, BigInt(link.length)));
-    if (n <= 0 || !new TextDecoder().decode(link.subarray(0, n)).startsWith("pipe:[")) {
-      return false;
-    }
-    const f = lib.symbols.open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-    if (f < 0) return false;
-    try {
-      const size = lib.symbols.fcntl(f, F_GETPIPE_SZ, 0);
-      return size >= 0 && size < BULK_PIPE && lib.symbols.fcntl(f, F_SETPIPE_SZ, BULK_PIPE) >= 0;
-    } finally {
-      lib.symbols.close(f);
-    }
+  const done = withLibc(SYMBOLS, ({ symbols: lib }) => {
+    const target = readLink(lib, `/proc/${pid}/fd/${fd}`);
+    if (!target?.startsWith("pipe:[")) return false;
+    const own = ownDescriptor(lib, target);
+    if (own === undefined) return false;
+    const size = lib.fcntl(own, F_GETPIPE_SZ, 0);
+    return size >= 0 && size < BULK_PIPE && lib.fcntl(own, F_SETPIPE_SZ, BULK_PIPE) >= 0;
   });
   if (!done) return undefined;
   enlarged++;

@@ -117,7 +117,7 @@ export function runExec(
   const unacked: { offset: number; data: Uint8Array }[] = [];
   let eofSent = false;
   let pumping = false;
-  /** A bulk stdin's reader, kept across a resume: it may hold a read in flight. */
+  /** A bulk stdin's reader: one per command (its pump runs across a resume, waiting for credit). */
   let stdinAhead: ReadAhead | undefined;
   let resolveDone!: (r: ExecResult) => void;
   let rejectDone!: (e: TetherError) => void;
@@ -219,7 +219,7 @@ export function runExec(
             return;
           }
           resendStdin(msg.stdin_offset ?? 0);
-          if (req.stdin && !req.attach && !pumping) pumpStdin();
+          if (req.stdin && !req.attach && !pumping && !eofSent) pumpStdin();
           resolve("ok");
         },
         onData(channel, offset, payload) {

@@ -31,13 +31,8 @@ const HIGH_WATER = 1024 * 1024;
 
 /** A reader of fd 0 for a latency-sensitive stream. */
 export function openStreamStdin(): StdinReader {
-  let st: fs.Stats;
-  try {
-    st = fs.fstatSync(0);
-  } catch {
-    return Deno.stdin;
-  }
-  if (!st.isFIFO() && !st.isSocket()) return Deno.stdin;
+  const st = stat(0);
+  if (!st || (!st.isFIFO() && !st.isSocket())) return Deno.stdin;
   try {
     const restore = isNonBlocking(0) === true
       ? "never"
@@ -50,14 +45,19 @@ export function openStreamStdin(): StdinReader {
   }
 }
 
+/** What descriptor `fd` is; undefined when it is not open. */
+function stat(fd: number): fs.Stats | undefined {
+  try {
+    return fs.fstatSync(fd);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether descriptor `fd` is the file `st` describes (one socket as stdin and stdout). */
 function sameFile(st: fs.Stats, fd: number): boolean {
-  try {
-    const o = fs.fstatSync(fd);
-    return o.dev === st.dev && o.ino === st.ino;
-  } catch {
-    return false;
-  }
+  const o = stat(fd);
+  return o !== undefined && o.dev === st.dev && o.ino === st.ino;
 }
 
 class SocketStdin implements StdinReader {
@@ -91,24 +91,20 @@ const READ_SYMBOLS = {
 const FIONREAD = 0x541bn;
 
 /**
- * A reader of fd 0 for a bulk stdin. When it is a pipe, a file or a socket and bytes are
- * already waiting (FIONREAD says how many), they are read at once with read(2) through FFI,
- * which cannot block for them; only an empty pipe is waited for with Deno.stdin, on
- * Deno's blocking thread. Deno hands every read to that thread and back, where a producer
- * faster than the network, the usual case, keeps the pipe full: 1 GiB of stdin went ~12%
- * faster this way (docs/BENCHMARKS.md). The descriptor's flags are not touched. A
- * terminal, or no FFI or libc, keeps Deno.stdin. (Another process reading the same pipe
- * at once could empty it between the count and the read; the read then waits for data
- * or the end of input on the event loop's thread.)
+ * A reader of fd 0 for a bulk stdin. When it is a pipe or a socket and bytes are already
+ * waiting (FIONREAD says how many), they are read at once with read(2) through FFI, which
+ * cannot block for them; only an empty pipe is waited for with Deno.stdin, on Deno's
+ * blocking thread. Deno hands every read to that thread and back, where a producer faster
+ * than the network, the usual case, keeps the pipe full: 1 GiB of stdin went ~1.12× as
+ * fast this way, ~1.2× with ReadAhead (docs/BENCHMARKS.md). The descriptor's flags are
+ * not touched. A terminal or a file (whose read could stall on a dead network mount, and
+ * with it the event loop and Ctrl-C), or no FFI or libc, keeps Deno.stdin. (Another process
+ * reading the same pipe at once could empty it between the count and the read; the read
+ * then waits for data or the end of input on the event loop's thread.)
  */
 export function openBulkStdin(): StdinReader {
-  let st: fs.Stats;
-  try {
-    st = fs.fstatSync(0);
-  } catch {
-    return Deno.stdin;
-  }
-  if (!st.isFIFO() && !st.isFile() && !st.isSocket()) return Deno.stdin;
+  const st = stat(0);
+  if (!st || (!st.isFIFO() && !st.isSocket())) return Deno.stdin;
   const lib = openLibc(READ_SYMBOLS);
   if (!lib) return Deno.stdin;
   const { ioctl, read } = lib.symbols;
@@ -126,9 +122,12 @@ export function openBulkStdin(): StdinReader {
 
 /**
  * Reads a bulk stdin one chunk ahead: while the caller seals and sends one chunk, a read
- * that waits for input (Deno's, on its blocking thread) already runs beside it. Each
- * chunk is a view of one of two buffers, valid until the next call of `next()`; both
- * buffers keep `prefix` bytes free before the data (room for a frame header).
+ * that waits for input (Deno's, on its blocking thread) already runs beside it; bytes that
+ * were waiting are taken at once (openBulkStdin). Each chunk is a view of one of two
+ * buffers, valid until the next call of `next()`; both keep `prefix` bytes free before the
+ * data (room for a frame header). (Like ssh without -n, exec takes more of a stdin it
+ * shares with later commands than the remote command reads: what the stdin window lets
+ * it send, and the chunk read ahead.)
  */
 export class ReadAhead {
   readonly #bufs: Uint8Array[];
@@ -156,7 +155,12 @@ export class ReadAhead {
   }
 
   #read(i: number): Promise<number | null> {
-    const p = this.src.read(this.#bufs[i]);
+    let p: Promise<number | null>;
+    try {
+      p = this.src.read(this.#bufs[i]);
+    } catch (e) {
+      p = Promise.reject(e); // thrown at once: still after the chunk already given out
+    }
     p.catch(() => {}); // rethrown by next(); not an unhandled rejection meanwhile
     return p;
   }

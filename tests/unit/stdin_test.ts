@@ -57,3 +57,44 @@ Deno.test("ReadAhead with ahead off reads only when asked", async () => {
   assert.equal(text(await r.next()), "b");
   assert.equal(await r.next(), null);
 });
+
+Deno.test("openBulkStdin reads bytes already waiting in a pipe at once, not through Deno's thread", async () => {
+  // A child whose stdin is a pipe reads once told (SIGUSR1) that 5 bytes are in it: the
+  // read settles within a few microtasks (read(2) through FFI), where Deno's read goes to
+  // its blocking thread and back, which no microtask can wait out. Then the end of input
+  // comes through Deno's read.
+  const url = new URL("../../src/client/stdin.ts", import.meta.url).href;
+  const code = `
+    const { openBulkStdin } = await import(${JSON.stringify(url)});
+    const r = openBulkStdin();
+    const buf = new Uint8Array(64);
+    const told = new Promise((resolve) => Deno.addSignalListener("SIGUSR1", resolve));
+    console.log("ready");
+    await told;
+    let n = -1;
+    r.read(buf).then((x) => (n = x));
+    for (let i = 0; i < 5; i++) await Promise.resolve();
+    console.log(n === 5 ? "direct " + new TextDecoder().decode(buf.subarray(0, 5)) : "deferred");
+    await r.read(buf).then((x) => console.log("end", x));
+    Deno.exit(0);
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", code],
+    stdin: "piped",
+    stdout: "piped",
+  }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("ready\n")) {
+    const { value, done } = await lines.read();
+    assert.ok(!done, `the child ended early: ${out}`);
+    out += value;
+  }
+  const w = child.stdin.getWriter();
+  await w.write(new TextEncoder().encode("hello"));
+  await w.close();
+  child.kill("SIGUSR1");
+  for (let r = await lines.read(); !r.done; r = await lines.read()) out += r.value;
+  assert.equal((await child.status).code, 0);
+  assert.equal(out, "ready\ndirect hello\nend null\n");
+});
