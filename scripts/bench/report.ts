@@ -232,9 +232,9 @@ during a slow read.
   gives its pipe 256 KiB (\`F_SETPIPE_SZ\` through the child's \`/proc/PID/fd\`, as
   \`Deno.Command\` does not give the descriptor; at most 16 pipes at a time, for the per-user
   pipe quota; \`src/agent/pipe_size.ts\`) and reads and frames up to 256 KiB at a time:
-  1 GiB of stdout went 265–312 → 390–400 MiB/s over ws:// in 4 alternating runs, ~1.1×
-  over wss:// (December 3), and the slow reader's growth fell (fewer, larger frames in
-  flight). The child's stdin pipe enlarged the same way gave nothing (0.92–1.08×).
+  1 GiB of stdout went 347–411 → 415–493 MiB/s over ws:// (median ratio ~1.27×) and
+  219–237 → 236–258 MiB/s over wss:// (~1.11×), 4 runs alternating on one agent (December
+  3), and the slow reader's growth fell (fewer, larger frames in flight). The child's stdin pipe enlarged the same way gave nothing (0.92–1.08×).
 - **Turn latency.** Each turn crosses the relay: two TCP hops and three event loops on each way
   where OpenSSH has one hop and two. On this VM every wake-up of a sleeping process costs tens
   of microseconds of CPU even for a trivial echo server (measured the same for Deno's WebSocket

@@ -4,8 +4,8 @@
  * A Linux pipe holds 64 KiB, so a command writing fast is read 64 KiB at a time, and each
  * read becomes a frame with its own seal, WebSocket frame and a write at every hop (agent,
  * relay, client). Given 256 KiB (F_SETPIPE_SZ), the agent reads and frames a quarter as
- * often: 1 GiB of `exec` output went ~1.25× faster over ws:// and ~1.1× over wss:// in
- * alternating runs (docs/BENCHMARKS.md).
+ * often: 1 GiB of `exec` output went ~1.27× as fast over ws:// and ~1.11× over wss://
+ * in alternating runs (docs/BENCHMARKS.md, "Where the time and memory go").
  *
  * `Deno.Command` does not give the descriptor, so it is found through /proc: the child's
  * `/proc/PID/fd/N` names the pipe (`pipe:[inode]`), and the agent's own descriptor of that
