@@ -31,9 +31,11 @@ Deno.test({
   fn: async () => {
     const kids = Array.from({ length: MAX_ENLARGED + 1 }, () => sleeper("piped"));
     const other = sleeper("null");
-    // A command that pointed its stdout at a pipe of its own: not ours to resize.
+    // A command that pointed its stdout at a pipe of its own: not ours to resize. (`env
+    // echo`, not bash's builtin: for a builtin's `>&2` bash points its own fd 1 at stderr,
+    // our pipe, until the builtin returns, and the test could look at fd 1 meanwhile.)
     const own = new Deno.Command("bash", {
-      args: ["-c", "exec > >(cat >/dev/null); echo ready >&2; exec sleep 60"],
+      args: ["-c", "exec > >(cat >/dev/null); env echo ready >&2; exec sleep 60"],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
