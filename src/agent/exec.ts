@@ -385,7 +385,8 @@ export class Exec {
     // reached through the child's pid while it lives (once reaped, the pid may be reused).
     let release: (() => void) | undefined;
     const grow = () =>
-      !this.leaderExited && (release = enlargePipe(this.pid!, i + 1)) !== undefined;
+      this.pid !== undefined && !this.leaderExited &&
+      (release = enlargePipe(this.pid, i + 1)) !== undefined;
     try {
       await this.output.pipe(
         i,
@@ -394,7 +395,7 @@ export class Exec {
           return done || !value ? null : value;
         },
         () => this.forced,
-        this.pid === undefined ? undefined : grow,
+        grow,
       );
     } catch {
       // The reader was cancelled (kill, timeout) or the pipe failed: nothing more to read.

@@ -9,7 +9,7 @@
  *
  * `Deno.Command` does not give the descriptor, so it is found through /proc: the child's
  * `/proc/PID/fd/N` names the pipe (`pipe:[inode]`), and the agent's own descriptor of that
- * pipe (the one in `/proc/self/fd` naming the same inode) is resized. Nothing of the child's
+ * pipe (the descriptor whose `/proc/self/fd` link names the same inode) is resized. Nothing of the child's
  * is opened, and a descriptor the command pointed elsewhere (`exec >file`, a pipe of its
  * own) is left alone: only a pipe the agent itself holds an end of is resized.
  * It is done for output that fills a whole 64 KiB read, not for every command: pipe pages
@@ -18,7 +18,7 @@
  * pages, so at most MAX_ENLARGED pipes are enlarged at a time (4 MiB). Where FFI or /proc
  * is not to be had, or the kernel refuses, the pipe stays as it is and nothing else changes.
  */
-import { withLibc } from "../common/libc.ts";
+import { findDescriptor, withLibc } from "../common/libc.ts";
 
 /** The size an enlarged pipe gets: one DATA frame's payload (MAX_DATA_PAYLOAD). */
 export const BULK_PIPE = 256 * 1024;
@@ -27,14 +27,12 @@ export const MAX_ENLARGED = 16;
 
 const SYMBOLS = {
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
-  opendir: { parameters: ["buffer"], result: "pointer" },
-  readdir: { parameters: ["pointer"], result: "pointer" },
-  closedir: { parameters: ["pointer"], result: "i32" },
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
 } as const;
 
 type Lib = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 
+const F_GETFD = 1;
 const F_SETPIPE_SZ = 1031;
 const F_GETPIPE_SZ = 1032;
 
@@ -51,20 +49,10 @@ function readLink(lib: Lib, path: string): string | undefined {
 
 /** This process's descriptor whose link is `target` (e.g. `pipe:[123]`), or undefined. */
 function ownDescriptor(lib: Lib, target: string): number | undefined {
-  const dir = lib.opendir(cPath("/proc/self/fd"));
-  if (dir === null) return undefined;
-  try {
-    for (let ent = lib.readdir(dir); ent !== null; ent = lib.readdir(dir)) {
-      // struct dirent on 64-bit glibc: d_ino, d_off (8 bytes each), d_reclen (2), d_type (1), d_name.
-      const name = new Deno.UnsafePointerView(ent).getCString(19);
-      if (/^\d+$/.test(name) && readLink(lib, `/proc/self/fd/${name}`) === target) {
-        return Number(name);
-      }
-    }
-  } finally {
-    lib.closedir(dir);
-  }
-  return undefined;
+  return findDescriptor(
+    (fd) => lib.fcntl(fd, F_GETFD, 0) !== -1,
+    (fd) => readLink(lib, `/proc/self/fd/${fd}`) === target,
+  );
 }
 
 /**

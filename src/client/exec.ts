@@ -117,8 +117,6 @@ export function runExec(
   const unacked: { offset: number; data: Uint8Array }[] = [];
   let eofSent = false;
   let pumping = false;
-  /** A bulk stdin's reader: one per command (its pump runs across a resume, waiting for credit). */
-  let stdinAhead: ReadAhead | undefined;
   let resolveDone!: (r: ExecResult) => void;
   let rejectDone!: (e: TetherError) => void;
   const done = new Promise<ExecResult>((res, rej) => {
@@ -303,9 +301,8 @@ export function runExec(
     const size = req.stream ? 16 * 1024 : MAX_DATA_PAYLOAD;
     // Buffers with room for the DATA header before what is read; the socket copies each
     // frame. A bulk stdin is read one chunk ahead, so its next read overlaps this send.
-    const reader = req.stream
-      ? new ReadAhead(io.stdin, size, DATA_FRAME_PREFIX, false)
-      : (stdinAhead ??= new ReadAhead(io.stdin, size, DATA_FRAME_PREFIX));
+    // (The pump runs once per command: across a resume it waits for the new credit.)
+    const reader = new ReadAhead(io.stdin, size, DATA_FRAME_PREFIX, !req.stream);
     try {
       for (;;) {
         const buf = await reader.next();

@@ -43,6 +43,26 @@ export function withLibc<S extends Deno.ForeignLibraryInterface, T>(
   }
 }
 
+/** Descriptors looked at, at most (numbered densely: a relay holds one per agent). */
+const MAX_FD = 1 << 20;
+
+/**
+ * The lowest of this process's descriptors, from 3, that is open (`isOpen`, e.g. fcntl's
+ * F_GETFD through the caller's libc) and for which `match` holds. Descriptors are handed out
+ * lowest first, so the search ends after a long run of closed ones.
+ */
+export function findDescriptor(
+  isOpen: (fd: number) => boolean,
+  match: (fd: number) => boolean,
+): number | undefined {
+  for (let fd = 3, closed = 0; fd < MAX_FD && closed < 4096; fd++) {
+    if (!isOpen(fd)) closed++;
+    else if (match(fd)) return fd;
+    else closed = 0;
+  }
+  return undefined;
+}
+
 const FCNTL = { fcntl: { parameters: ["i32", "i32"], result: "i32" } } as const;
 const F_GETFL = 3;
 const O_NONBLOCK = 0o4000;

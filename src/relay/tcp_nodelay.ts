@@ -16,7 +16,7 @@
  *   socket for ever; shutdown(2) on the socket ends the handshake, and Deno then lets it go.
  */
 
-import { withLibc as withSymbols } from "../common/libc.ts";
+import { findDescriptor, withLibc as withSymbols } from "../common/libc.ts";
 
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
@@ -26,8 +26,6 @@ const AF_INET = 2;
 const AF_INET6 = 10;
 const SHUT_RDWR = 2;
 const F_GETFD = 1;
-/** Descriptors looked at (a relay holds one per agent; descriptors are numbered densely). */
-const MAX_FD = 1 << 20;
 
 const SYMBOLS = {
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
@@ -82,17 +80,9 @@ function connection(lib: Libc, localPort: number, remotePort: number): number | 
   );
 }
 
-/**
- * The lowest of this process's descriptors for which `match` holds. Descriptors are handed
- * out lowest first, so the search ends after a long run of closed ones.
- */
+/** The lowest of this process's descriptors for which `match` holds. */
 function socket(lib: Libc, match: (fd: number) => boolean): number | undefined {
-  for (let fd = 3, closed = 0; fd < MAX_FD && closed < 4096; fd++) {
-    if (lib.symbols.fcntl(fd, F_GETFD) === -1) closed++;
-    else if (match(fd)) return fd;
-    else closed = 0;
-  }
-  return undefined;
+  return findDescriptor((fd) => lib.symbols.fcntl(fd, F_GETFD) !== -1, match);
 }
 
 /** An int socket option, or undefined when `fd` is not a socket that has it. */
