@@ -318,6 +318,8 @@ export class World {
   url = "";
   port = 0;
   readonly agents: Proc[] = [];
+  /** A command the relay and agents started here run under (e.g. nsenter into a namespace). */
+  launcher: string[] = [];
   private readonly others: Proc[] = [];
 
   private constructor(home: string) {
@@ -349,7 +351,7 @@ export class World {
   /** Starts (or restarts, on the same port) the relay. */
   async startRelay(args: string[] = []): Promise<void> {
     const listen = `127.0.0.1:${this.port}`;
-    this.relay = Proc.tether([
+    this.relay = this.launch([
       "relay",
       "serve",
       "--listen",
@@ -388,7 +390,7 @@ export class World {
     const args = ["agent", "run", "--relay", relay, "--name", name, "--state-dir", stateDir];
     for (const l of opts.labels ?? []) args.push("--label", l);
     args.push(...(opts.args ?? []));
-    const p = Proc.tether(args, {
+    const p = this.launch(args, {
       env: {
         ...baseEnv(this.home),
         SHELL: "/bin/bash",
@@ -399,6 +401,10 @@ export class World {
     this.agents.push(p);
     if (opts.wait !== false) await p.waitFor(/online as /);
     return p;
+  }
+
+  private launch(args: string[], opts: { env?: Record<string, string> }): Proc {
+    return new Proc([...this.launcher, ...tetherArgv(args)], opts);
   }
 
   /** Runs a client command against this world's relay. */

@@ -58,6 +58,9 @@ async function dialOne(i: number): Promise<boolean> {
         arch: Deno.build.arch,
       },
       timeoutMs: 30_000,
+      // What is measured is the relay's side, which has keepalive from its listener; here each
+      // dial would search this process's 20,000 descriptors for its socket.
+      keepalive: false,
     });
     // As agent.ts does: nothing is ever open on these links.
     if (welcome.idle_heartbeat_ms) {

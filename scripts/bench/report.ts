@@ -303,14 +303,25 @@ during a slow read.
   Deno's TLS op, one per agent per 20 s), 14% the read of each answer (~8.5 µs), 9% garbage
   collection, the rest the timers and the 2 s sweep. Done: an idle link sleeps in its ticker
   until its probe is due, and the sweep makes no arrays of every link. The probes themselves
-  are what remains: with 19,900 agents settled for 25 s, the relay used 1.2% of a core when
-  nothing was probed (\`--idle-heartbeat 1h\`) and 11.1% at the default 20 s, ~100 µs of CPU
-  per probe and its answer, three times what the profiler shows in JavaScript and Deno's ops (the
-  rest is in the kernel, 2 points, in V8's collector threads, 1.7 points, and in the runtime
-  around the ops: \`strace -c\` over 20 s at rest counts one \`sendto\` and two \`recvfrom\` per
-  probe and ~6 \`epoll_wait\` a second, so the wake-ups are already batched); the row with \`--idle-heartbeat 40s\` shows what halving them gives. The
-  default stays 20 s: a vanished idle agent is already noticed only after 26 s, and DESIGN.md
-  asks for seconds. \`--v8-flags=--single-threaded\` on the relay cut its CPU at rest by ~2
+  are what remains: with 19,900 agents settled, the relay used 0.9% of a core when
+  nothing was probed (\`--idle-heartbeat 1h\`) and 7–10% when each link was probed every 20 s,
+  ~65–95 µs of CPU per probe and its answer, three times what the profiler shows in JavaScript
+  and Deno's ops (the rest is in the kernel, 2 points, in V8's collector threads, 1.7 points,
+  and in the runtime around the ops: \`strace -c\` over 20 s at rest counts one \`sendto\` and
+  two \`recvfrom\` per probe and ~6 \`epoll_wait\` a second, so the wake-ups are already
+  batched). Batching them harder does not help: probes grouped into 5 s or 10 s ticks instead of
+  1 s cost the same (9.9% and 8.8% against 10.1%, December 3), and agents that sent their own
+  unanswered probe every 20 s, spread out, cost more (10.1%: a wake-up per message). So the
+  probes became rarer, and the kernel took over the host check they were for: kernel TCP
+  keepalive on both ends of every agent link (20 s idle, 3 probes 2 s apart, TCP_USER_TIMEOUT
+  26 s; \`common/tcp_options.ts\`) notices a vanished host within 26 s, as the 20 s heartbeat
+  did, and costs the relay nothing measurable (0.95% of a core with 19,900 agents, keepalive
+  on, nothing probed, against 0.91% without); the heartbeat, now every 50 s, is left to find a
+  peer that hangs (within 56 s) and to keep proxies from closing idle links. Rows 6 cpu wss and
+  6 cpu wss 20s show both periods; CPU is taken over whole periods (a shorter window counts the
+  first probes of agents dialed together as if they came that often). A probe costs more at
+  50 s than at 20 s (~100–145 µs): each link's state is colder by then.
+  \`--v8-flags=--single-threaded\` on the relay cut its CPU at rest by ~2
   points of a core (8.1% and 7.7% against 9.7% and 11.1%, interleaved) but grew its RSS by
   ~230 MiB at 19,900 agents (~39 KiB per agent, over the 32 KiB target): not adopted.
   \`perf record\` of the relay at rest (19,900 wss:// agents, default heartbeat, 30 s,

@@ -98,10 +98,10 @@ export function registerRelay(program: Command, act: Act) {
     .option("--prune-after <dur>", "forget machines offline this long (0: never)", "7d")
     .option(
       "--idle-heartbeat <dur>",
-      "probe an agent with nothing open after this much silence (one that vanished without " +
-        "closing its connection shows offline up to 6 s after that; with a stream open, " +
-        "within 6 s)",
-      "20s",
+      "probe an agent with nothing open after this much silence (one that hangs shows " +
+        "offline up to 6 s after that; one whose host vanished, within 26 s by TCP keepalive; " +
+        "with a stream open, within 6 s)",
+      "50s",
     )
     .option(
       "--fleet-secret-file <file>",

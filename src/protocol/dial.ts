@@ -37,6 +37,11 @@ export interface DialOptions extends ConnOptions {
   insecure?: boolean;
   /** The Authorization header instead of `Bearer <key>` (a relay's fleet token). */
   authorization?: string;
+  /**
+   * Kernel keepalive on the connection (common/tcp_options.ts); by default an agent's only,
+   * whose idle link the kernel watches between the relay's rare probes (conn.ts).
+   */
+  keepalive?: boolean;
 }
 
 export interface Dialed {
@@ -179,6 +184,7 @@ async function dialOne(
       // and an agent the input it keeps, into buffers they reuse (agent/input_pool.ts).
       borrowBinary: true,
       address,
+      keepalive: opts.keepalive ?? opts.role === "agent",
     });
   } catch (e) {
     if (e instanceof TetherError) throw e;

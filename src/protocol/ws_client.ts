@@ -13,6 +13,7 @@ import { MAX_RELAY_MESSAGE } from "./messages.ts";
 import { WsSocket } from "./ws_socket.ts";
 import { acceptKey, readHead } from "./http1.ts";
 import { writeAll } from "../common/bytes.ts";
+import { keepConnectionAlive } from "../common/tcp_options.ts";
 
 /** Largest message accepted from the relay (see MAX_RELAY_MESSAGE). */
 const MAX_MESSAGE = MAX_RELAY_MESSAGE + 1024;
@@ -53,6 +54,8 @@ export async function connectWebSocket(
     borrowBinary?: boolean;
     /** Connect to this address (one of the host name's); TLS and Host still name the host. */
     address?: string;
+    /** Kernel keepalive on the TCP connection, where it can be set (common/tcp_options.ts). */
+    keepalive?: boolean;
   } = {},
 ): Promise<WsSocket> {
   const u = new URL(url);
@@ -70,6 +73,7 @@ export async function connectWebSocket(
     const tcp = await Deno.connect({ hostname: opts.address ?? hostname, port });
     conn = tcp;
     tcp.setNoDelay(true);
+    if (opts.keepalive) keepConnectionAlive(tcp.localAddr.port, tcp.remoteAddr.port);
     if (tls) conn = await Deno.startTls(tcp, { hostname, caCerts: opts.caCerts });
     const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
     const lines = [

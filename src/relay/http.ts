@@ -11,6 +11,7 @@ import { acceptKey, HeadError, readHead } from "../protocol/http1.ts";
 import { writeAll } from "../common/bytes.ts";
 import { WsSocket } from "../protocol/ws_socket.ts";
 import { type ConnLike, type ListenerLike, listenTlsNoDelay } from "./tls_listener.ts";
+import { tuneListener } from "../common/tcp_options.ts";
 
 /** A client must finish its request head (and TLS handshake) within this. */
 const HEAD_TIMEOUT_MS = 10_000;
@@ -62,6 +63,13 @@ const REASONS: Record<number, string> = {
 
 const enc = new TextEncoder();
 
+/** A plain TCP listener whose connections get kernel keepalive (where it can be set). */
+function listenTcp(hostname: string, port: number): Deno.TcpListener {
+  const l = Deno.listen({ hostname, port });
+  tuneListener(l.addr.port, { noDelay: false });
+  return l;
+}
+
 /**
  * Listens (rejects with Deno.errors.AddrInUse and the like). TLS goes through
  * tls_listener.ts, whose connections have TCP_NODELAY as the plain ones do.
@@ -77,7 +85,7 @@ export async function serveHttp(
       cert: opts.cert,
       key: opts.key,
     })
-    : Deno.listen({ hostname: opts.hostname, port: opts.port });
+    : listenTcp(opts.hostname, opts.port);
   const inHead = new Set<ConnLike>();
   let closing = false;
 

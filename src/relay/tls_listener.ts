@@ -7,7 +7,7 @@
  * 40 ms (issue 18 measured wss:// turns at p99 42.8 ms against 2.4 ms over ws://).
  *
  * On Linux, with FFI allowed, the option is set on Deno's listening socket, and every socket
- * it accepts inherits it (tcp_nodelay.ts). Elsewhere the listener is a node:tls server, which
+ * it accepts inherits it, as it inherits kernel keepalive (common/tcp_options.ts). Elsewhere the listener is a node:tls server, which
  * can set it per socket, each shown to the rest of the relay as the small part of a Deno.Conn
  * it uses (read, write, close, remoteAddr); it costs the relay more per connection (an idle
  * agent's heartbeat ~25 µs of CPU per write against ~5 µs, and ~20 KiB more memory).
@@ -16,7 +16,7 @@ import { Buffer } from "node:buffer";
 import type tls from "node:tls";
 import type { ByteConn } from "../protocol/ws_socket.ts";
 import { NodeReader } from "../common/node_reader.ts";
-import { setListenerNoDelay, shutdownConnection } from "./tcp_nodelay.ts";
+import { KEEPALIVE, shutdownConnection, tuneListener } from "../common/tcp_options.ts";
 
 /** How long a closed connection may take to flush what was written to it. */
 const CLOSE_GRACE_MS = 5_000;
@@ -105,10 +105,13 @@ export async function listenTlsNoDelay(opts: TlsListenOptions): Promise<Listener
   return listenDenoTls(opts) ?? await listenNodeTls(opts);
 }
 
-/** Deno.listenTls with TCP_NODELAY on its socket, or undefined where that cannot be set. */
+/**
+ * Deno.listenTls with TCP_NODELAY and keepalive on its socket, or undefined where they cannot
+ * be set.
+ */
 export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined {
   const l = Deno.listenTls(opts);
-  if (!setListenerNoDelay(l.addr.port)) {
+  if (!tuneListener(l.addr.port, { noDelay: true })) {
     l.close();
     return undefined;
   }
@@ -121,7 +124,7 @@ export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined 
 
 /**
  * A Deno TlsConn whose close also ends a handshake still under way: Deno's own close waits
- * for it (tcp_nodelay.ts), so a client that connects and says nothing would keep its socket
+ * for it (common/tcp_options.ts), so a client that connects and says nothing would keep its socket
  * past the relay's head timeout, for as long as it likes.
  */
 class DenoTlsConn implements ConnLike {
@@ -149,7 +152,7 @@ class DenoTlsConn implements ConnLike {
   }
 }
 
-/** A node:tls server, each socket with TCP_NODELAY. */
+/** A node:tls server, each socket with TCP_NODELAY and keepalive (its idle time only). */
 export async function listenNodeTls(opts: TlsListenOptions): Promise<ListenerLike> {
   // Loaded here, not with the module: every command loads this bundle, few serve TLS.
   const { default: tls } = await import("node:tls");
@@ -162,6 +165,7 @@ export async function listenNodeTls(opts: TlsListenOptions): Promise<ListenerLik
   const options = { cert: opts.cert, key: opts.key, handshakeTimeout: 10_000, allowHalfOpen: true };
   const server = tls.createServer(options, (sock) => {
     sock.setNoDelay(true);
+    sock.setKeepAlive(true, KEEPALIVE.idleS * 1000);
     const conn = new NodeTlsConn(sock);
     const take = waiting.shift();
     if (take) take(conn);

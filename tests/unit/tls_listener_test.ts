@@ -11,7 +11,7 @@ import {
   listenNodeTls,
   listenTlsNoDelay,
 } from "../../src/relay/tls_listener.ts";
-import { connectionNoDelay } from "../../src/relay/tcp_nodelay.ts";
+import { connectionOptions, KEEPALIVE, USER_TIMEOUT_MS } from "../../src/common/tcp_options.ts";
 import { selfSignedTls } from "../../src/relay/tls_self_signed.ts";
 
 type Listen = (o: { hostname: string; port: number; cert: string; key: string }) => Promise<
@@ -104,7 +104,7 @@ for (const [kind, listen] of KINDS) {
 
   Deno.test({
     name:
-      `tls listener (${kind}): accepted connections have TCP_NODELAY; a taken port is AddrInUse`,
+      `tls listener (${kind}): accepted connections have TCP_NODELAY and keepalive; a taken port is AddrInUse`,
     sanitizeResources: false,
     sanitizeOps: false,
     async fn() {
@@ -114,7 +114,14 @@ for (const [kind, listen] of KINDS) {
         await client.write(new Uint8Array([1]));
         assert.equal(await server.read(new Uint8Array(4)), 1);
         const local = (client.localAddr as Deno.NetAddr).port;
-        assert.equal(connectionNoDelay(l.addr.port, local), true, "the relay's side");
+        const opts = connectionOptions(l.addr.port, local);
+        assert.equal(opts?.noDelay, true, "the relay's side");
+        // node:tls sets the idle time only; Deno's listener gets all of KEEPALIVE.
+        assert.equal(opts?.keepalive?.idleS, KEEPALIVE.idleS, "keepalive");
+        if (kind === "Deno.listenTls") {
+          assert.deepEqual(opts?.keepalive, KEEPALIVE);
+          assert.equal(opts?.userTimeoutMs, USER_TIMEOUT_MS);
+        }
         const dir = await Deno.makeTempDir();
         const tls = await selfSignedTls(dir, []);
         await assert.rejects(
