@@ -11,6 +11,7 @@ import {
   KiB,
   log,
   median,
+  output,
   Proc,
   pssOf,
   ROOT,
@@ -44,10 +45,12 @@ interface TetherIdle {
 
 /** Busy seconds of the whole machine so far (all CPUs), from /proc/stat. */
 async function machineBusySeconds(): Promise<number> {
-  const f = (await Deno.readTextFile("/proc/stat")).split("\n")[0].trim().split(/\s+/).slice(1)
-    .map(Number);
-  // user nice system idle iowait irq softirq steal: all but idle and iowait, in 1/100 s.
-  return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / 100;
+  // Read by a child: Deno's permissions keep /proc/stat from a script without --allow-all.
+  const line = (await output(["head", "-n", "1", "/proc/stat"])) ?? "";
+  const f = line.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq: all but idle and iowait (and steal, the time the
+  // VM's host gave to others), in 1/100 s.
+  return (f[0] + f[1] + f[2] + f[5] + f[6]) / 100;
 }
 
 export async function tetherIdle(
@@ -56,6 +59,8 @@ export async function tetherIdle(
   windowMs: number,
   tls = false,
   relayArgs: string[] = [],
+  /** Rest after the last dial before CPU is taken: at least one heartbeat period. */
+  restMs = 20_000,
 ): Promise<TetherIdle> {
   const warm = 10;
   const settleMs = ctx.quick ? 1000 : 3000;
@@ -107,9 +112,10 @@ export async function tetherIdle(
       throw new Error(`only ${rm[1]} of ${n} agents connected: ${load.stdout.slice(-500)}`);
     }
     log(`idle agents: ${n} connected in ${rm[3]} ms`);
-    // At rest: one idle heartbeat (20 s) after the last dial, so that the collection of
+    // At rest: a heartbeat period (at least 20 s) after the last dial, so that every link's
+    // first probe is behind, and so that the collection of
     // what thousands of handshakes left behind is not counted as the cost of idling.
-    await sleep(ctx.quick ? settleMs : 20_000);
+    await sleep(ctx.quick ? settleMs : restMs);
     const sampler = new Sampler(() => rss(relayPid), 1000);
     const m0 = await machineBusySeconds();
     const t0 = await cpuSeconds([relayPid, load.pid]);
@@ -240,7 +246,8 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
   // CPU is taken over whole heartbeat periods: each link is then probed exactly once per period
   // whenever it was dialed (a shorter window would count the first probes of links dialed
   // together as if they came that often, or miss them).
-  const t = await tetherIdle(ctx, n, ctx.quick ? windowMs : IDLE_HEARTBEAT_MS);
+  const period = ctx.quick ? windowMs : IDLE_HEARTBEAT_MS;
+  const t = await tetherIdle(ctx, n, period, false, [], period);
   log(
     `idle agents: relay +${fmtBytes(t.perAgent)} per agent, ${(t.loadedCpu * 100).toFixed(2)}% CPU`,
   );
@@ -249,7 +256,7 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
   // less the few descriptors the relay needs besides its agents: a process here may hold
   // 20,000 files at most (ulimit -n), the relay one per agent and the load process as many.
   const nTls = ctx.quick ? 300 : Math.min(20_000, fileLimit() - 100);
-  const tls = await tetherIdle(ctx, nTls, ctx.quick ? windowMs : IDLE_HEARTBEAT_MS, true);
+  const tls = await tetherIdle(ctx, nTls, period, true, [], period);
   log(`idle agents over wss://: relay +${fmtBytes(tls.perAgent)} per agent`);
   // The same probed every 20 s, as before kernel keepalive took over finding vanished hosts.
   const slow = await tetherIdle(ctx, nTls, windowMs * 2, true, ["--idle-heartbeat", "20s"]);
@@ -326,9 +333,9 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
       "first dials " +
       `${t.warm} agents (warm-up); the relay's baseline RSS is then taken (median of 3), ` +
       `then ${n} more agents are dialed (${t.dialMs} ms, 32 at a time), and after ${
-        ctx.quick ? 1 : 20
-      } s of ` +
-      `idling the relay's RSS is sampled every second for ${t.windowS} s (median). ` +
+        ctx.quick ? 1 : period / 1000
+      } s of idling (a heartbeat period: every link's first probe is behind) the relay's RSS ` +
+      `is sampled every second for ${t.windowS} s (median), its CPU taken over that window. ` +
       "Per agent = (loaded − baseline) / N.",
       `- tether: baseline ${fmtBytes(t.base)}, with ${n} more agents ${fmtBytes(t.loaded)} → ` +
       `${fmtBytes(t.perAgent)} per agent. ` +
@@ -354,9 +361,10 @@ export async function idleAgents(ctx: Ctx): Promise<ItemResult> {
       `core with the ${t.warm} warm-up agents, ${(t.loadedCpu * 100).toFixed(2)}% with ${
         n + t.warm
       } over ${t.windowS} s → ${cpuText(tCpu)} (${
-        (tCpu * IDLE_HEARTBEAT_MS / 1000).toFixed(1)
-      } µs per agent per ${IDLE_HEARTBEAT_MS / 1000} s, a probe and its answer, with the ` +
-      "relay's periodic sweep that " +
+        (tCpu * t.windowS).toFixed(1)
+      } µs per agent per ${t.windowS} s${
+        ctx.quick ? "" : ", a probe and its answer"
+      }, with the relay's periodic sweep that ` +
       "persists last-seen times). The load process itself used " +
       `${(t.loadCpu * 100).toFixed(2)}% of a core.`,
       s

@@ -29,6 +29,8 @@ const TCP_KEEPCNT = 6;
 const TCP_USER_TIMEOUT = 18;
 const SOL_SOCKET = 1;
 const SO_KEEPALIVE = 9;
+const SO_TYPE = 3;
+const SOCK_STREAM = 1;
 const SO_ACCEPTCONN = 30;
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -71,50 +73,65 @@ export interface TcpOptions {
   userTimeoutMs: number;
 }
 
+/** What was set on a listener: each socket it accepts inherits it (Linux). */
+export interface Tuned {
+  noDelay: boolean;
+  keepalive: boolean;
+}
+
 /**
- * Sets KEEPALIVE, and TCP_NODELAY if asked, on this process's socket listening on `port`;
- * Linux copies both to each socket it accepts. True once all of it is on.
+ * Sets TCP_NODELAY if asked and, as far as the kernel allows, KEEPALIVE on this process's socket
+ * listening on `port`; says what is now on.
  */
-export function tuneListener(port: number, opts: { noDelay: boolean }): boolean {
+export function tuneListener(port: number, opts: { noDelay: boolean }): Tuned {
   return withLibc((lib) => {
     const fd = socket(
       lib,
       (fd) =>
         portOf(lib, fd, "sock") === port && intOption(lib, fd, SOL_SOCKET, SO_ACCEPTCONN) === 1,
     );
-    if (fd === undefined) return false;
+    if (fd === undefined) return { noDelay: false, keepalive: false };
     if (opts.noDelay) lib.symbols.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int(1), 4);
-    return setKeepalive(lib, fd) && (!opts.noDelay || options(lib, fd).noDelay);
-  }) ?? false;
+    return { keepalive: setKeepalive(lib, fd), noDelay: options(lib, fd).noDelay };
+  }) ?? { noDelay: false, keepalive: false };
 }
 
-/** Sets KEEPALIVE on this process's connection from `localPort` to `remotePort`; true if on. */
-export function keepConnectionAlive(localPort: number, remotePort: number): boolean {
+/** Sets KEEPALIVE on this process's TCP connection from `local` to `remote`; true if on. */
+export function keepConnectionAlive(local: Deno.NetAddr, remote: Deno.NetAddr): boolean {
   return withLibc((lib) => {
-    const fd = connection(lib, localPort, remotePort);
+    const fd = connection(lib, local, remote);
     return fd !== undefined && setKeepalive(lib, fd);
   }) ?? false;
 }
 
 /**
- * TCP_NODELAY and keepalive of this process's connection from `localPort` to `remotePort`;
+ * TCP_NODELAY and keepalive of this process's TCP connection from `local` to `remote`;
  * undefined when that cannot be known here (another system, no FFI, no such connection).
  */
-export function connectionOptions(localPort: number, remotePort: number): TcpOptions | undefined {
+export function connectionOptions(
+  local: Deno.NetAddr,
+  remote: Deno.NetAddr,
+): TcpOptions | undefined {
   return withLibc((lib) => {
-    const fd = connection(lib, localPort, remotePort);
+    const fd = connection(lib, local, remote);
     return fd === undefined ? undefined : options(lib, fd);
   });
 }
 
+/**
+ * Keepalive first (the timer), then its bounds, each on its own: a kernel that refuses one
+ * (say TCP_USER_TIMEOUT) leaves the others on. True when all of it is on.
+ */
 function setKeepalive(lib: Libc, fd: number): boolean {
   const set = (level: number, name: number, v: number) =>
     lib.symbols.setsockopt(fd, level, name, int(v), 4) === 0;
-  return set(IPPROTO_TCP, TCP_KEEPIDLE, KEEPALIVE.idleS) &&
-    set(IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE.intervalS) &&
-    set(IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count) &&
-    set(IPPROTO_TCP, TCP_USER_TIMEOUT, USER_TIMEOUT_MS) &&
-    set(SOL_SOCKET, SO_KEEPALIVE, 1);
+  return [
+    set(IPPROTO_TCP, TCP_KEEPIDLE, KEEPALIVE.idleS),
+    set(IPPROTO_TCP, TCP_KEEPINTVL, KEEPALIVE.intervalS),
+    set(IPPROTO_TCP, TCP_KEEPCNT, KEEPALIVE.count),
+    set(IPPROTO_TCP, TCP_USER_TIMEOUT, USER_TIMEOUT_MS),
+    set(SOL_SOCKET, SO_KEEPALIVE, 1),
+  ].every(Boolean);
 }
 
 function options(lib: Libc, fd: number): TcpOptions {
@@ -134,19 +151,58 @@ function options(lib: Libc, fd: number): TcpOptions {
 
 const int = (v: number) => new Int32Array([v]);
 
-/** Shuts this process's connection from `localPort` to `remotePort` down; true if it did. */
-export function shutdownConnection(localPort: number, remotePort: number): boolean {
+/** Shuts this process's TCP connection from `local` to `remote` down; true if it did. */
+export function shutdownConnection(local: Deno.NetAddr, remote: Deno.NetAddr): boolean {
   return withLibc((lib) => {
-    const fd = connection(lib, localPort, remotePort);
+    const fd = connection(lib, local, remote);
     return fd !== undefined && lib.symbols.shutdown(fd, SHUT_RDWR) === 0;
   }) ?? false;
 }
 
-function connection(lib: Libc, localPort: number, remotePort: number): number | undefined {
+/**
+ * The TCP socket with both of these ends. Ports alone would not do: two connections from one
+ * port to different hosts can exist at once (an agent's `tether forward` to a service on the
+ * relay's port).
+ */
+function connection(lib: Libc, local: Deno.NetAddr, remote: Deno.NetAddr): number | undefined {
+  const want = [endpoint(local.hostname, local.port), endpoint(remote.hostname, remote.port)];
   return socket(
     lib,
-    (fd) => portOf(lib, fd, "sock") === localPort && portOf(lib, fd, "peer") === remotePort,
+    (fd) =>
+      portOf(lib, fd, "sock") === local.port && portOf(lib, fd, "peer") === remote.port &&
+      intOption(lib, fd, SOL_SOCKET, SO_TYPE) === SOCK_STREAM &&
+      endpointOf(lib, fd, "sock") === want[0] && endpointOf(lib, fd, "peer") === want[1],
   );
+}
+
+/** "host port" with the host in one spelling: IPv4 dotted (an IPv4-mapped IPv6 one too), IPv6 as URLs write it. */
+function endpoint(host: string, port: number): string {
+  const h = host.replace(/^\[|\]$/g, "");
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(h);
+  if (mapped) return `${mapped[1]} ${port}`;
+  if (!h.includes(":")) return `${h} ${port}`;
+  try {
+    return `${new URL(`http://[${h}]/`).hostname} ${port}`;
+  } catch {
+    return `${h} ${port}`;
+  }
+}
+
+/** `fd`'s own ("sock") or its peer's address as endpoint() spells it, if it is an IP socket. */
+function endpointOf(lib: Libc, fd: number, which: "sock" | "peer"): string | undefined {
+  const addr = new Uint8Array(128);
+  const len = new Uint32Array([addr.length]);
+  const get = which === "sock" ? lib.symbols.getsockname : lib.symbols.getpeername;
+  if (get(fd, addr, len) !== 0) return undefined;
+  const family = addr[0] | (addr[1] << 8);
+  const port = (addr[2] << 8) | addr[3];
+  if (family === AF_INET) return endpoint(addr.subarray(4, 8).join("."), port);
+  if (family !== AF_INET6) return undefined;
+  const groups = [];
+  for (let i = 8; i < 24; i += 2) groups.push(((addr[i] << 8) | addr[i + 1]).toString(16));
+  const v4 = addr.subarray(20, 24).join(".");
+  const isMapped = groups.slice(0, 5).every((g) => g === "0") && groups[5] === "ffff";
+  return endpoint(isMapped ? v4 : groups.join(":"), port);
 }
 
 /** The lowest of this process's descriptors for which `match` holds. */

@@ -18,14 +18,15 @@ export const DEAD_AFTER_MS = 6_000;
 /**
  * An agent's link with nothing open on it probes after this much silence instead: thousands
  * of idle agents then cost a relay a few messages a second, not thousands. The relay's probe
- * comes first (the agent waits IDLE_HEARTBEAT_MS + HEARTBEAT_MS). A peer whose host vanished
- * is noticed sooner, and for nothing, by kernel keepalive on both ends of the link
- * (KEEPALIVE in common/tcp_options.ts: within 26 s); these probes find a peer that is there but
- * hangs (within IDLE_HEARTBEAT_MS + DEAD_AFTER_MS), and keep proxies that close idle
- * connections (commonly after 60 s) from closing the link. As soon as a stream is open the short
+ * comes first (the agent waits IDLE_HEARTBEAT_MS + HEARTBEAT_MS). Where the link is one TCP
+ * connection (no proxy between), a peer whose host vanished is noticed sooner, and for nothing,
+ * by kernel keepalive on both ends (KEEPALIVE in common/tcp_options.ts: within 26 s); these
+ * probes find a peer that is there but hangs, or one behind a proxy (within IDLE_HEARTBEAT_MS +
+ * DEAD_AFTER_MS), and keep proxies that close idle connections (HAProxy's stock 50 s, nginx's
+ * and many load balancers' 60 s) from closing the link. As soon as a stream is open the short
  * heartbeat holds: what a user waits on learns of a dead peer within DEAD_AFTER_MS.
  */
-export const IDLE_HEARTBEAT_MS = 50_000;
+export const IDLE_HEARTBEAT_MS = 45_000;
 /** How often an idle link not yet due is looked at (its buffers trimmed). */
 /** A sender waits while more than this is queued in its WebSocket. */
 export const SEND_HIGH_WATER = 4 * 1024 * 1024;

@@ -73,7 +73,7 @@ export async function connectWebSocket(
     const tcp = await Deno.connect({ hostname: opts.address ?? hostname, port });
     conn = tcp;
     tcp.setNoDelay(true);
-    if (opts.keepalive) keepConnectionAlive(tcp.localAddr.port, tcp.remoteAddr.port);
+    if (opts.keepalive) keepConnectionAlive(tcp.localAddr, tcp.remoteAddr);
     if (tls) conn = await Deno.startTls(tcp, { hostname, caCerts: opts.caCerts });
     const key = crypto.getRandomValues(new Uint8Array(16)).toBase64();
     const lines = [

@@ -55,7 +55,7 @@ export interface RelayOptions {
   tls?: { cert: string; key: string };
   /** Forget machines offline longer than this (default 7 days; 0 never). */
   pruneAfterMs?: number;
-  /** Silence after which an idle agent's link is probed (`--idle-heartbeat`, default 50 s). */
+  /** Silence after which an idle agent's link is probed (`--idle-heartbeat`, default 45 s). */
   idleHeartbeatMs?: number;
   log?: (line: string) => void;
   /** The store to use; by default the SQLite database in dataDir. The relay closes it. */

@@ -111,13 +111,13 @@ export async function listenTlsNoDelay(opts: TlsListenOptions): Promise<Listener
  */
 export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined {
   const l = Deno.listenTls(opts);
-  if (!tuneListener(l.addr.port, { noDelay: true })) {
+  if (!tuneListener(l.addr.port, { noDelay: true }).noDelay) {
     l.close();
     return undefined;
   }
   return {
     addr: l.addr,
-    accept: async () => new DenoTlsConn(await l.accept(), l.addr.port),
+    accept: async () => new DenoTlsConn(await l.accept()),
     close: () => l.close(),
   };
 }
@@ -130,7 +130,7 @@ export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined 
 class DenoTlsConn implements ConnLike {
   #handshaken = false;
 
-  constructor(readonly conn: Deno.TlsConn, readonly localPort: number) {
+  constructor(readonly conn: Deno.TlsConn) {
     conn.handshake().then(() => this.#handshaken = true, () => {/* seen by read and write */});
   }
 
@@ -148,7 +148,9 @@ class DenoTlsConn implements ConnLike {
 
   close(): void {
     this.conn.close();
-    if (!this.#handshaken) shutdownConnection(this.localPort, this.conn.remoteAddr.port);
+    if (!this.#handshaken) {
+      shutdownConnection(this.conn.localAddr as Deno.NetAddr, this.conn.remoteAddr);
+    }
   }
 }
 

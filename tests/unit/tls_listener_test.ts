@@ -113,8 +113,10 @@ for (const [kind, listen] of KINDS) {
         const server = await l.accept();
         await client.write(new Uint8Array([1]));
         assert.equal(await server.read(new Uint8Array(4)), 1);
-        const local = (client.localAddr as Deno.NetAddr).port;
-        const opts = connectionOptions(l.addr.port, local);
+        const local = client.localAddr as Deno.NetAddr;
+        const opts = connectionOptions(l.addr, local);
+        // Both ends' addresses are compared, not their ports alone.
+        assert.equal(connectionOptions(l.addr, { ...local, hostname: "127.0.0.2" }), undefined);
         assert.equal(opts?.noDelay, true, "the relay's side");
         // node:tls sets the idle time only; Deno's listener gets all of KEEPALIVE.
         assert.equal(opts?.keepalive?.idleS, KEEPALIVE.idleS, "keepalive");
