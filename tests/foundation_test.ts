@@ -141,7 +141,7 @@ Deno.test({
       // Never the host's loopback: the holder (whose namespace nsenter enters) is still apart.
       assert.ok(await apart(), "the namespace holder is gone");
       assert.ok((await command(inNs(["ip", "link", "set", "lo", "down"]))).ok, "lo down");
-      // Kernel keepalive: 20 s idle, then 3 probes 2 s apart. The idle heartbeat (45 s) would
+      // Kernel keepalive: 20 s idle, then 5 probes 2 s apart. The idle heartbeat (45 s) would
       // take longer.
       const [offline] = await Promise.all([
         w.relay!.waitFor(/agent offline: far .*/, "stderr", 45_000),

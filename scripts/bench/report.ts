@@ -313,14 +313,25 @@ during a slow read.
   1 s cost the same (9.9% and 8.8% against 10.1%, December 3), and agents that sent their own
   unanswered probe every 20 s, spread out, cost more (10.1%: a wake-up per message). So the
   probes became rarer, and the kernel took over the host check they were for: kernel TCP
-  keepalive on both ends of every agent link (20 s idle, 3 probes 2 s apart, TCP_USER_TIMEOUT
-  26 s; \`common/tcp_options.ts\`) notices a vanished host within 26 s, as the 20 s heartbeat
-  did, and costs the relay nothing measurable (0.95% of a core with 19,900 agents, keepalive
-  on, nothing probed, against 0.91% without); the heartbeat, now every 50 s, is left to find a
-  peer that hangs (within 56 s) and to keep proxies from closing idle links. Rows 6 cpu wss and
-  6 cpu wss 20s show both periods; CPU is taken over whole periods (a shorter window counts the
-  first probes of agents dialed together as if they came that often). A probe costs more at
-  50 s than at 20 s (~100–145 µs): each link's state is colder by then.
+  keepalive on both ends of every agent link (20 s idle, 5 probes 2 s apart, TCP_USER_TIMEOUT
+  30 s; \`common/tcp_options.ts\`) notices a vanished host within 30 s (the 20 s heartbeat:
+  26 s), and costs the relay nothing measurable (0.95% of a core with 19,900 agents, keepalive
+  on, nothing probed, against 0.91% without); the heartbeat, now every 45 s, is left to find a
+  peer that hangs, or one behind a proxy (within 51 s), and to keep proxies from closing idle
+  links (HAProxy's stock timeout is 50 s, nginx's 60 s: the default stays under both). Rows 6
+  cpu wss and 6 cpu wss 20s show both periods (6.2% against 9.5% in the run above), CPU taken
+  over whole periods after a period's rest (a shorter window counts the first probes of agents
+  dialed together as if they came that often). A probe costs more the rarer it is (~120 µs at
+  45 s, ~85 µs at 20 s in the run above): each link's state is colder by then. Over ws:// a
+  probe costs ~50 µs (row 6 cpu): most of a wss:// probe is Deno's TLS read and write of two
+  tiny records. The 5% target is met only with rarer probes than proxies allow by default:
+  \`--idle-heartbeat 75s\` gave 3.6–4.7% in three runs (December 3). Those runs also showed why
+  keepalive gives up after five missed probes, not three: keepalive timers fall due in bursts
+  (the kernel's timer wheel puts 20 s timers in half-second slots, and links probed together
+  fall due together), loopback's receive queue (\`net.core.netdev_max_backlog\`, 1000 packets)
+  dropped tens of thousands of packets per run (\`/proc/net/softnet_stat\`), and with three
+  probes 0.4–1.5% of the live idle links were cut as dead (295 and 84 of 19,900 in two runs;
+  with five, none).
   \`--v8-flags=--single-threaded\` on the relay cut its CPU at rest by ~2
   points of a core (8.1% and 7.7% against 9.7% and 11.1%, interleaved) but grew its RSS by
   ~230 MiB at 19,900 agents (~39 KiB per agent, over the 32 KiB target): not adopted.

@@ -100,7 +100,7 @@ export function registerRelay(program: Command, act: Act) {
       "--idle-heartbeat <dur>",
       "probe an agent with nothing open after this much silence (one that hangs, or vanishes " +
         "behind a proxy, shows offline up to 6 s after that; one whose host vanished, within " +
-        "26 s by TCP keepalive; with a stream open, within 6 s; keep it under the idle timeout " +
+        "30 s by TCP keepalive; with a stream open, within 6 s; keep it under the idle timeout " +
         "of any proxy in front of the relay)",
       "45s",
     )

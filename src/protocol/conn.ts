@@ -20,7 +20,7 @@ export const DEAD_AFTER_MS = 6_000;
  * of idle agents then cost a relay a few messages a second, not thousands. The relay's probe
  * comes first (the agent waits IDLE_HEARTBEAT_MS + HEARTBEAT_MS). Where the link is one TCP
  * connection (no proxy between), a peer whose host vanished is noticed sooner, and for nothing,
- * by kernel keepalive on both ends (KEEPALIVE in common/tcp_options.ts: within 26 s); these
+ * by kernel keepalive on both ends (KEEPALIVE in common/tcp_options.ts: within 30 s); these
  * probes find a peer that is there but hangs, or one behind a proxy (within IDLE_HEARTBEAT_MS +
  * DEAD_AFTER_MS), and keep proxies that close idle connections (HAProxy's stock 50 s, nginx's
  * and many load balancers' 60 s) from closing the link. As soon as a stream is open the short
