@@ -195,19 +195,14 @@ function endpoint(host: string, port: number): string {
 
 /** `fd`'s own ("sock") or its peer's address as endpoint() spells it, if it is an IP socket. */
 function endpointOf(lib: Libc, fd: number, which: "sock" | "peer"): string | undefined {
-  const addr = new Uint8Array(128);
-  const len = new Uint32Array([addr.length]);
-  const get = which === "sock" ? lib.symbols.getsockname : lib.symbols.getpeername;
-  if (get(fd, addr, len) !== 0) return undefined;
-  const family = addr[0] | (addr[1] << 8);
-  const port = (addr[2] << 8) | addr[3];
-  if (family === AF_INET) return endpoint(addr.subarray(4, 8).join("."), port);
-  if (family !== AF_INET6) return undefined;
+  const a = sockaddr(lib, fd, which);
+  if (!a) return undefined;
+  const port = (a[2] << 8) | a[3];
+  if (a.length === 8) return endpoint(a.subarray(4, 8).join("."), port);
   const groups = [];
-  for (let i = 8; i < 24; i += 2) groups.push(((addr[i] << 8) | addr[i + 1]).toString(16));
-  const v4 = addr.subarray(20, 24).join(".");
+  for (let i = 8; i < 24; i += 2) groups.push(((a[i] << 8) | a[i + 1]).toString(16));
   const isMapped = groups.slice(0, 5).every((g) => g === "0") && groups[5] === "ffff";
-  return endpoint(isMapped ? v4 : groups.join(":"), port);
+  return endpoint(isMapped ? a.subarray(20, 24).join(".") : groups.join(":"), port);
 }
 
 /** The lowest of this process's descriptors for which `match` holds. */
@@ -224,11 +219,20 @@ function intOption(lib: Libc, fd: number, level: number, name: number): number |
 
 /** The port of `fd`'s own ("sock") or its peer's address, if it is an IP socket. */
 function portOf(lib: Libc, fd: number, which: "sock" | "peer"): number | undefined {
+  const a = sockaddr(lib, fd, which);
+  return a ? (a[2] << 8) | a[3] : undefined;
+}
+
+/**
+ * `fd`'s own ("sock") or its peer's sockaddr, if it is an IP socket: a sockaddr_in (family,
+ * port, 4 address bytes; 8 bytes here) or a sockaddr_in6 (the address at 8 to 24).
+ */
+function sockaddr(lib: Libc, fd: number, which: "sock" | "peer"): Uint8Array | undefined {
   const addr = new Uint8Array(128);
   const len = new Uint32Array([addr.length]);
   const get = which === "sock" ? lib.symbols.getsockname : lib.symbols.getpeername;
   if (get(fd, addr, len) !== 0) return undefined;
   const family = addr[0] | (addr[1] << 8);
-  if (family !== AF_INET && family !== AF_INET6) return undefined;
-  return (addr[2] << 8) | addr[3];
+  if (family === AF_INET) return addr.subarray(0, 8);
+  return family === AF_INET6 ? addr.subarray(0, 28) : undefined;
 }
