@@ -31,9 +31,9 @@ const GLOBAL_VALUES = new Set([
 ]);
 
 /**
- * The permission set (deno.json) a command runs with, as its role needs: the relay
- * without `run` and `ffi`, the client without `run` (`ffi` for OpenSSL's cipher); only
- * what runs an agent (`agent run`, `up`, `ci hold`) with both.
+ * The permission set (deno.json) a command runs with, as its role needs: the relay and the
+ * client without `run` (both with `ffi`: socket options, OpenSSL's cipher, stdin reads); only
+ * what runs an agent (`agent run`, `up`, `ci hold`) with it.
  */
 export function permissionSet(args: string[]): "relay" | "agent" | "client" {
   const words: string[] = [];
