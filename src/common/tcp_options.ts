@@ -1,7 +1,7 @@
 /**
  * Socket options Deno does not offer, on Linux, through libc by FFI. The descriptor of a socket
- * is found by its ports (getsockname, getpeername, and SO_ACCEPTCONN for a listener; Deno hides
- * descriptors, and reading /proc/net would need every permission). Without FFI permission, on
+ * is found by its addresses and ports (getsockname, getpeername, and SO_ACCEPTCONN for a
+ * listener; Deno hides descriptors, and reading /proc/net would need every permission). Without FFI permission, on
  * another system, or if any step fails, the functions say so and the caller does without (the
  * relay then uses its other TLS listener, node:tls, which sets the options per socket and times
  * out handshakes itself, but costs more CPU and memory per connection).
@@ -19,7 +19,7 @@
  *   socket for ever; shutdown(2) on the socket ends the handshake, and Deno then lets it go.
  */
 
-import { findDescriptor, withLibc as withSymbols } from "../common/libc.ts";
+import { findDescriptor, withLibc as withSymbols } from "./libc.ts";
 
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
@@ -171,6 +171,7 @@ export function shutdownConnection(local: Deno.NetAddr, remote: Deno.NetAddr): b
  */
 function connection(lib: Libc, local: Deno.NetAddr, remote: Deno.NetAddr): number | undefined {
   const want = [endpoint(local.hostname, local.port), endpoint(remote.hostname, remote.port)];
+  // Ports first: a relay looks through one descriptor per agent, and most differ there.
   return socket(
     lib,
     (fd) =>

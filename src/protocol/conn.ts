@@ -27,7 +27,6 @@ export const DEAD_AFTER_MS = 6_000;
  * heartbeat holds: what a user waits on learns of a dead peer within DEAD_AFTER_MS.
  */
 export const IDLE_HEARTBEAT_MS = 45_000;
-/** How often an idle link not yet due is looked at (its buffers trimmed). */
 /** A sender waits while more than this is queued in its WebSocket. */
 export const SEND_HIGH_WATER = 4 * 1024 * 1024;
 

@@ -7,10 +7,11 @@
  * 40 ms (issue 18 measured wss:// turns at p99 42.8 ms against 2.4 ms over ws://).
  *
  * On Linux, with FFI allowed, the option is set on Deno's listening socket, and every socket
- * it accepts inherits it, as it inherits kernel keepalive (common/tcp_options.ts). Elsewhere the listener is a node:tls server, which
- * can set it per socket, each shown to the rest of the relay as the small part of a Deno.Conn
- * it uses (read, write, close, remoteAddr); it costs the relay more per connection (an idle
- * agent's heartbeat ~25 µs of CPU per write against ~5 µs, and ~20 KiB more memory).
+ * it accepts inherits it, as it inherits kernel keepalive (common/tcp_options.ts). Elsewhere
+ * the listener is a node:tls server, which can set it per socket, each shown to the rest of
+ * the relay as the small part of a Deno.Conn it uses (read, write, close, remoteAddr); it
+ * costs the relay more per connection (an idle agent's heartbeat ~25 µs of CPU per write
+ * against ~5 µs, and ~20 KiB more memory).
  */
 import { Buffer } from "node:buffer";
 import type tls from "node:tls";
@@ -106,8 +107,8 @@ export async function listenTlsNoDelay(opts: TlsListenOptions): Promise<Listener
 }
 
 /**
- * Deno.listenTls with TCP_NODELAY and keepalive on its socket, or undefined where they cannot
- * be set.
+ * Deno.listenTls with TCP_NODELAY and, where the kernel allows, keepalive on its socket; or
+ * undefined where TCP_NODELAY cannot be set.
  */
 export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined {
   const l = Deno.listenTls(opts);
@@ -124,8 +125,8 @@ export function listenDenoTls(opts: TlsListenOptions): ListenerLike | undefined 
 
 /**
  * A Deno TlsConn whose close also ends a handshake still under way: Deno's own close waits
- * for it (common/tcp_options.ts), so a client that connects and says nothing would keep its socket
- * past the relay's head timeout, for as long as it likes.
+ * for it (common/tcp_options.ts), so a client that connects and says nothing would keep its
+ * socket past the relay's head timeout, for as long as it likes.
  */
 class DenoTlsConn implements ConnLike {
   #handshaken = false;
